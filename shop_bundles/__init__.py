@@ -1,0 +1,1 @@
+"""shop_bundles: a Django plugin that turns a shop's order history into bundle offers."""

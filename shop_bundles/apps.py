@@ -1,0 +1,12 @@
+from django.apps import AppConfig
+
+
+class ShopBundlesConfig(AppConfig):
+    """App config; connects signal handlers (beat schedule set-up after migrate)."""
+
+    name = "shop_bundles"
+    verbose_name = "Shop bundles"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from . import signals  # noqa: F401

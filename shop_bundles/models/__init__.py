@@ -1,0 +1,31 @@
+"""Data model of the plugin, one module per concept."""
+from .catalog import Customer, Product, Promotion
+from .orders import Order, OrderLine
+from .campaigns import (
+    BundleCampaign,
+    BundleCampaignItem,
+    BundleSuggestion,
+    BundleSuggestionItem,
+    StaffAction,
+)
+from .ml import ModelVersion, TrainingRun
+from .events import OfferEvent, OrderEvent
+from .imports import ImportRun
+
+__all__ = [
+    "BundleCampaign",
+    "BundleCampaignItem",
+    "BundleSuggestion",
+    "BundleSuggestionItem",
+    "Customer",
+    "ImportRun",
+    "ModelVersion",
+    "OfferEvent",
+    "Order",
+    "OrderEvent",
+    "OrderLine",
+    "Product",
+    "Promotion",
+    "StaffAction",
+    "TrainingRun",
+]

@@ -1,0 +1,143 @@
+"""Bundle suggestions (the model's proposals) and bundle campaigns (approved offers)."""
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class BundleSuggestion(models.Model):
+    """A bundle of 2 or 3 products proposed by a model version, waiting for staff review.
+
+    Evidence fields describe the anchor → companion pair(s) in the training
+    window: ``co_purchase_count`` (baskets holding all items), ``support``
+    (co_purchase_count / n_baskets), ``confidence`` (P(companions | anchor)),
+    ``lift`` (confidence / P(companions)); ``expected_attach_rate`` is the
+    share of anchor baskets expected to take the bundle. ``score`` is the
+    model's ranking score in [0, 1]. ``signature`` is the sorted SKUs joined
+    with ``+``; one suggestion per signature and model version.
+    """
+
+    PENDING, APPROVED, REJECTED, EXPIRED = "pending", "approved", "rejected", "expired"
+    STATUS_CHOICES = [(PENDING, "Pending"), (APPROVED, "Approved"), (REJECTED, "Rejected"), (EXPIRED, "Expired")]
+
+    status = models.CharField(max_length=16, choices=STATUS_CHOICES, default=PENDING, db_index=True)
+    anchor = models.ForeignKey("shop_bundles.Product", on_delete=models.CASCADE, related_name="anchored_suggestions")
+    products = models.ManyToManyField("shop_bundles.Product", through="BundleSuggestionItem",
+                                      related_name="bundle_suggestions")
+    signature = models.CharField(max_length=255, db_index=True)
+    score = models.FloatField()
+    co_purchase_count = models.PositiveIntegerField(default=0)
+    support = models.FloatField(default=0.0)
+    confidence = models.FloatField(default=0.0)
+    lift = models.FloatField(default=0.0)
+    expected_attach_rate = models.FloatField(default=0.0)
+    suggested_discount_percent = models.DecimalField(max_digits=5, decimal_places=2, default=Decimal("10.00"))
+    reasons = models.TextField(blank=True)
+    model_version = models.ForeignKey("shop_bundles.ModelVersion", null=True, blank=True,
+                                      on_delete=models.SET_NULL, related_name="suggestions")
+    created_at = models.DateTimeField(default=timezone.now)
+    reviewed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                    on_delete=models.SET_NULL, related_name="+")
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-score"]
+        permissions = [("approve_bundlesuggestion", "Can approve or reject bundle suggestions")]
+        constraints = [
+            models.UniqueConstraint(fields=["model_version", "signature"], name="suggestion_version_signature_unique"),
+        ]
+
+    def __str__(self):
+        return f"Bundle {self.signature} ({self.get_status_display()})"
+
+
+class BundleSuggestionItem(models.Model):
+    """A product within a suggestion; position 0 is the anchor."""
+
+    suggestion = models.ForeignKey(BundleSuggestion, on_delete=models.CASCADE, related_name="items")
+    product = models.ForeignKey("shop_bundles.Product", on_delete=models.CASCADE)
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [models.UniqueConstraint(fields=["suggestion", "product"], name="suggestionitem_unique")]
+
+
+class BundleCampaign(models.Model):
+    """An approved bundle offer shown to shoppers between ``starts_at`` and ``ends_at``.
+
+    Discount kinds: ``percent`` (``discount_value`` is a percentage of the
+    bundle's regular price), ``amount`` (a fixed amount off the bundle) or
+    ``fixed_price`` (the bundle sells for ``discount_value``). A campaign is
+    live when its status is ``active`` and now is inside its window; the
+    storefront also hides it when any item is inactive or out of stock.
+    ``suggestion`` is unique, so one suggestion can become at most one
+    campaign (a database constraint, not only a Python check).
+    """
+
+    DRAFT, ACTIVE, PAUSED, EXPIRED, ENDED = "draft", "active", "paused", "expired", "ended"
+    STATUS_CHOICES = [(DRAFT, "Draft"), (ACTIVE, "Active"), (PAUSED, "Paused"), (EXPIRED, "Expired"), (ENDED, "Ended")]
+    PERCENT, AMOUNT, FIXED_PRICE = "percent", "amount", "fixed_price"
+    DISCOUNT_CHOICES = [(PERCENT, "Percent off"), (AMOUNT, "Fixed amount off"), (FIXED_PRICE, "Fixed bundle price")]
+
+    name = models.CharField(max_length=255)
+    suggestion = models.OneToOneField(BundleSuggestion, null=True, blank=True, on_delete=models.SET_NULL,
+                                      related_name="campaign")
+    products = models.ManyToManyField("shop_bundles.Product", through="BundleCampaignItem", related_name="campaigns")
+    discount_type = models.CharField(max_length=16, choices=DISCOUNT_CHOICES, default=PERCENT)
+    discount_value = models.DecimalField(max_digits=12, decimal_places=2)
+    starts_at = models.DateTimeField(default=timezone.now)
+    ends_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=STATUS_CHOICES, default=ACTIVE, db_index=True)
+    status_reason = models.CharField(max_length=255, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    approved_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                    related_name="+")
+    approved_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-approved_at", "-id"]
+        permissions = [("manage_bundlecampaign", "Can pause, resume and edit bundle campaigns")]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(discount_value__gte=0), name="campaign_discount_non_negative"),
+            models.CheckConstraint(
+                condition=models.Q(ends_at__isnull=True) | models.Q(ends_at__gt=models.F("starts_at")),
+                name="campaign_window_valid",
+            ),
+        ]
+
+    def __str__(self):
+        return self.name
+
+
+class BundleCampaignItem(models.Model):
+    """One product (and units per bundle) in a campaign."""
+
+    campaign = models.ForeignKey(BundleCampaign, on_delete=models.CASCADE, related_name="items")
+    product = models.ForeignKey("shop_bundles.Product", on_delete=models.PROTECT)
+    quantity = models.PositiveSmallIntegerField(default=1)
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [models.UniqueConstraint(fields=["campaign", "product"], name="campaignitem_unique")]
+
+
+class StaffAction(models.Model):
+    """Audit trail: who did what to a suggestion or campaign, and when."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    action = models.CharField(max_length=32)
+    suggestion = models.ForeignKey(BundleSuggestion, null=True, blank=True, on_delete=models.CASCADE,
+                                   related_name="actions")
+    campaign = models.ForeignKey(BundleCampaign, null=True, blank=True, on_delete=models.CASCADE,
+                                 related_name="actions")
+    detail = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]

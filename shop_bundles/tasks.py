@@ -1,0 +1,66 @@
+"""Celery tasks: thin wrappers that load by id and call a service.
+
+Only ids and small JSON values cross the queue. ML tasks (``retrain_model``,
+``score_suggestions``) are routed to the ``ml`` queue (``CELERY_TASK_ROUTES``)
+and import TensorFlow only inside the service they call, never at module
+level, so the web process and beat stay free of it.
+"""
+from celery import shared_task
+
+
+@shared_task(name="shop_bundles.tasks.retrain_model", bind=True, acks_late=True,
+             soft_time_limit=3 * 3600, time_limit=3 * 3600 + 300)
+def retrain_model(self, run_id: int | None = None, trigger: str = "manual", slot: str | None = None) -> dict:
+    """Train a new model version (and backtest it), then queue scoring.
+
+    Args:
+        run_id: an existing queued TrainingRun to execute; None creates one.
+        trigger: ``manual`` (admin/command) or ``schedule`` (beat).
+        slot: schedule slot key; a second delivery for the same slot exits early.
+
+    Returns:
+        ``{"run_id": int, "status": str, "model_version_id": int | None}``.
+    """
+    from .services.training import training_run_execute
+
+    return training_run_execute(run_id=run_id, trigger=trigger, slot=slot)
+
+
+@shared_task(name="shop_bundles.tasks.score_suggestions", bind=True, acks_late=True,
+             soft_time_limit=3600, time_limit=3900)
+def score_suggestions(self, model_version_id: int | None = None) -> dict:
+    """Write pending BundleSuggestions from a model version (default: the active one).
+
+    Returns:
+        ``{"model_version_id": int, "created": int, "skipped": int}``.
+    """
+    from .services.scoring import suggestions_score
+
+    return suggestions_score(model_version_id=model_version_id)
+
+
+@shared_task(name="shop_bundles.tasks.expire_campaigns")
+def expire_campaigns() -> dict:
+    """Mark campaigns whose end time has passed as expired.
+
+    Returns:
+        ``{"expired": int}``.
+    """
+    from .services.campaigns import campaigns_expire
+
+    return {"expired": campaigns_expire()}
+
+
+@shared_task(name="shop_bundles.tasks.record_order_placed", bind=True, acks_late=True,
+             autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
+def record_order_placed(self, order_id: int) -> dict:
+    """Record the OrderEvent and purchase OfferEvents for a placed storefront order.
+
+    Idempotent: a redelivered message records nothing twice.
+
+    Returns:
+        ``{"order_id": int, "created": bool, "bundles_used": int}``.
+    """
+    from .services.events import order_event_record
+
+    return order_event_record(order_id=order_id)
