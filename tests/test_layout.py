@@ -1,0 +1,73 @@
+"""The deployment shape: compose file, process isolation from TensorFlow, production settings."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=full_env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_docker_compose_defines_the_whole_stack():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"postgres", "redis", "web", "worker", "worker-ml", "beat", "migrate"} <= set(services)
+    assert "-Q ml" in services["worker-ml"]["command"] and "--max-tasks-per-child 1" in services["worker-ml"]["command"]
+    assert services["beat"]["command"].startswith("celery -A config beat")
+    env = services["web"]["environment"]
+    assert env["DATABASE_URL"].startswith("postgres://") and env["CELERY_BROKER_URL"].startswith("redis://")
+    assert env["DJANGO_ENV"] == "production"
+    assert services["web"]["ports"] == ["8000:8000"]
+
+
+def test_bundling_ml_never_imports_django():
+    result = _run("import sys, bundling_ml, bundling_ml.pipeline, bundling_ml.cli; "
+                  "print(sorted(m for m in sys.modules if m == 'django' or m.startswith('django.')))")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_web_process_and_beat_do_not_load_tensorflow():
+    code = (
+        "import os, sys, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings'); django.setup();"
+        "from django.urls import reverse; from django.test import Client;"
+        "import config.wsgi, config.celery, shop_bundles.tasks, shop_bundles.admin, shop_bundles.ml_bridge;"
+        "import shop_bundles.services.training, shop_bundles.services.scoring;"
+        "from django_celery_beat.schedulers import DatabaseScheduler;"
+        "r = Client().get('/admin/login/'); assert r.status_code == 200, r.status_code;"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    result = _run(code, DATABASE_URL=os.environ["DATABASE_URL"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_production_refuses_to_start_without_secret_key():
+    result = _run("import django, os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings'; django.setup()",
+                  DJANGO_ENV="production", DJANGO_ALLOWED_HOSTS="shop.example.com")
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY must be set" in result.stderr
+
+
+def test_deploy_check_is_clean_with_production_settings():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    env.update(DJANGO_ENV="production", DJANGO_SECRET_KEY="x" * 20 + "-production-secret-" + "Yz9!kQ" * 8,
+               DJANGO_ALLOWED_HOSTS="shop.example.com")
+    result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_debug_is_off_by_default():
+    result = _run("import os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings';"
+                  "from django.conf import settings; print(settings.DEBUG)")
+    assert result.stdout.strip() == "False", result.stderr
