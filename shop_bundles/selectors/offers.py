@@ -1,0 +1,176 @@
+"""Reads for bundle offers: which campaigns are live, and the offers shown on a product page.
+
+A campaign is *live* at ``now`` when its status is ``active``,
+``starts_at <= now < ends_at`` (or it has no end), and every one of its items
+is an active product with ``stock > 0``. Prices always come from the
+catalogue (``Product.price``) and are priced by ``storefront.pricing`` so the
+product page, the cart and the checkout agree to the cent.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Iterable
+
+from django.db.models import Prefetch, Q, QuerySet
+from django.utils import timezone
+
+from ..models import BundleCampaign, BundleCampaignItem, Product
+from ..storefront.pricing import CampaignSpec, bundle_price, bundle_regular_price
+
+
+def live_campaigns(*, now: datetime | None = None) -> QuerySet[BundleCampaign]:
+    """Campaigns live at ``now`` (default: the current time), items not yet loaded.
+
+    Args:
+        now: an aware datetime; None means ``timezone.now()``.
+
+    Returns:
+        QuerySet of ``BundleCampaign``: status active, inside its window, and
+        no item whose product is inactive or out of stock (``stock <= 0``).
+    """
+    now = now or timezone.now()
+    unavailable = BundleCampaignItem.objects.filter(Q(product__active=False) | Q(product__stock__lte=0))
+    return (
+        BundleCampaign.objects.filter(status=BundleCampaign.ACTIVE, starts_at__lte=now)
+        .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=now))
+        .exclude(id__in=unavailable.values("campaign_id"))
+    )
+
+
+def _with_items(queryset: QuerySet[BundleCampaign]) -> QuerySet[BundleCampaign]:
+    """Prefetch items (ordered by position) with their products: one extra query in total."""
+    items = BundleCampaignItem.objects.select_related("product").order_by("position", "id")
+    return queryset.prefetch_related(Prefetch("items", queryset=items))
+
+
+def live_campaigns_within(product_ids: Iterable[int], *, now: datetime | None = None) -> list[BundleCampaign]:
+    """Live campaigns all of whose products are among ``product_ids`` (the cart's products).
+
+    Two queries whatever the cart size (campaigns, then items with products).
+
+    Args:
+        product_ids: primary keys of the products in the cart.
+        now: aware datetime; None means now.
+
+    Returns:
+        list of ``BundleCampaign`` with ``items`` (and each item's ``product``) prefetched.
+    """
+    ids = list(set(product_ids))
+    if not ids:
+        return []
+    outside = BundleCampaignItem.objects.exclude(product_id__in=ids)
+    touching = BundleCampaignItem.objects.filter(product_id__in=ids)
+    qs = (
+        live_campaigns(now=now)
+        .filter(id__in=touching.values("campaign_id"))
+        .exclude(id__in=outside.values("campaign_id"))
+        .order_by("id")
+    )
+    return list(_with_items(qs))
+
+
+def campaign_spec(campaign: BundleCampaign) -> CampaignSpec:
+    """The pricing engine's view of a campaign (uses the prefetched ``items``).
+
+    Returns:
+        ``CampaignSpec`` with ``(product_id, units_per_bundle)`` items in position order.
+    """
+    return CampaignSpec(
+        campaign_id=campaign.pk,
+        discount_type=campaign.discount_type,
+        discount_value=Decimal(campaign.discount_value),
+        items=tuple((item.product_id, item.quantity) for item in campaign.items.all()),
+        name=campaign.name,
+    )
+
+
+@dataclass(frozen=True)
+class OfferItem:
+    """One product of an offer: the product, units per bundle, catalogue unit price and line amount."""
+
+    product: Product
+    quantity: int
+    unit_price: Decimal
+
+    @property
+    def amount(self) -> Decimal:
+        """``quantity * unit_price`` (Decimal)."""
+        return self.unit_price * self.quantity
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A live bundle offer as shown to a shopper.
+
+    Attributes:
+        campaign: the ``BundleCampaign``.
+        items: ``OfferItem`` list in campaign position order.
+        regular_total: the bundle's regular price (Decimal, sum of item amounts).
+        bundle_price: what one bundle costs (Decimal, ``regular_total - saving``).
+        saving: discount on one bundle, rounded once half-up to cents, never
+            negative and never above ``regular_total``.
+    """
+
+    campaign: BundleCampaign
+    items: tuple[OfferItem, ...]
+    regular_total: Decimal
+    bundle_price: Decimal
+    saving: Decimal
+
+    @property
+    def campaign_id(self) -> int:
+        """The campaign's primary key."""
+        return self.campaign.pk
+
+    @property
+    def saving_percent(self) -> Decimal:
+        """Saving as a percentage of the regular total, rounded to a whole percent (display only)."""
+        if not self.regular_total:
+            return Decimal("0")
+        return (self.saving * 100 / self.regular_total).quantize(Decimal("1"))
+
+
+def offer_from_campaign(campaign: BundleCampaign) -> Offer:
+    """Build an ``Offer`` from a campaign with prefetched ``items__product``."""
+    items = tuple(OfferItem(product=i.product, quantity=i.quantity, unit_price=i.product.price)
+                  for i in campaign.items.all())
+    regular = bundle_regular_price(((i.product.pk, i.quantity) for i in items),
+                                   {i.product.pk: i.unit_price for i in items})
+    price, saving = bundle_price(campaign.discount_type, Decimal(campaign.discount_value), regular)
+    return Offer(campaign=campaign, items=items, regular_total=regular, bundle_price=price, saving=saving)
+
+
+def offers_for_product(product: Product, *, now: datetime | None = None) -> list[Offer]:
+    """Live offers that contain ``product``, best saving first.
+
+    Two queries (campaigns, then items with their products), whatever the
+    number of offers: this is the product page's hot path.
+
+    Args:
+        product: a ``Product`` (its pk is used).
+        now: aware datetime; None means ``timezone.now()``.
+
+    Returns:
+        list of ``Offer`` sorted by saving (descending), then campaign id.
+        Campaigns that would give no saving (e.g. a fixed price at or above
+        the regular price) are left out. Empty when the product itself is
+        inactive or out of stock.
+    """
+    qs = live_campaigns(now=now).filter(
+        id__in=BundleCampaignItem.objects.filter(product_id=product.pk).values("campaign_id")
+    ).order_by("id")
+    offers = [offer_from_campaign(c) for c in _with_items(qs)]
+    offers = [o for o in offers if o.saving > 0 and o.items]
+    offers.sort(key=lambda o: (-o.saving, o.campaign_id))
+    return offers
+
+
+def live_offer(campaign_id: int, *, now: datetime | None = None) -> Offer | None:
+    """The offer of one campaign if it is live now, else None (two queries)."""
+    campaign = _with_items(live_campaigns(now=now).filter(pk=campaign_id)).first()
+    if campaign is None:
+        return None
+    offer = offer_from_campaign(campaign)
+    return offer if offer.saving > 0 and offer.items else None

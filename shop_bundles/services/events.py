@@ -1,0 +1,97 @@
+"""Recording what happened after a storefront order: the order event and offer events."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import transaction
+from django.db.models import Prefetch
+
+from ..models import BundleCampaign, BundleCampaignItem, OfferEvent, Order, OrderEvent
+from ..selectors.offers import campaign_spec
+from ..storefront.pricing import CartItem, price_cart
+
+
+def _bundle_counts(order: Order) -> dict[int, int]:
+    """Bundles per campaign in a placed order, re-formed from its stored lines.
+
+    The order's lines (catalogue ``unit_price`` at checkout) are priced again
+    with only the campaigns the order is linked to, so the same greedy
+    formation as at checkout gives the same bundles. A linked campaign that
+    forms no bundle on re-pricing (e.g. its discount was edited since) counts 1.
+    """
+    campaigns = list(order.campaigns.all())
+    if not campaigns:
+        return {}
+    items = [CartItem(product_id=l.product_id, quantity=l.quantity, unit_price=l.unit_price)
+             for l in order.lines.all()]
+    pricing = price_cart(items, [campaign_spec(c) for c in campaigns])
+    counts = {b.campaign_id: b.count for b in pricing.bundles}
+    return {c.pk: counts.get(c.pk, 1) for c in campaigns}
+
+
+def order_event_record(*, order_id: int) -> dict:
+    """Record the ``OrderEvent`` and one purchase ``OfferEvent`` per campaign of an order.
+
+    Idempotent: the order event is unique per order (``get_or_create`` on a
+    unique column, safe under concurrent deliveries), and the purchase events
+    are written only by the call that created it (they are also unique per
+    campaign and order). A second call writes nothing.
+
+    Args:
+        order_id: primary key of a committed ``Order``.
+
+    Returns:
+        ``{"order_id": int, "created": bool, "bundles_used": int,
+        "purchase_events": int}``; ``created`` is False when the event already
+        existed (then ``purchase_events`` is 0). ``revenue`` is the order
+        total and ``bundle_discount`` its ``discount_total`` (Decimal).
+
+    Raises:
+        Order.DoesNotExist: when no such order exists.
+    """
+    items = BundleCampaignItem.objects.order_by("position", "id")
+    order = Order.objects.prefetch_related(
+        "lines", Prefetch("campaigns", queryset=BundleCampaign.objects.prefetch_related(Prefetch("items", items)))
+    ).get(pk=order_id)
+
+    existing = OrderEvent.objects.filter(order_id=order.pk).first()
+    if existing is not None:
+        return {"order_id": order.pk, "created": False, "bundles_used": existing.bundles_used, "purchase_events": 0}
+
+    counts = _bundle_counts(order)
+    with transaction.atomic():
+        event, created = OrderEvent.objects.get_or_create(
+            order=order,
+            defaults={
+                "revenue": order.total or Decimal("0.00"),
+                "bundle_discount": order.discount_total or Decimal("0.00"),
+                "bundles_used": sum(counts.values()),
+            },
+        )
+        if not created:
+            return {"order_id": order.pk, "created": False, "bundles_used": event.bundles_used, "purchase_events": 0}
+        OfferEvent.objects.bulk_create(
+            [
+                OfferEvent(kind=OfferEvent.PURCHASE, campaign_id=cid, order=order, customer_id=order.customer_id,
+                           session_key=order.session_key, quantity=count, created_at=order.placed_at)
+                for cid, count in sorted(counts.items())
+            ],
+            ignore_conflicts=True,
+        )
+    return {"order_id": order.pk, "created": True, "bundles_used": event.bundles_used, "purchase_events": len(counts)}
+
+
+def offer_event_add_to_cart(*, campaign_id: int, session_key: str, quantity: int = 1, customer=None) -> OfferEvent:
+    """Record that a shopper added a bundle to the cart (one INSERT).
+
+    Args:
+        campaign_id: the live campaign's primary key.
+        session_key: the shopper's session key.
+        quantity: bundles added (>= 1).
+        customer: the known ``Customer`` or None.
+
+    Returns:
+        the new ``OfferEvent`` (kind ``add_to_cart``).
+    """
+    return OfferEvent.objects.create(kind=OfferEvent.ADD_TO_CART, campaign_id=campaign_id,
+                                     session_key=session_key or "", quantity=quantity, customer=customer)

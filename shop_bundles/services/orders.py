@@ -1,0 +1,142 @@
+"""Placing storefront orders.
+
+``order_place`` is the only way the storefront writes an order: it locks the
+products, re-prices the cart from the catalogue (``storefront.pricing``: one
+half-up rounding to cents per bundle line), writes the order and its lines,
+takes the units out of stock and, once the transaction commits, queues
+``record_order_placed`` (``shop_bundles.tasks``) with the order id.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Mapping
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from ..models import Customer, Order, OrderLine, Product
+from ..storefront.cart import cart_price
+
+CUSTOMER_ID_MAX_LENGTH = 64
+
+
+def customer_get_or_create(*, external_id: str) -> Customer:
+    """The ``Customer`` with this external id, created when new.
+
+    Args:
+        external_id: the shopper's id as typed (surrounding spaces are stripped).
+
+    Returns:
+        the existing or new ``Customer``.
+
+    Raises:
+        ValidationError: when the id is empty or longer than 64 characters.
+    """
+    value = (external_id or "").strip()
+    if not value:
+        raise ValidationError("Customer id is empty.")
+    if len(value) > CUSTOMER_ID_MAX_LENGTH:
+        raise ValidationError(f"Customer id must be at most {CUSTOMER_ID_MAX_LENGTH} characters.")
+    customer, _ = Customer.objects.get_or_create(external_id=value)
+    return customer
+
+
+def _quantities(cart) -> dict[int, int]:
+    """``{product_id: quantity}`` from a ``SessionCart`` (``.quantities()``) or a plain mapping."""
+    raw: Mapping = cart.quantities() if hasattr(cart, "quantities") else (cart or {})
+    out: dict[int, int] = {}
+    for pid, qty in raw.items():
+        qty = int(qty)
+        if qty > 0:
+            out[int(pid)] = out.get(int(pid), 0) + qty
+    return out
+
+
+def order_place(*, cart, session_key: str | None, customer: Customer | None = None,
+                now: datetime | None = None) -> Order:
+    """Turn a cart into a storefront ``Order``.
+
+    Inside one ``transaction.atomic`` block: the cart's products are locked
+    (``SELECT ... FOR UPDATE``, in primary-key order so concurrent checkouts
+    cannot deadlock), checked, and the cart is priced with the campaigns live
+    at ``now``. The order stores ``subtotal``, ``discount_total`` and
+    ``total`` (Decimal); each ``OrderLine`` stores the catalogue
+    ``unit_price``, its share of the bundle discounts (the shares sum exactly
+    to ``discount_total``) and the campaign that took most of its units.
+    ``Order.campaigns`` lists every campaign used. Stock is decremented.
+    ``record_order_placed.delay(order.pk)`` is sent on commit only, so nothing
+    is sent for a rolled-back order.
+
+    Args:
+        cart: a ``storefront.cart.SessionCart`` or a ``{product_id: quantity}`` mapping.
+        session_key: the shopper's session key ("" / None when unknown).
+        customer: the known ``Customer``, or None for an anonymous shopper.
+        now: aware datetime used as ``placed_at`` and for campaign windows; None means now.
+
+    Returns:
+        the saved ``Order`` (source ``storefront``, external id ``web-<hex>``).
+
+    Raises:
+        ValidationError: the cart is empty, or a product is gone, inactive or
+            has fewer units in stock than the cart asks for (one message per product).
+    """
+    from ..tasks import record_order_placed
+
+    quantities = _quantities(cart)
+    if not quantities:
+        raise ValidationError("Your cart is empty.", code="empty_cart")
+    now = now or timezone.now()
+
+    with transaction.atomic():
+        locked = Product.objects.select_for_update().filter(pk__in=list(quantities)).order_by("pk")
+        products = {p.pk: p for p in locked}
+        errors = []
+        for pid, qty in quantities.items():
+            product = products.get(pid)
+            if product is None:
+                errors.append(ValidationError("A product in your cart is no longer sold.", code="missing"))
+            elif not product.active:
+                errors.append(ValidationError(f"{product.name or product.sku} is no longer available.",
+                                              code="inactive"))
+            elif product.stock < qty:
+                left = max(product.stock, 0)
+                errors.append(ValidationError(
+                    f"Only {left} of {product.name or product.sku} in stock (your cart has {qty}).",
+                    code="out_of_stock"))
+        if errors:
+            raise ValidationError(errors)
+
+        priced = cart_price(quantities, products=products, now=now)
+        order = Order.objects.create(
+            external_id=f"web-{uuid.uuid4().hex}",
+            customer=customer,
+            placed_at=now,
+            source=Order.SOURCE_STOREFRONT,
+            session_key=session_key or "",
+            subtotal=priced.subtotal,
+            discount_total=priced.discount_total,
+            total=priced.total,
+        )
+        OrderLine.objects.bulk_create([
+            OrderLine(
+                order=order,
+                product_id=row.line.product_id,
+                quantity=row.line.quantity,
+                unit_price=row.line.unit_price,
+                discount=row.line.discount,
+                campaign_id=row.line.campaign_id,
+            )
+            for row in priced.rows
+        ])
+        if priced.pricing.campaign_ids:
+            order.campaigns.set(priced.pricing.campaign_ids)
+        for pid, qty in quantities.items():
+            products[pid].stock -= qty
+            products[pid].updated_at = now
+        Product.objects.bulk_update(list(products.values()), ["stock", "updated_at"])
+
+        order_pk = order.pk
+        transaction.on_commit(lambda: record_order_placed.delay(order_pk))
+    return order

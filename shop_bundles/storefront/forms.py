@@ -1,0 +1,50 @@
+"""Storefront forms. None of them has a price field: prices come from the catalogue only."""
+from django import forms
+
+from .cart import MAX_QUANTITY
+
+
+class ProductSearchForm(forms.Form):
+    """Product list filters: free text on name or SKU, and a department."""
+
+    q = forms.CharField(required=False, max_length=100, label="Search",
+                        widget=forms.TextInput(attrs={"placeholder": "Name or SKU", "type": "search"}))
+    department = forms.CharField(required=False, max_length=100)
+
+
+class AddToCartForm(forms.Form):
+    """Units of one product (or bundles of one offer) to add: 1..99.
+
+    Any other field in the request, such as ``price``, is ignored.
+    """
+
+    quantity = forms.IntegerField(min_value=1, max_value=MAX_QUANTITY, initial=1,
+                                  widget=forms.NumberInput(attrs={"class": "qty"}))
+
+
+class CartUpdateForm(forms.Form):
+    """New quantities for the cart's lines: one ``qty_<product id>`` field each, 0 removes the line."""
+
+    def __init__(self, *args, product_ids=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        for pid in product_ids:
+            self.fields[f"qty_{pid}"] = forms.IntegerField(min_value=0, max_value=MAX_QUANTITY, required=False)
+
+    def quantities(self) -> dict[int, int]:
+        """``{product_id: new quantity}`` for the fields that were sent (call after ``is_valid``)."""
+        out = {}
+        for name, value in self.cleaned_data.items():
+            if value is not None and name.startswith("qty_"):
+                out[int(name[4:])] = value
+        return out
+
+
+class CheckoutForm(forms.Form):
+    """Checkout: an optional customer id (creates or links a Customer by external id)."""
+
+    customer_id = forms.CharField(required=False, max_length=64, label="Customer id (optional)",
+                                  widget=forms.TextInput(attrs={"autocomplete": "off"}))
+
+    def clean_customer_id(self) -> str:
+        """Strip surrounding spaces."""
+        return (self.cleaned_data.get("customer_id") or "").strip()

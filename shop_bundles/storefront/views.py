@@ -1,0 +1,182 @@
+"""Shopper-facing views: product list, product page with bundle offers, cart, checkout, order.
+
+Every state change is a POST with CSRF. The cart holds only product ids and
+quantities; each view re-prices it from the catalogue (``cart.cart_price``).
+"""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.db.models import Q
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from ..models import Order, Product
+from ..selectors.offers import live_offer, offers_for_product
+from ..services.events import offer_event_add_to_cart
+from ..services.orders import customer_get_or_create, order_place
+from .cart import SessionCart, cart_price
+from .forms import AddToCartForm, CartUpdateForm, CheckoutForm, ProductSearchForm
+
+PAGE_SIZE = 24
+ORDERS_SESSION_KEY = "shop_bundles_orders"
+
+
+def _session_key(request: HttpRequest) -> str:
+    """The session key, creating the session for a first-time anonymous shopper."""
+    if not request.session.session_key:
+        request.session.save()
+    return request.session.session_key or ""
+
+
+def _redirect_back(request: HttpRequest, default: str) -> HttpResponse:
+    """Redirect to a same-host ``next`` field when given, else to ``default``."""
+    target = request.POST.get("next") or ""
+    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
+                                                   require_https=request.is_secure()):
+        return redirect(target)
+    return redirect(default)
+
+
+@require_GET
+def product_list(request: HttpRequest) -> HttpResponse:
+    """Active products, paginated (24 a page), searchable by name/SKU and filterable by department."""
+    form = ProductSearchForm(request.GET or None)
+    products = Product.objects.filter(active=True)
+    q = department = ""
+    if form.is_valid():
+        q = form.cleaned_data["q"].strip()
+        department = form.cleaned_data["department"].strip()
+        if q:
+            products = products.filter(Q(name__icontains=q) | Q(sku__icontains=q))
+        if department:
+            products = products.filter(department=department)
+    products = products.order_by("name", "sku").only("sku", "name", "department", "price", "stock", "active")
+    page = Paginator(products, PAGE_SIZE).get_page(request.GET.get("page"))
+    departments = (Product.objects.filter(active=True).exclude(department="")
+                   .order_by("department").values_list("department", flat=True).distinct())
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(request, "shop_bundles/storefront/product_list.html", {
+        "form": form, "page": page, "q": q, "department": department,
+        "departments": departments, "query": query.urlencode(),
+    })
+
+
+@require_GET
+def product_detail(request: HttpRequest, sku: str) -> HttpResponse:
+    """A product with its "Frequently bought together" offers (live campaigns only)."""
+    product = get_object_or_404(Product, sku=sku, active=True)
+    offers = offers_for_product(product) if product.available else []
+    return render(request, "shop_bundles/storefront/product_detail.html", {
+        "product": product, "offers": offers, "form": AddToCartForm(),
+    })
+
+
+@require_POST
+def cart_add(request: HttpRequest, sku: str) -> HttpResponse:
+    """Add units of one product. Only ``quantity`` is read; a posted ``price`` is ignored."""
+    product = get_object_or_404(Product, sku=sku, active=True)
+    form = AddToCartForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose a quantity between 1 and 99.")
+        return redirect("shop_bundles:product_detail", sku=product.sku)
+    if product.stock <= 0:
+        messages.error(request, f"{product.name or product.sku} is out of stock.")
+        return redirect("shop_bundles:product_detail", sku=product.sku)
+    SessionCart(request.session).add(product.pk, form.cleaned_data["quantity"])
+    messages.success(request, f"Added {product.name or product.sku} to your cart.")
+    return _redirect_back(request, reverse("shop_bundles:cart"))
+
+
+@require_POST
+def bundle_add(request: HttpRequest, campaign_id: int) -> HttpResponse:
+    """Add every item of a live bundle offer to the cart and record an ``add_to_cart`` event."""
+    offer = live_offer(campaign_id)
+    if offer is None:
+        raise Http404("This offer has ended.")
+    form = AddToCartForm(request.POST or {"quantity": 1})
+    bundles = form.cleaned_data["quantity"] if form.is_valid() else 1
+    cart = SessionCart(request.session)
+    for item in offer.items:
+        cart.add(item.product.pk, item.quantity * bundles)
+    offer_event_add_to_cart(campaign_id=offer.campaign_id, session_key=_session_key(request), quantity=bundles)
+    messages.success(request, f"Added the bundle “{offer.campaign.name}” to your cart.")
+    return _redirect_back(request, reverse("shop_bundles:cart"))
+
+
+@require_GET
+def cart_view(request: HttpRequest) -> HttpResponse:
+    """The cart, re-priced from the catalogue with bundles re-formed on every view."""
+    cart = SessionCart(request.session)
+    priced = cart_price(cart.quantities())
+    return render(request, "shop_bundles/storefront/cart.html", {
+        "priced": priced, "checkout_form": CheckoutForm(),
+        "can_checkout": bool(priced.rows) and all(row.available for row in priced.rows),
+    })
+
+
+@require_POST
+def cart_update(request: HttpRequest) -> HttpResponse:
+    """Set the quantities of cart lines (``qty_<product id>``; 0 removes a line)."""
+    cart = SessionCart(request.session)
+    form = CartUpdateForm(request.POST, product_ids=list(cart.quantities()))
+    if not form.is_valid():
+        messages.error(request, "Quantities must be whole numbers between 0 and 99.")
+        return redirect("shop_bundles:cart")
+    for pid, qty in form.quantities().items():
+        cart.set(pid, qty)
+    messages.success(request, "Cart updated.")
+    return redirect("shop_bundles:cart")
+
+
+@require_POST
+def cart_remove(request: HttpRequest, product_id: int) -> HttpResponse:
+    """Remove one product from the cart."""
+    SessionCart(request.session).remove(product_id)
+    return redirect("shop_bundles:cart")
+
+
+@require_http_methods(["GET", "POST"])
+def checkout(request: HttpRequest) -> HttpResponse:
+    """Place the order (POST). GET goes back to the cart, which holds the checkout form."""
+    if request.method != "POST":
+        return redirect("shop_bundles:cart")
+    cart = SessionCart(request.session)
+    form = CheckoutForm(request.POST)
+    if not form.is_valid():
+        for error in form.errors.get("customer_id", []):
+            messages.error(request, error)
+        return redirect("shop_bundles:cart")
+    try:
+        customer = None
+        if form.cleaned_data["customer_id"]:
+            customer = customer_get_or_create(external_id=form.cleaned_data["customer_id"])
+        order = order_place(cart=cart, session_key=_session_key(request), customer=customer)
+    except ValidationError as exc:
+        for message in exc.messages:
+            messages.error(request, message)
+        return redirect("shop_bundles:cart")
+    cart.clear()
+    placed = list(request.session.get(ORDERS_SESSION_KEY, []))[-49:]
+    request.session[ORDERS_SESSION_KEY] = placed + [order.pk]
+    return redirect("shop_bundles:order_detail", pk=order.pk)
+
+
+@require_GET
+def order_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """Order confirmation; visible to the session that placed it (and to staff)."""
+    order = get_object_or_404(Order.objects.select_related("customer"), pk=pk, source=Order.SOURCE_STOREFRONT)
+    own = pk in request.session.get(ORDERS_SESSION_KEY, [])
+    if not (own or getattr(request.user, "is_staff", False)):
+        raise Http404("No such order.")
+    lines = list(order.lines.select_related("product", "campaign").order_by("product__name", "product__sku"))
+    for line in lines:
+        line.amount = line.unit_price * line.quantity - line.discount
+    return render(request, "shop_bundles/storefront/order_detail.html", {
+        "order": order, "lines": lines, "campaigns": order.campaigns.all(),
+    })

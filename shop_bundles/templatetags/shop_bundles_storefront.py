@@ -1,0 +1,59 @@
+"""Storefront template tags: ``{% load shop_bundles_storefront %}``.
+
+* ``{{ amount|money }}`` formats a Decimal in the shop currency (``SHOP_BUNDLES_CURRENCY``).
+* ``{% cart_count %}`` units in the session cart (no database query).
+* ``{% bundle_offers product %}`` renders the "Frequently bought together"
+  block for a product, so a shop can drop the offers into its own product page.
+"""
+from decimal import Decimal, InvalidOperation
+
+from django import template
+from django.conf import settings
+
+from ..selectors.offers import offers_for_product
+from ..storefront.cart import SessionCart
+from ..storefront.pricing import quantize_money
+
+register = template.Library()
+
+SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
+
+
+@register.filter
+def money(value) -> str:
+    """Format an amount as ``$12.50`` (currency from ``SHOP_BUNDLES_CURRENCY``, half-up cents).
+
+    Non-numeric values render as an empty string.
+    """
+    try:
+        amount = quantize_money(Decimal(str(value)))
+    except (InvalidOperation, TypeError, ValueError):
+        return ""
+    code = getattr(settings, "SHOP_BUNDLES_CURRENCY", "USD")
+    symbol = SYMBOLS.get(code)
+    sign = "-" if amount < 0 else ""
+    return f"{sign}{symbol}{abs(amount):,.2f}" if symbol else f"{sign}{abs(amount):,.2f} {code}"
+
+
+@register.simple_tag(takes_context=True)
+def cart_count(context) -> int:
+    """Units in the session cart of the current request (0 without a request)."""
+    request = context.get("request")
+    if request is None or not hasattr(request, "session"):
+        return 0
+    return SessionCart(request.session).count()
+
+
+@register.inclusion_tag("shop_bundles/storefront/_offers.html", takes_context=True)
+def bundle_offers(context, product, offers=None):
+    """The "Frequently bought together" block for ``product``.
+
+    Args:
+        product: a ``Product``.
+        offers: already-selected offers (e.g. from the view); None runs
+            ``selectors.offers.offers_for_product`` (two queries).
+    """
+    if offers is None:
+        offers = offers_for_product(product) if product.available else []
+    return {"product": product, "offers": offers, "request": context.get("request"),
+            "csrf_token": context.get("csrf_token")}

@@ -1,0 +1,179 @@
+"""The pure pricing engine (shop_bundles.storefront.pricing): money cases M1-M7 and the rules behind them.
+
+No database: the engine takes plain dataclasses with Decimal catalogue prices.
+"""
+from decimal import Decimal as D
+
+import pytest
+
+from shop_bundles.storefront.pricing import (
+    AMOUNT,
+    FIXED_PRICE,
+    PERCENT,
+    CampaignSpec,
+    CartItem,
+    allocate,
+    bundle_line_discount,
+    bundle_price,
+    price_cart,
+    quantize_money,
+)
+
+A, B, C, D_, E, F, G, H = 1, 2, 3, 4, 5, 6, 7, 8
+PRICES = {A: D("20.00"), B: D("5.00"), C: D("3.00"), D_: D("2.00"), E: D("19.99"), F: D("10.00"),
+          G: D("6.75"), H: D("6.75")}
+C8 = 9  # product "C 8.00" of case M6
+PRICES[C8] = D("8.00")
+
+
+def cart(**quantities):
+    """CartItems from keyword quantities, e.g. cart(A=1, B=1), with catalogue prices."""
+    ids = {"A": A, "B": B, "C": C, "D": D_, "E": E, "F": F, "G": G, "H": H, "C8": C8}
+    return [CartItem(product_id=ids[k], quantity=q, unit_price=PRICES[ids[k]]) for k, q in quantities.items()]
+
+
+def spec(cid, kind, value, *products, qty=None):
+    """CampaignSpec with one unit of each product unless ``qty`` maps product -> units."""
+    qty = qty or {}
+    return CampaignSpec(campaign_id=cid, discount_type=kind, discount_value=D(value),
+                        items=tuple((p, qty.get(p, 1)) for p in products), name=f"c{cid}")
+
+
+def assert_lines_sum(result):
+    """Line discount shares add up exactly to the discount total, and nothing is negative."""
+    assert sum(line.discount for line in result.lines) == result.discount_total
+    assert all(line.total >= 0 and line.discount >= 0 for line in result.lines)
+    assert all(b.total >= 0 for b in result.bundles)
+    assert result.total == result.subtotal - result.discount_total
+
+
+def test_m1_one_bundle_ten_percent():
+    result = price_cart(cart(A=1, B=1), [spec(1, PERCENT, "10", A, B)])
+    assert result.subtotal == D("25.00")
+    assert result.discount_total == D("2.50")
+    assert result.total == D("22.50")
+    assert [(b.campaign_id, b.count, b.regular_amount, b.discount) for b in result.bundles] == [(1, 1, D("25.00"), D("2.50"))]
+    assert_lines_sum(result)
+
+
+def test_m2_extra_unit_outside_bundle_pays_full_price():
+    result = price_cart(cart(A=2, B=1), [spec(1, PERCENT, "10", A, B)])
+    assert result.bundles_used == 1
+    assert result.discount_total == D("2.50")
+    assert result.total == D("42.50")
+    line_a = next(line for line in result.lines if line.product_id == A)
+    assert (line_a.quantity, line_a.bundled_quantity) == (2, 1)
+    assert_lines_sum(result)
+
+
+def test_m3_amount_off_above_bundle_price_never_goes_negative():
+    # Approval refuses this campaign (service rule); the engine still never goes below zero.
+    result = price_cart(cart(C=1, D=1), [spec(1, AMOUNT, "6.00", C, D_)])
+    assert result.discount_total == D("5.00")
+    assert result.total == D("0.00")
+    assert bundle_price(AMOUNT, D("6.00"), D("5.00")) == (D("0.00"), D("5.00"))
+    assert_lines_sum(result)
+
+
+def test_m4_half_up_rounding_once():
+    result = price_cart(cart(E=1, F=1), [spec(1, PERCENT, "25", E, F)])
+    assert result.discount_total == D("7.50")  # 29.99 * 0.25 = 7.4975 -> 7.50
+    assert result.total == D("22.49")
+    assert_lines_sum(result)
+
+
+def test_m5_rounding_on_the_bundle_line_not_per_bundle():
+    result = price_cart(cart(G=9, H=9), [spec(1, PERCENT, "5", G, H)])
+    assert [(b.count, b.regular_amount, b.discount) for b in result.bundles] == [(9, D("121.50"), D("6.08"))]
+    assert result.discount_total == D("6.08")  # 6.075 once, not 0.68 x 9 = 6.12
+    assert result.total == D("115.42")
+    assert_lines_sum(result)
+
+
+@pytest.mark.parametrize("ab_id, ac_id", [(1, 2), (2, 1)])
+def test_m6_unit_joins_the_better_bundle_for_the_shopper(ab_id, ac_id):
+    campaigns = [spec(ab_id, PERCENT, "10", A, B), spec(ac_id, PERCENT, "15", A, C8)]
+    result = price_cart(cart(A=1, B=1, C8=1), campaigns)
+    assert [(b.campaign_id, b.count, b.discount) for b in result.bundles] == [(ac_id, 1, D("4.20"))]
+    assert result.subtotal == D("33.00")
+    assert result.discount_total == D("4.20")
+    assert result.total == D("28.80")
+    assert_lines_sum(result)
+
+
+def test_m7_engine_only_knows_catalogue_prices():
+    # The cart stores ids and quantities; the caller passes Product.price. Same numbers as M1.
+    result = price_cart(cart(A=1, B=1), [spec(1, PERCENT, "10", A, B)])
+    assert (result.discount_total, result.total) == (D("2.50"), D("22.50"))
+
+
+def test_a_unit_belongs_to_at_most_one_bundle():
+    # Both campaigns want the single B; only one bundle can form.
+    campaigns = [spec(1, PERCENT, "10", A, B), spec(2, PERCENT, "10", B, C8)]
+    result = price_cart(cart(A=1, B=1, C8=1), campaigns)
+    assert result.bundles_used == 1
+    assert sum(line.bundled_quantity for line in result.lines if line.product_id == B) == 1
+
+
+def test_equal_savings_break_ties_by_campaign_id():
+    campaigns = [spec(7, AMOUNT, "2.00", A, B), spec(3, AMOUNT, "2.00", B, C8)]
+    result = price_cart(cart(A=1, B=1, C8=1), campaigns)
+    assert [b.campaign_id for b in result.bundles] == [3]
+
+
+def test_fixed_price_bundle_and_fixed_price_above_regular_gives_nothing():
+    cheaper = price_cart(cart(A=1, B=1), [spec(1, FIXED_PRICE, "21.00", A, B)])
+    assert (cheaper.discount_total, cheaper.total) == (D("4.00"), D("21.00"))
+    dearer = price_cart(cart(A=1, B=1), [spec(1, FIXED_PRICE, "30.00", A, B)])
+    assert dearer.bundles == ()
+    assert (dearer.discount_total, dearer.total) == (D("0.00"), D("25.00"))
+    assert bundle_price(FIXED_PRICE, D("30.00"), D("25.00")) == (D("25.00"), D("0.00"))
+
+
+def test_fixed_price_above_regular_leaves_units_for_another_campaign():
+    campaigns = [spec(1, FIXED_PRICE, "99.00", A, B), spec(2, PERCENT, "10", A, B)]
+    result = price_cart(cart(A=1, B=1), campaigns)
+    assert [b.campaign_id for b in result.bundles] == [2]
+
+
+def test_amount_off_counts_per_bundle_on_the_line():
+    result = price_cart(cart(A=3, B=3), [spec(1, AMOUNT, "1.50", A, B)])
+    assert [(b.count, b.discount) for b in result.bundles] == [(3, D("4.50"))]
+    assert_lines_sum(result)
+
+
+def test_items_with_several_units_per_bundle():
+    # 2 x G + 1 x H per bundle; 5 G and 2 H form 2 bundles, 1 G left over.
+    result = price_cart(cart(G=5, H=2), [spec(1, PERCENT, "10", G, H, qty={G: 2})])
+    assert [(b.count, b.regular_amount, b.discount) for b in result.bundles] == [(2, D("40.50"), D("4.05"))]
+    line_g = next(line for line in result.lines if line.product_id == G)
+    assert line_g.bundled_quantity == 4
+    assert_lines_sum(result)
+
+
+def test_campaign_needing_a_product_not_in_cart_forms_nothing():
+    result = price_cart(cart(A=1), [spec(1, PERCENT, "10", A, B)])
+    assert result.bundles == () and result.total == D("20.00")
+
+
+def test_line_discount_shares_sum_exactly_with_odd_cents():
+    # 3 items of 1/3 each of a 0.10 discount: shares must still add up to 0.10.
+    assert allocate(D("0.10"), [D("1.00"), D("1.00"), D("1.00")]) == [D("0.04"), D("0.03"), D("0.03")]
+    result = price_cart(cart(E=1, F=1, C=1), [spec(1, PERCENT, "33", E, F, C)])
+    assert result.discount_total == quantize_money(D("32.99") * D("0.33"))  # 10.8867 -> 10.89
+    assert_lines_sum(result)
+
+
+def test_discount_helpers_reject_bad_input():
+    with pytest.raises(ValueError):
+        bundle_line_discount("bogus", D("1"), D("10"), 1)
+    with pytest.raises(ValueError):
+        bundle_line_discount(PERCENT, D("-1"), D("10"), 1)
+    with pytest.raises(ValueError):
+        price_cart([CartItem(A, 1, D("-1.00"))], [])
+
+
+def test_percent_over_hundred_is_clamped_to_the_regular_amount():
+    result = price_cart(cart(A=1, B=1), [spec(1, PERCENT, "150", A, B)])
+    assert (result.discount_total, result.total) == (D("25.00"), D("0.00"))
+    assert_lines_sum(result)
