@@ -130,6 +130,8 @@ STORAGES = {
 }
 # Serve app static files straight from the apps in development so the demo needs no collectstatic.
 WHITENOISE_USE_FINDERS = not PRODUCTION
+if not PRODUCTION:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 LOGIN_URL = "admin:login"
 
