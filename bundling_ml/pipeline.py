@@ -1,0 +1,416 @@
+"""End-to-end training (with backtest) and bundle scoring.
+
+``train_model``: clean -> exclude departments -> temporal split -> pair
+statistics on the early part of the training window, labels from its last
+weeks -> train the Keras pair scorer -> backtest (protocol steps 3-6) against
+the popularity and co-occurrence count baselines on the test period -> save
+``model.keras`` + ``metadata.json``.
+
+``score_bundles``: statistics on all given lines -> candidate companions of
+every anchor with enough baskets -> model scores -> 2-item and 3-item bundles
+with evidence (counts, support, confidence, lift, attach rate), a suggested
+discount and plain-word reasons.
+
+The saved model is the one measured by the backtest. Its pair features are
+scale-free or normalised per 100k baskets (:mod:`bundling_ml.features`), so it
+is applied to statistics of the full history at scoring time.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from bundling_ml import artifacts
+from bundling_ml.candidates import candidate_companions
+from bundling_ml.data import (
+    Queries,
+    build_queries,
+    default_split_date,
+    exclude_departments,
+    prepare_lines,
+    prepare_products,
+    temporal_split,
+)
+from bundling_ml.evaluation import cooccurrence_ranker, evaluate_system, popularity_ranker
+from bundling_ml.features import CATEGORICAL_FIELDS, COUNT_SCALE, PAIR_FEATURES, ProductTable, ProductVocab
+from bundling_ml.pricing import suggested_discount_percent
+from bundling_ml.stats import PairStats
+
+log = logging.getLogger("bundling_ml")
+
+ProgressFn = Callable[[float, str], None]
+
+#: Candidate list used for training and the backtest.
+CANDIDATES = {"n_total": 100, "n_cooc": 80, "n_category": 10}
+K = 10
+
+
+@dataclass
+class TrainResult:
+    """Result of :func:`train_model`.
+
+    Attributes:
+        artifact_dir: Path holding ``model.keras`` + ``metadata.json``.
+        metadata: the dict written to ``metadata.json``.
+        metrics: {"split_date": "YYYY-MM-DD", "queries": int, "rows": [{"system":
+            "model" | "popularity" | "cooccurrence_count", "hr@10": float,
+            "ndcg@10": float, "queries": int, "seconds": float}]}.
+        history: {"loss": [float per epoch], "val_loss": [float per epoch]}.
+    """
+
+    artifact_dir: Path
+    metadata: dict
+    metrics: dict
+    history: dict = field(default_factory=dict)
+
+
+class _Progress:
+    """Maps stage-local fractions onto [0, 1] and calls the user callback."""
+
+    def __init__(self, fn: Optional[ProgressFn]):
+        self.fn = fn
+
+    def __call__(self, fraction: float, stage: str) -> None:
+        log.info("%3.0f%% %s", 100 * fraction, stage)
+        if self.fn is not None:
+            self.fn(float(min(max(fraction, 0.0), 1.0)), stage)
+
+    def span(self, lo: float, hi: float) -> ProgressFn:
+        return lambda f, stage: self(lo + (hi - lo) * f, stage)
+
+
+def _remap_queries(q: Queries, cols: pd.Index, target: pd.Index) -> Queries:
+    """Re-express queries built on column index ``cols`` in index ``target``."""
+    remap = target.get_indexer(cols).astype(np.int64)
+    B = q.baskets
+    B2 = sp.csr_matrix((B.data, remap[B.indices], B.indptr), shape=(B.shape[0], len(target)))
+    B2.sort_indices()
+    return Queries(baskets=B2, basket_ids=q.basket_ids, query_basket=q.query_basket, anchor=remap[q.anchor])
+
+
+def train_model(
+    lines: pd.DataFrame,
+    products: pd.DataFrame,
+    *,
+    out_dir,
+    split_date=None,
+    seed: int = 0,
+    excluded_departments=(),
+    progress: Optional[ProgressFn] = None,
+    max_queries: Optional[int] = None,
+    sample_baskets: Optional[int] = None,
+    epochs: int = 3,
+    label_weeks: Optional[int] = None,
+) -> TrainResult:
+    """Train the bundle model, backtest it, and save it.
+
+    Args:
+        lines: order-lines frame (``docs/contracts.md``); cleaned here with
+            :func:`bundling_ml.data.prepare_lines`.
+        products: products frame (product_id, department, category,
+            product_type, brand, price).
+        out_dir: directory that becomes the artifact (``model.keras`` +
+            ``metadata.json``); replaced atomically if it exists.
+        split_date: first day of the test period (str / date / Timestamp);
+            None = the last ~20 % of weeks are the test period.
+        seed: seed of the query sample, example sampling and Keras.
+        excluded_departments: departments (e.g. "FUEL", "COUPON") removed
+            before mining; their products are never anchors or companions.
+        progress: optional callable(fraction in [0, 1], stage: str).
+        max_queries: optional cap on backtest queries (baskets sampled with
+            ``seed`` until the cap).
+        sample_baskets: optional number of test baskets sampled with
+            ``seed`` (the protocol's fixed random sample, e.g. 3000).
+        epochs: training epochs.
+        label_weeks: weeks at the end of the training window whose baskets
+            give the training labels (pair statistics use the weeks before);
+            default round(10 % of training weeks), clipped to 1..4.
+
+    Returns:
+        :class:`TrainResult`.
+
+    Raises:
+        ValueError: if the lines are empty, the split leaves no training or
+            no test baskets, or there are no usable training examples.
+    """
+    from bundling_ml import model as mdl  # imports TF lazily inside its functions
+
+    t_start = time.perf_counter()
+    prog = _Progress(progress)
+    prog(0.0, "preparing lines")
+    L = prepare_lines(lines)
+    if len(L) == 0:
+        raise ValueError("no usable order lines")
+    P = prepare_products(products, L)
+    L = exclude_departments(L, P, excluded_departments)
+    split = pd.Timestamp(split_date) if split_date is not None else default_split_date(L)
+    train, test = temporal_split(L, split)
+    if train.empty or test.empty:
+        raise ValueError(f"split date {split.date()} leaves {len(train)} training and {len(test)} test lines")
+    train_start = train["time"].min().normalize()
+    train_weeks = max(1, int(np.ceil((split - train_start).days / 7)))
+    if label_weeks is None:
+        label_weeks = int(np.clip(round(0.1 * train_weeks), 1, 4))
+    label_start = split - pd.Timedelta(weeks=label_weeks)
+    feat_lines, label_lines = temporal_split(train, label_start)
+    if feat_lines.empty or label_lines.empty:
+        raise ValueError("training window too short to separate feature and label weeks")
+
+    prog(0.05, "counting co-purchases")
+    product_index = pd.Index(np.sort(train["product_id"].unique()))
+    S_feat = PairStats.from_lines(feat_lines, product_index)
+    vocab = ProductVocab.fit(P, product_index)
+    table = ProductTable.build(P, product_index, vocab)
+    seen_feat = product_index[S_feat.item_counts > 0]
+    label_q = _remap_queries(build_queries(label_lines, seen_feat), seen_feat, product_index)
+
+    prog(0.15, "building training examples")
+    x, y, group = mdl.training_examples(S_feat, table, label_q, seed=seed, **CANDIDATES)
+    n_examples, pos_rate = int(len(y)), float(y.mean()) if len(y) else 0.0
+    del S_feat
+    prog(0.2, f"training on {n_examples} pairs")
+    model, history = mdl.fit_model(vocab, x, y, group, epochs=epochs, seed=seed, progress=prog.span(0.2, 0.7))
+    del x, y, group
+
+    prog(0.7, "backtest: statistics of the training window")
+    S = PairStats.from_lines(train, product_index)
+    queries = build_queries(test, product_index, sample_baskets=sample_baskets, max_queries=max_queries, seed=seed)
+
+    def model_rank(anchors: np.ndarray) -> np.ndarray:
+        cands = candidate_companions(S, anchors, categories=table.category, show_progress=True, **CANDIDATES)
+        return mdl.rank_candidates(model, S, table, anchors, cands, K)[0]
+
+    rows = []
+    prog(0.75, f"backtest: popularity on {queries.n_queries} queries")
+    rows.append(evaluate_system(queries, popularity_ranker(S, K), name="popularity"))
+    prog(0.78, "backtest: co-occurrence count")
+    rows.append(evaluate_system(queries, cooccurrence_ranker(S, K), name="cooccurrence_count"))
+    prog(0.8, "backtest: model")
+    rows.append(evaluate_system(queries, model_rank, name="model"))
+    rows = [rows[2], rows[0], rows[1]]
+    metrics = {"split_date": str(split.date()), "queries": queries.n_queries, "baskets": int(queries.baskets.shape[0]), "rows": rows}
+
+    prog(0.95, "saving artifact")
+    metadata = {
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": "bundle_pair_scorer",
+        "seed": seed,
+        "vocab": vocab.to_json(),
+        "categorical_fields": list(CATEGORICAL_FIELDS),
+        "pair_features": list(PAIR_FEATURES),
+        "count_scale": COUNT_SCALE,
+        "candidates": dict(CANDIDATES),
+        "excluded_departments": sorted({str(d).strip().upper() for d in excluded_departments}),
+        "data_window": {
+            "first_line": str(L["time"].min()),
+            "last_line": str(L["time"].max()),
+            "split_date": str(split.date()),
+            "label_start": str(label_start.date()),
+            "train_lines": int(len(train)),
+            "train_baskets": int(S.n_baskets),
+            "train_products": int(len(product_index)),
+            "test_lines": int(len(test)),
+        },
+        "training": {"examples": n_examples, "positive_rate": pos_rate, "epochs": epochs, "label_weeks": label_weeks, "label_queries": label_q.n_queries},
+        "metrics": metrics,
+        "history": history,
+        "train_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    artifact_dir = artifacts.save_model(model, metadata, out_dir)
+    metadata = artifacts.load_metadata(artifact_dir)
+    prog(1.0, "done")
+    return TrainResult(artifact_dir=Path(artifact_dir), metadata=metadata, metrics=metrics, history=history)
+
+
+def _label(products: pd.DataFrame) -> pd.Series:
+    """Human label per product id: name, else product_type (title case), else category, else the id."""
+    p = products.set_index("product_id")
+    lab = p["name"].where(p["name"] != "", p["product_type"].str.title())
+    lab = lab.where(lab != "", p["category"].str.title())
+    lab = lab.where(lab != "", pd.Series(p.index, index=p.index))
+    return lab
+
+
+def _reasons(count: int, lift: float, conf: float, anchor: str, others: list[str]) -> str:
+    what = others[0] if len(others) == 1 else f"both {others[0]} and {others[1]}"
+    chance = f"{lift:.1f}x more often than chance" if lift >= 1.05 else ("about as often as chance" if lift >= 0.95 else f"{lift:.1f}x as often as chance")
+    return f"Bought together in {count:,} baskets; {chance}; {conf:.0%} of baskets with {anchor} also have {what}"
+
+
+def score_bundles(
+    artifact_dir,
+    lines: pd.DataFrame,
+    products: pd.DataFrame,
+    *,
+    min_anchor_baskets: int = 20,
+    max_bundles: int = 5000,
+    excluded_departments=(),
+    progress: Optional[ProgressFn] = None,
+    min_co_purchase: int = 3,
+    n_candidates: int = 30,
+    n_three_way: int = 5,
+    count_prior: float = 20.0,
+) -> pd.DataFrame:
+    """Propose 2- and 3-item bundles with evidence.
+
+    For every anchor bought in at least ``min_anchor_baskets`` baskets, the
+    ``n_candidates`` companions with the highest co-purchase counts (count >=
+    ``min_co_purchase``) are scored by the model. Bundles:
+
+    * 2 items: anchor + best-scored companion; score = its model probability.
+    * 3 items: anchor + two of the ``n_three_way`` best companions that also
+      co-occur with each other, with >= ``min_co_purchase`` baskets holding
+      all three; the pair with the highest score is kept, score = geometric
+      mean of p(anchor, c1), p(anchor, c2), p(c1, c2).
+
+    The reported score is that probability shrunk by the evidence:
+    ``score * n / (n + count_prior)`` with n = baskets holding all items, so
+    a bundle seen in a handful of baskets (often one household's habit) does
+    not outrank a well-supported one. Item sets are deduplicated (highest
+    score kept); the best ``max_bundles`` are returned.
+
+    Evidence (N = baskets in ``lines`` that still hold a product after the
+    department exclusion, n_x = baskets holding x):
+    co_purchase_count = baskets holding all items; support = count / N;
+    confidence = expected_attach_rate = count / n_anchor (the attach rate of
+    the companions given the anchor); lift = count * N / (n_anchor *
+    n_companions), where n_companions = baskets holding all companions (rule
+    lift of anchor -> companions).
+
+    Args:
+        artifact_dir: directory written by :func:`train_model`.
+        lines: order lines (all history to mine; cleaned here).
+        products: products frame.
+        min_anchor_baskets: minimum baskets an anchor must appear in.
+        max_bundles: maximum rows returned.
+        excluded_departments: departments whose products are never anchors or
+            companions (combined with the model's own exclusions).
+        progress: optional callable(fraction, stage).
+        min_co_purchase: minimum baskets holding all items of a bundle.
+        n_candidates: companions scored per anchor.
+        n_three_way: best companions considered for 3-item bundles.
+        count_prior: shrinkage constant of the score (baskets).
+
+    Returns:
+        DataFrame with columns anchor (str), items (tuple of str, anchor
+        first), score (float 0..1), co_purchase_count (int64), support,
+        confidence, lift, expected_attach_rate, suggested_discount_percent
+        (float64), reasons (str); sorted by score descending (ties: higher
+        count first), each item set once. Empty (with these columns) when no
+        anchor qualifies.
+
+    Raises:
+        FileNotFoundError: if the artifact is missing.
+    """
+    from bundling_ml import model as mdl
+
+    prog = _Progress(progress)
+    prog(0.0, "loading model")
+    model, meta = artifacts.load_model(artifact_dir)
+    vocab = ProductVocab.from_json(meta["vocab"])
+    excluded = set(meta.get("excluded_departments", [])) | {str(d).strip().upper() for d in excluded_departments}
+    prog(0.05, "preparing lines")
+    L = prepare_lines(lines)
+    P = prepare_products(products, L)
+    L = exclude_departments(L, P, excluded)
+    columns = ["anchor", "items", "score", "co_purchase_count", "support", "confidence", "lift", "expected_attach_rate", "suggested_discount_percent", "reasons"]
+    if L.empty:
+        return pd.DataFrame(columns=columns)
+    prog(0.1, "counting co-purchases")
+    product_index = pd.Index(np.sort(L["product_id"].unique()))
+    S = PairStats.from_lines(L, product_index)
+    table = ProductTable.build(P, product_index, vocab)
+    anchors = np.flatnonzero(S.item_counts >= min_anchor_baskets)
+    anchors = anchors[np.lexsort((anchors, -S.item_counts[anchors]))]
+
+    prog(0.25, f"candidates for {len(anchors)} anchors")
+    cands = candidate_companions(S, anchors, n_total=n_candidates, n_cooc=n_candidates, n_category=0, show_progress=True)
+    counts = np.zeros(cands.shape, dtype=np.int64)
+    valid = cands >= 0
+    counts[valid] = S.count(np.repeat(anchors, cands.shape[1])[valid.ravel()], cands[valid])
+    cands[counts < min_co_purchase] = -1
+
+    prog(0.4, "scoring pairs")
+    top, sc = mdl.rank_candidates(model, S, table, anchors, cands, max(n_three_way, 1))
+
+    prog(0.6, "building 3-item bundles")
+    # all companion pairs among the top n_three_way of each anchor
+    ii, jj = np.triu_indices(top.shape[1], k=1)
+    A = np.repeat(anchors, len(ii))
+    C1 = top[:, ii].ravel()
+    C2 = top[:, jj].ravel()
+    P1 = sc[:, ii].ravel()
+    P2 = sc[:, jj].ravel()
+    ok = (C1 >= 0) & (C2 >= 0)
+    ok[ok] = S.count(C1[ok], C2[ok]) >= min_co_purchase
+    A, C1, C2, P1, P2 = A[ok], C1[ok], C2[ok], P1[ok], P2[ok]
+    P12 = mdl.predict_pairs(model, S, table, C1, C2)
+    tri_score = np.cbrt(P1 * P2 * P12)
+    order = np.lexsort((-tri_score, A))
+    A, C1, C2, tri_score = A[order], C1[order], C2[order], tri_score[order]
+    triples = []
+    done = set()
+    for a, c1, c2, s in tqdm(zip(A.tolist(), C1.tolist(), C2.tolist(), tri_score.tolist()), total=len(A), desc="3-item bundles", mininterval=2.0):
+        if a in done:
+            continue
+        n_all = S.baskets_with_all((a, c1, c2))
+        if n_all >= min_co_purchase:
+            triples.append((a, c1, c2, s, n_all))
+            done.add(a)
+
+    prog(0.85, "evidence")
+    N = float(S.n_baskets)
+    rows = []
+    has = top[:, 0] >= 0
+    a2, c2_, s2 = anchors[has], top[has, 0], sc[has, 0]
+    n2 = S.count(a2, c2_)
+    for a, c, s, n in zip(a2.tolist(), c2_.tolist(), s2.tolist(), n2.tolist()):
+        rows.append((a, (a, c), s * n / (n + count_prior), n, int(S.item_counts[c])))
+    for a, c1, c2, s, n in triples:
+        rows.append((a, (a, c1, c2), s * n / (n + count_prior), n, int(S.count([c1], [c2])[0])))
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    rows.sort(key=lambda r: (-r[2], -r[3], r[1]))
+    seen, kept = set(), []
+    for r in rows:
+        key = frozenset(r[1])
+        if key in seen:
+            continue
+        seen.add(key)
+        kept.append(r)
+        if len(kept) >= max_bundles:
+            break
+    ids = product_index.to_numpy()
+    labels = _label(P).reindex(product_index).fillna("").to_numpy()
+    out = []
+    for a, items, s, n, n_comp in kept:
+        na = float(S.item_counts[a])
+        conf = n / na
+        lift = n * N / (na * n_comp) if n_comp else 0.0
+        out.append(
+            {
+                "anchor": str(ids[a]),
+                "items": tuple(str(ids[i]) for i in items),
+                "score": float(s),
+                "co_purchase_count": int(n),
+                "support": n / N,
+                "confidence": conf,
+                "lift": lift,
+                "expected_attach_rate": conf,
+                "suggested_discount_percent": float(suggested_discount_percent(lift, conf)),
+                "reasons": _reasons(int(n), lift, conf, labels[a] or str(ids[a]), [labels[i] or str(ids[i]) for i in items[1:]]),
+            }
+        )
+    df = pd.DataFrame(out, columns=columns)
+    df["co_purchase_count"] = df["co_purchase_count"].astype("int64")
+    prog(1.0, f"{len(df)} bundles")
+    return df
