@@ -35,7 +35,7 @@ def library_versions() -> dict:
     return out
 
 
-def save_model(model, metadata: dict, artifact_dir) -> Path:
+def save_model(model, metadata: dict, artifact_dir, *, extra_models: dict | None = None) -> Path:
     """Atomically write ``model.keras`` and ``metadata.json`` into ``artifact_dir``.
 
     Args:
@@ -43,6 +43,8 @@ def save_model(model, metadata: dict, artifact_dir) -> Path:
         metadata: JSON-serialisable dict; ``format_version`` and
             ``library_versions`` are added when missing.
         artifact_dir: target directory (created; replaced if it exists).
+        extra_models: optional {file name ("shopper.keras"): keras.Model}
+            saved next to ``model.keras`` (see :func:`load_extra_model`).
 
     Returns:
         Path of ``artifact_dir``.
@@ -60,6 +62,8 @@ def save_model(model, metadata: dict, artifact_dir) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{artifact_dir.name}.tmp-", dir=artifact_dir.parent))
     try:
         model.save(tmp / MODEL_FILE)
+        for name, extra in (extra_models or {}).items():
+            extra.save(tmp / name)
         (tmp / METADATA_FILE).write_text(text, encoding="utf-8")
         old = None
         if artifact_dir.exists():
@@ -103,6 +107,15 @@ def load_model(artifact_dir):
         raise FileNotFoundError(path)
     meta = load_metadata(artifact_dir)
     return keras.models.load_model(path, compile=False), meta
+
+
+def load_extra_model(artifact_dir, name: str):
+    """Load an extra model saved with ``save_model(..., extra_models=...)``;
+    None when the file is absent."""
+    import keras
+
+    path = Path(artifact_dir) / name
+    return keras.models.load_model(path, compile=False) if path.exists() else None
 
 
 def _json_default(o):

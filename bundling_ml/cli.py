@@ -1,13 +1,30 @@
-"""Command line: ``python -m bundling_ml backtest|score ...``.
+"""Command line: ``python -m bundling_ml backtest|recommend|score ...``.
+
+Data options (backtest and recommend)::
+
+    --preset completejourney
+    --orders FILE [--products FILE] --columns basket=COL,product=COL,time=COL[,customer=COL,quantity=COL,price=COL,name=COL]
+
+A raw export given with ``--orders`` is read with ``bundling_ml.ingest``
+(``read_orders_csv``: the Django import's cleaning rules: cancellations,
+adjustments, non-product codes, guest orders) when quantity and price columns
+are mapped; otherwise the CSV is read as text and every line counts one unit.
+``--products`` is a CSV with a product_id column and any of department,
+category, product_type (or type), brand, price, name.
 
 Examples::
 
     python -m bundling_ml backtest --preset completejourney --split-date 2017-10-30 --sample-baskets 3000
+    python -m bundling_ml recommend --preset completejourney --train-until 2017-10-30 --queries q.csv --k 10 --out recs.csv
     python -m bundling_ml score --preset completejourney --artifact-dir var/model --out bundles.csv
 
-``backtest`` trains the model on the training period, runs the offline
-evaluation protocol and prints the table: system, HR@10, NDCG@10, queries,
-seconds. ``score`` writes bundle suggestions of a saved model as CSV.
+``backtest`` trains on the lines before --split-date, runs the offline
+evaluation protocol on the rest and prints the tables (anonymous, known
+shopper, cold-start anchors): system, HR@10, NDCG@10, queries, seconds.
+``recommend`` trains on the lines before --train-until and writes, for every
+query (query_id, product_id[, customer_id]) whose anchor is known, k
+companions (query_id, rank, product_id, score); never the anchor; ids are
+text.
 """
 from __future__ import annotations
 
@@ -20,7 +37,7 @@ import time
 PRESETS = ("completejourney",)
 
 
-def _load(preset: str):
+def _load_preset(preset: str):
     from bundling_ml.data import completejourney_frames
 
     if preset == "completejourney":
@@ -28,18 +45,187 @@ def _load(preset: str):
     raise SystemExit(f"unknown preset {preset!r}; choose from {PRESETS}")
 
 
+def _read_products(path):
+    import pandas as pd
+
+    p = pd.read_csv(path, dtype=str, keep_default_na=False)
+    p = p.rename(columns={c: c.strip().lower() for c in p.columns})
+    if "product_id" not in p.columns:
+        raise SystemExit(f"{path}: needs a product_id column")
+    if "product_type" not in p.columns and "type" in p.columns:
+        p = p.rename(columns={"type": "product_type"})
+    if "product_category" in p.columns and "category" not in p.columns:
+        p = p.rename(columns={"product_category": "category"})
+    return p
+
+
+def load_orders(path, columns: str, products_path=None):
+    """(lines, products) frames from a retailer CSV (see the module docstring)."""
+    import pandas as pd
+
+    mapping = {}
+    for part in str(columns).split(","):
+        if part.strip():
+            k, _, v = part.partition("=")
+            mapping[k.strip()] = v.strip()
+    for need in ("basket", "product", "time"):
+        if not mapping.get(need):
+            raise SystemExit(f"--columns needs {need}=COL")
+    products = None
+    if mapping.get("quantity") and mapping.get("price"):
+        try:
+            from bundling_ml import ingest
+        except ImportError:  # pragma: no cover - ingest is optional
+            ingest = None
+        if ingest is not None:
+            res = ingest.read_orders_csv(path, mapping=mapping)
+            lines, products = res.lines, res.products
+    if products is None:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+        lines = pd.DataFrame({
+            "basket_id": raw[mapping["basket"]].str.strip(),
+            "product_id": raw[mapping["product"]].str.strip(),
+            "customer_id": (raw[mapping["customer"]].str.strip().replace("", pd.NA) if mapping.get("customer") else pd.Series(pd.NA, index=raw.index)).astype("string"),
+            "time": pd.to_datetime(raw[mapping["time"]], errors="coerce"),
+            "quantity": pd.to_numeric(raw[mapping["quantity"]], errors="coerce") if mapping.get("quantity") else 1.0,
+            "price": pd.to_numeric(raw[mapping["price"]], errors="coerce") if mapping.get("price") else float("nan"),
+        })
+        products = pd.DataFrame({"product_id": lines["product_id"].unique()})
+        if mapping.get("name"):
+            products["name"] = raw.groupby(raw[mapping["product"]].str.strip())[mapping["name"]].first().reindex(products["product_id"]).to_numpy()
+    if products_path:
+        extra = _read_products(products_path)
+        products = extra if products is None else extra.merge(products[["product_id"]], how="outer", on="product_id")
+    return lines, products
+
+
+def _data(args):
+    if args.preset:
+        return _load_preset(args.preset)
+    if not args.orders or not args.columns:
+        raise SystemExit("give --preset or --orders FILE --columns basket=COL,product=COL,time=COL")
+    return load_orders(args.orders, args.columns, args.products)
+
+
+def _add_data_options(p):
+    p.add_argument("--preset", choices=PRESETS)
+    p.add_argument("--orders", help="order-lines CSV")
+    p.add_argument("--products", help="products CSV: product_id + attribute columns")
+    p.add_argument("--columns", help="basket=COL,product=COL,time=COL[,customer=COL,quantity=COL,price=COL,name=COL]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--exclude-department", action="append", default=[], help="repeatable, e.g. FUEL")
+
+
+def print_tables(m: dict, total_seconds: float | None = None, out=sys.stdout) -> None:
+    """Print the anonymous, known-shopper and cold-start tables of a backtest."""
+    from bundling_ml.evaluation import metrics_table
+
+    tail = f", total {total_seconds:.0f} s" if total_seconds is not None else ""
+    print(f"split {m['split_date']}, {m['baskets']} test baskets, {m['queries']} queries{tail}", file=out)
+    print("\nAnonymous shopper (product page):", file=out)
+    print(metrics_table(m["rows"]), file=out)
+    if m.get("shopper_rows"):
+        print("\nKnown shopper (query carries the customer id; queries of known customers):", file=out)
+        print(metrics_table(m["shopper_rows"]), file=out)
+    if m.get("cold_rows"):
+        print(f"\nCold-start anchors (< 5 training baskets; {m.get('cold_queries', 0)} queries):", file=out)
+        print(metrics_table(m["cold_rows"]), file=out)
+
+
+def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int = 0, epochs: int = 3, excluded_departments=(), progress=None):
+    """Train on lines before ``train_until`` and recommend ``k`` companions per query.
+
+    Args:
+        lines, products: raw frames (``docs/contracts.md``).
+        queries: frame with query_id, product_id and optionally customer_id (text).
+
+    Returns:
+        DataFrame query_id, rank (1..k), product_id, score (str ids). Queries
+        whose anchor is not a training product get companions from its
+        category (most recently popular products) when the products frame
+        knows its category, else from recent popularity.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from bundling_ml import backtest as bt
+    from bundling_ml import ranking as rk
+    from bundling_ml.data import exclude_departments, prepare_lines, prepare_products, temporal_split
+    from bundling_ml.features import ProductTable, ProductVocab
+
+    L = prepare_lines(lines)
+    P = prepare_products(products, L)
+    L = exclude_departments(L, P, excluded_departments)
+    split = pd.Timestamp(train_until)
+    train, _ = temporal_split(L, split)
+    if train.empty:
+        raise SystemExit(f"no order lines before {split.date()}")
+    pidx = pd.Index(np.sort(train["product_id"].unique()))
+    vocab = ProductVocab.fit(P, pidx)
+    table = ProductTable.build(P, pidx, vocab)
+    weeks = max(1, int(np.ceil((split - train["time"].min().normalize()).days / 7)))
+    rankers = bt.fit_rankers(train, P, pidx, vocab, table, split, label_weeks=int(np.clip(round(0.1 * weeks), 1, 4)), seed=seed, epochs=epochs, progress=progress)
+    ctx = rk.build_context(train, pidx, table, P, end=split)
+    q = queries.astype(str)
+    qa = pidx.get_indexer(q["product_id"].str.strip())
+    users = rk.user_index(ctx, q["customer_id"].str.strip() if "customer_id" in q.columns else [None] * len(q))
+    known = qa >= 0
+    uniq, inv = np.unique(qa[known], return_inverse=True)
+    J = rk.decayed_jaccard_matrix(ctx)
+    cand_u = rk.anchor_candidates(ctx, uniq, bt.M_TEST, J=J)
+    top = np.full((len(q), k), -1, np.int64)
+    sc = np.full((len(q), k), np.nan)
+    if len(uniq):
+        s_u = rk.predict_lists(rankers.anon, ctx, uniq, cand_u, None, rankers.anon_cols)
+        t, s = rk.top_k(cand_u, s_u, k)
+        top[known], sc[known] = t[inv], s[inv]
+        shop = np.flatnonzero(known & (users >= 0))
+        if len(shop) and rankers.shopper is not None:
+            row = inv[np.searchsorted(np.flatnonzero(known), shop)]
+            cs = rk.shopper_candidates(ctx, qa[shop], users[shop], cand_u, row, bt.M_TEST + 20)
+            ss = rk.predict_lists(rankers.shopper, ctx, qa[shop], cs, users[shop], rankers.shopper_cols)
+            t, s = rk.top_k(cs, ss, k)
+            top[shop], sc[shop] = t, s
+    # unknown anchors: products of the same category, most recently popular first
+    pcat = P.set_index("product_id")["category"]
+    rec = ctx.rec_order
+    rec_cat = pcat.reindex(pidx[rec]).fillna("").to_numpy()
+    for r in np.flatnonzero(~known):
+        c = pcat.get(q["product_id"].iat[r].strip(), "")
+        pool = rec[rec_cat == c][:k] if c else rec[:0]
+        pool = np.concatenate([pool, rec[: 2 * k]])
+        _, first = np.unique(pool, return_index=True)
+        pool = pool[np.sort(first)][:k]
+        top[r, : len(pool)] = pool
+        sc[r, : len(pool)] = 0.0
+    out = []
+    ids = pidx.to_numpy()
+    for r in range(len(q)):
+        rank = 0
+        for j in range(k):
+            if top[r, j] >= 0 and ids[top[r, j]] != q["product_id"].iat[r].strip():
+                rank += 1
+                out.append((q["query_id"].iat[r], rank, str(ids[top[r, j]]), float(sc[r, j])))
+    return pd.DataFrame(out, columns=["query_id", "rank", "product_id", "score"])
+
+
 def main(argv=None) -> int:
     """Run the CLI; returns the process exit code (0 on success)."""
     ap = argparse.ArgumentParser(prog="python -m bundling_ml", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("backtest", help="train, backtest and print the protocol table")
-    b.add_argument("--preset", choices=PRESETS, required=True)
+    b = sub.add_parser("backtest", help="train, backtest and print the protocol tables")
+    _add_data_options(b)
     b.add_argument("--split-date", default=None, help="first test day, YYYY-MM-DD (default: last ~20%% of weeks)")
-    b.add_argument("--sample-baskets", type=int, default=None, help="fixed random sample of test baskets (seed --seed)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--epochs", type=int, default=3)
-    b.add_argument("--exclude-department", action="append", default=[], help="repeatable, e.g. FUEL")
+    b.add_argument("--sample-baskets", type=int, default=3000, help="fixed random sample of test baskets (seed --seed); 0 = all")
     b.add_argument("--out-dir", default=None, help="artifact directory (default: a temporary directory)")
+    r = sub.add_parser("recommend", help="train before --train-until and write k companions per query")
+    _add_data_options(r)
+    r.add_argument("--train-until", required=True, help="YYYY-MM-DD: train on lines before this day")
+    r.add_argument("--queries", required=True, help="CSV: query_id, product_id[, customer_id]")
+    r.add_argument("--k", type=int, default=10)
+    r.add_argument("--out", default="-", help="CSV path or - for stdout")
     s = sub.add_parser("score", help="score bundles with a saved model and write CSV")
     s.add_argument("--preset", choices=PRESETS, required=True)
     s.add_argument("--artifact-dir", required=True)
@@ -47,37 +233,37 @@ def main(argv=None) -> int:
     s.add_argument("--min-anchor-baskets", type=int, default=20)
     s.add_argument("--max-bundles", type=int, default=5000)
     s.add_argument("--exclude-department", action="append", default=[])
-    ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
 
-    from bundling_ml import pipeline
-    from bundling_ml.evaluation import metrics_table
+    import pandas as pd
 
-    lines, products = _load(args.preset)
+    from bundling_ml import pipeline
+
+    t0 = time.perf_counter()
     if args.command == "backtest":
-        t0 = time.perf_counter()
+        lines, products = _data(args)
         with tempfile.TemporaryDirectory() as tmp:
             res = pipeline.train_model(
-                lines,
-                products,
-                out_dir=args.out_dir or f"{tmp}/model",
-                split_date=args.split_date,
-                seed=args.seed,
-                excluded_departments=tuple(args.exclude_department),
-                sample_baskets=args.sample_baskets,
-                epochs=args.epochs,
+                lines, products, out_dir=args.out_dir or f"{tmp}/model", split_date=args.split_date, seed=args.seed,
+                excluded_departments=tuple(args.exclude_department), sample_baskets=args.sample_baskets or None, epochs=args.epochs,
             )
-        m = res.metrics
-        print(f"split {m['split_date']}, {m['baskets']} test baskets, {m['queries']} queries, total {time.perf_counter() - t0:.0f} s")
-        print(metrics_table(m["rows"]))
+        print_tables(res.metrics, time.perf_counter() - t0)
         return 0
+    if args.command == "recommend":
+        lines, products = _data(args)
+        queries = pd.read_csv(args.queries, dtype=str, keep_default_na=False)
+        missing = {"query_id", "product_id"} - set(queries.columns)
+        if missing:
+            raise SystemExit(f"{args.queries}: missing columns {sorted(missing)}")
+        recs = recommend(lines, products, train_until=args.train_until, queries=queries, k=args.k, seed=args.seed, epochs=args.epochs,
+                         excluded_departments=tuple(args.exclude_department))
+        recs.to_csv(sys.stdout if args.out == "-" else args.out, index=False)
+        print(f"{recs['query_id'].nunique()} of {len(queries)} queries answered, {len(recs)} rows, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        return 0
+    lines, products = _load_preset(args.preset)
     df = pipeline.score_bundles(
-        args.artifact_dir,
-        lines,
-        products,
-        min_anchor_baskets=args.min_anchor_baskets,
-        max_bundles=args.max_bundles,
+        args.artifact_dir, lines, products, min_anchor_baskets=args.min_anchor_baskets, max_bundles=args.max_bundles,
         excluded_departments=tuple(args.exclude_department),
     )
     df = df.assign(items=df["items"].map(lambda t: "|".join(t)))

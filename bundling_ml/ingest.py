@@ -178,7 +178,9 @@ class ImportReport:
         notes: extra counts (orders, products, customers, guest_lines,
             cancellations_unmatched, quantity_reduced, date_format, ...).
         created: rows the database layer created (``{"products": int, ...}``);
-            empty until written. Re-running an import changes only this.
+            empty until written. Re-running an import changes only this and
+            ``timings``.
+        timings: seconds spent per stage (``{"prepare": float, ...}``).
 
     ``read == imported + skipped + rejected + duplicates`` for CSV files.
     """
@@ -191,6 +193,7 @@ class ImportReport:
     duplicate_lines: list = field(default_factory=list)
     notes: dict = field(default_factory=dict)
     created: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
 
     @property
     def skipped(self) -> int:
@@ -218,7 +221,9 @@ class ImportReport:
 
         Keys: source, read, imported, skipped, skipped_reasons, rejected,
         rejections (list of {line, field, reason}), duplicates,
-        duplicate_lines, notes and (unless ``include_created`` is False) created.
+        duplicate_lines, notes and (unless ``include_created`` is False)
+        created and timings — the parts that differ between two runs of the
+        same import.
         """
         out = {
             "source": self.source,
@@ -234,6 +239,7 @@ class ImportReport:
         }
         if include_created:
             out["created"] = dict(self.created)
+            out["timings"] = dict(self.timings)
         return out
 
     def summary_lines(self, *, max_listed: int = 200) -> list[str]:
@@ -253,6 +259,8 @@ class ImportReport:
                                         for k, v in interesting.items()))
         if self.created:
             out.append("  created: " + ", ".join(f"{k} {v:,}" for k, v in self.created.items()))
+        if self.timings:
+            out.append("  seconds: " + ", ".join(f"{k} {v}" for k, v in self.timings.items()))
         if self.rejections:
             out.append("Rejected lines:")
             for r in self.rejections[:max_listed]:
@@ -709,9 +717,9 @@ def _products_from_lines(lines: pd.DataFrame) -> pd.DataFrame:
     named = lines[lines["name"] != ""]
     names = (named.groupby(["product_id", "name"]).size().reset_index(name="n")
              .sort_values(["product_id", "n", "name"], ascending=[True, False, True])
-             .drop_duplicates("product_id").set_index("product_id")["name"])
+             .drop_duplicates("product_id").set_index("product_id")["name"].to_dict())
     out = pd.DataFrame({"product_id": g.size().index.astype(str)})
-    out["name"] = out["product_id"].map(names).fillna("").astype(str)
+    out["name"] = [names.get(p, "") for p in out["product_id"]]
     for c in ("department", "category", "product_type", "brand", "package_size"):
         out[c] = ""
     out["price"] = out["product_id"].map(g["price"].median()).astype("float64")
@@ -885,9 +893,10 @@ def _aggregate_promotions(pm: pd.DataFrame) -> pd.DataFrame:
         ks, _ = _unique_counts(k * n_stores + s)
         kk, n = _unique_counts(ks // n_stores)
         stores = pd.Series(n, index=kk)
-        # most common location per product-week (ties: smallest code)
+        # most common location per product-week, counting distinct stores (ties: smallest code)
         n_labels = max(len(labels), 1)
-        kl, m = _unique_counts(k * n_labels + c)
+        ksl, _ = _unique_counts((k * n_stores + s) * n_labels + c)
+        kl, m = _unique_counts((ksl // (n_stores * n_labels)) * n_labels + ksl % n_labels)
         lab = np.asarray(labels, dtype=object)[kl % n_labels]
         kind_df = pd.DataFrame({"key": kl // n_labels, "n": m, "label": lab.astype(str)})
         kind_df = kind_df.sort_values(["key", "n", "label"], ascending=[True, False, True]).drop_duplicates("key")
@@ -942,7 +951,7 @@ def completejourney_import_frames(
     if weeks is not None:
         tx = tx[tx["week"] <= int(weeks)]
         report.notes["weeks"] = int(weeks)
-    source_line = tx.index.to_numpy() + 1 if isinstance(tx.index, pd.RangeIndex) or tx.index.is_integer() \
+    source_line = tx.index.to_numpy(dtype="int64") + 1 if pd.api.types.is_integer_dtype(tx.index) \
         else np.arange(1, len(tx) + 1)
     tx = tx.reset_index(drop=True)
     report.read = len(tx)

@@ -30,6 +30,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from bundling_ml import artifacts
+from bundling_ml import ranking as rk
 from bundling_ml.candidates import candidate_companions
 from bundling_ml.data import (
     Queries,
@@ -110,6 +111,7 @@ def train_model(
     sample_baskets: Optional[int] = None,
     epochs: int = 3,
     label_weeks: Optional[int] = None,
+    shopper: bool = True,
 ) -> TrainResult:
     """Train the bundle model, backtest it, and save it.
 
@@ -134,6 +136,12 @@ def train_model(
         label_weeks: weeks at the end of the training window whose baskets
             give the training labels (pair statistics use the weeks before);
             default round(10 % of training weeks), clipped to 1..4.
+        shopper: also train (and backtest) the personalised ranker.
+
+    ``metrics`` also holds "shopper_rows" (known-shopper table), "cold_rows"
+    (anchors with < 5 training baskets) and "info"; "rows" holds "model",
+    "model+substitute_rule", "sar_jaccard_decay", "cooccurrence_count",
+    "popularity".
 
     Returns:
         :class:`TrainResult`.
@@ -142,7 +150,7 @@ def train_model(
         ValueError: if the lines are empty, the split leaves no training or
             no test baskets, or there are no usable training examples.
     """
-    from bundling_ml import model as mdl  # imports TF lazily inside its functions
+    from bundling_ml import backtest as bt
 
     t_start = time.perf_counter()
     prog = _Progress(progress)
@@ -161,54 +169,29 @@ def train_model(
     if label_weeks is None:
         label_weeks = int(np.clip(round(0.1 * train_weeks), 1, 4))
     label_start = split - pd.Timedelta(weeks=label_weeks)
-    feat_lines, label_lines = temporal_split(train, label_start)
-    if feat_lines.empty or label_lines.empty:
-        raise ValueError("training window too short to separate feature and label weeks")
 
-    prog(0.05, "counting co-purchases")
+    prog(0.02, "counting co-purchases")
     product_index = pd.Index(np.sort(train["product_id"].unique()))
-    S_feat = PairStats.from_lines(feat_lines, product_index)
     vocab = ProductVocab.fit(P, product_index)
     table = ProductTable.build(P, product_index, vocab)
-    seen_feat = product_index[S_feat.item_counts > 0]
-    label_q = _remap_queries(build_queries(label_lines, seen_feat), seen_feat, product_index)
-
-    prog(0.15, "building training examples")
-    x, y, group = mdl.training_examples(S_feat, table, label_q, seed=seed, **CANDIDATES)
-    n_examples, pos_rate = int(len(y)), float(y.mean()) if len(y) else 0.0
-    del S_feat
-    prog(0.2, f"training on {n_examples} pairs")
-    model, history = mdl.fit_model(vocab, x, y, group, epochs=epochs, seed=seed, progress=prog.span(0.2, 0.7))
-    del x, y, group
-
-    prog(0.7, "backtest: statistics of the training window")
-    S = PairStats.from_lines(train, product_index)
-    queries = build_queries(test, product_index, sample_baskets=sample_baskets, max_queries=max_queries, seed=seed)
-
-    def model_rank(anchors: np.ndarray) -> np.ndarray:
-        cands = candidate_companions(S, anchors, categories=table.category, show_progress=True, **CANDIDATES)
-        return mdl.rank_candidates(model, S, table, anchors, cands, K)[0]
-
-    rows = []
-    prog(0.75, f"backtest: popularity on {queries.n_queries} queries")
-    rows.append(evaluate_system(queries, popularity_ranker(S, K), name="popularity"))
-    prog(0.78, "backtest: co-occurrence count")
-    rows.append(evaluate_system(queries, cooccurrence_ranker(S, K), name="cooccurrence_count"))
-    prog(0.8, "backtest: model")
-    rows.append(evaluate_system(queries, model_rank, name="model"))
-    rows = [rows[2], rows[0], rows[1]]
-    metrics = {"split_date": str(split.date()), "queries": queries.n_queries, "baskets": int(queries.baskets.shape[0]), "rows": rows}
+    rankers = bt.fit_rankers(train, P, product_index, vocab, table, split, label_weeks=label_weeks, seed=seed, epochs=epochs,
+                             shopper=shopper, progress=prog.span(0.02, 0.7))
+    prog(0.7, "backtest")
+    metrics = bt.run_backtest(rankers, train, test, P, product_index, table, split, sample_baskets=sample_baskets, max_queries=max_queries,
+                              seed=seed, progress=prog.span(0.7, 0.95))
+    history = rankers.history
 
     prog(0.95, "saving artifact")
     metadata = {
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": "bundle_pair_scorer",
+        "model": "bundle_list_ranker",
         "seed": seed,
         "vocab": vocab.to_json(),
         "categorical_fields": list(CATEGORICAL_FIELDS),
-        "pair_features": list(PAIR_FEATURES),
+        "pair_features": [rk.ALL_FEATURES[i] for i in rankers.anon_cols],
+        "shopper_features": [rk.ALL_FEATURES[i] for i in rankers.shopper_cols] if rankers.shopper_cols is not None else [],
         "count_scale": COUNT_SCALE,
-        "candidates": dict(CANDIDATES),
+        "candidates": {"m_train": bt.M_TRAIN, "m_test": bt.M_TEST},
         "excluded_departments": sorted({str(d).strip().upper() for d in excluded_departments}),
         "data_window": {
             "first_line": str(L["time"].min()),
@@ -216,16 +199,17 @@ def train_model(
             "split_date": str(split.date()),
             "label_start": str(label_start.date()),
             "train_lines": int(len(train)),
-            "train_baskets": int(S.n_baskets),
+            "train_baskets": int(train["basket_id"].nunique()),
             "train_products": int(len(product_index)),
             "test_lines": int(len(test)),
         },
-        "training": {"examples": n_examples, "positive_rate": pos_rate, "epochs": epochs, "label_weeks": label_weeks, "label_queries": label_q.n_queries},
+        "training": {"epochs": epochs, "label_weeks": label_weeks, **rankers.info},
         "metrics": metrics,
         "history": history,
         "train_seconds": round(time.perf_counter() - t_start, 1),
     }
-    artifact_dir = artifacts.save_model(model, metadata, out_dir)
+    extra = {"shopper.keras": rankers.shopper} if rankers.shopper is not None else {}
+    artifact_dir = artifacts.save_model(rankers.anon, metadata, out_dir, extra_models=extra)
     metadata = artifacts.load_metadata(artifact_dir)
     prog(1.0, "done")
     return TrainResult(artifact_dir=Path(artifact_dir), metadata=metadata, metrics=metrics, history=history)
@@ -264,7 +248,11 @@ def score_bundles(
 
     For every anchor bought in at least ``min_anchor_baskets`` baskets, the
     ``n_candidates`` companions with the highest co-purchase counts (count >=
-    ``min_co_purchase``) are scored by the model. Bundles:
+    ``min_co_purchase``) are scored by the model (listwise ranker logits
+    mapped to 0..1 with the logistic function). Substitutes are never
+    bundled: two products of the same non-empty product_type only when their
+    lift is > 1.5 and count >= 5 (:func:`bundling_ml.ranking.substitute_mask`).
+    Bundles:
 
     * 2 items: anchor + best-scored companion; score = its model probability.
     * 3 items: anchor + two of the ``n_three_way`` best companions that also
@@ -311,12 +299,11 @@ def score_bundles(
     Raises:
         FileNotFoundError: if the artifact is missing.
     """
-    from bundling_ml import model as mdl
-
     prog = _Progress(progress)
     prog(0.0, "loading model")
     model, meta = artifacts.load_model(artifact_dir)
     vocab = ProductVocab.from_json(meta["vocab"])
+    cols = rk.feature_columns(meta.get("pair_features", rk.ANON_FEATURES))
     excluded = set(meta.get("excluded_departments", [])) | {str(d).strip().upper() for d in excluded_departments}
     prog(0.05, "preparing lines")
     L = prepare_lines(lines)
@@ -327,8 +314,9 @@ def score_bundles(
         return pd.DataFrame(columns=columns)
     prog(0.1, "counting co-purchases")
     product_index = pd.Index(np.sort(L["product_id"].unique()))
-    S = PairStats.from_lines(L, product_index)
     table = ProductTable.build(P, product_index, vocab)
+    ctx = rk.build_context(L, product_index, table, P)
+    S = ctx.S
     anchors = np.flatnonzero(S.item_counts >= min_anchor_baskets)
     anchors = anchors[np.lexsort((anchors, -S.item_counts[anchors]))]
 
@@ -340,7 +328,11 @@ def score_bundles(
     cands[counts < min_co_purchase] = -1
 
     prog(0.4, "scoring pairs")
-    top, sc = mdl.rank_candidates(model, S, table, anchors, cands, max(n_three_way, 1))
+    logits = rk.predict_lists(model, ctx, anchors, cands, None, cols)
+    # complements, not substitutes: same product_type only with lift > 1.5 and count >= 5
+    drop = rk.substitute_mask(ctx, np.repeat(anchors, cands.shape[1]), cands.ravel()).reshape(cands.shape)
+    top, lg = rk.top_k(cands, logits, max(n_three_way, 1), drop)
+    sc = np.where(top >= 0, 1.0 / (1.0 + np.exp(-np.clip(lg, -50, 50))), -1.0)
 
     prog(0.6, "building 3-item bundles")
     # all companion pairs among the top n_three_way of each anchor
@@ -352,8 +344,10 @@ def score_bundles(
     P2 = sc[:, jj].ravel()
     ok = (C1 >= 0) & (C2 >= 0)
     ok[ok] = S.count(C1[ok], C2[ok]) >= min_co_purchase
+    ok[ok] = ~rk.substitute_mask(ctx, C1[ok], C2[ok])
     A, C1, C2, P1, P2 = A[ok], C1[ok], C2[ok], P1[ok], P2[ok]
-    P12 = mdl.predict_pairs(model, S, table, C1, C2)
+    l12 = rk.predict_lists(model, ctx, C1, C2.reshape(-1, 1), None, cols).reshape(-1)
+    P12 = 1.0 / (1.0 + np.exp(-np.clip(l12, -50, 50)))
     tri_score = np.cbrt(P1 * P2 * P12)
     order = np.lexsort((-tri_score, A))
     A, C1, C2, tri_score = A[order], C1[order], C2[order], tri_score[order]

@@ -9,6 +9,8 @@ DEFAULT_SCHEDULE = [
      {"minute": "15", "hour": "*", "day_of_week": "*", "day_of_month": "*", "month_of_year": "*"}, {}),
     ("Expire ended campaigns", "shop_bundles.tasks.expire_campaigns",
      {"minute": "*/10", "hour": "*", "day_of_week": "*", "day_of_month": "*", "month_of_year": "*"}, {}),
+    ("Relay outbox events", "shop_bundles.tasks.relay_outbox",
+     {"minute": "*", "hour": "*", "day_of_week": "*", "day_of_month": "*", "month_of_year": "*"}, {}),
 ]
 
 

@@ -56,7 +56,9 @@ def expire_campaigns() -> dict:
 def record_order_placed(self, order_id: int) -> dict:
     """Record the OrderEvent and purchase OfferEvents for a placed storefront order.
 
-    Idempotent: a redelivered message records nothing twice.
+    Kept for messages already queued by earlier releases; new orders go
+    through the outbox (``handle_outbox_event``). Idempotent: a redelivered
+    message records nothing twice.
 
     Returns:
         ``{"order_id": int, "created": bool, "bundles_used": int}``.
@@ -64,3 +66,34 @@ def record_order_placed(self, order_id: int) -> dict:
     from .services.events import order_event_record
 
     return order_event_record(order_id=order_id)
+
+
+@shared_task(name="shop_bundles.tasks.relay_outbox", ignore_result=True)
+def relay_outbox(limit: int = 500) -> dict:
+    """Send undelivered outbox events to ``handle_outbox_event`` (beat: every minute).
+
+    Safe to run concurrently and after a broker outage: events are claimed
+    with ``SKIP LOCKED`` and a broker error leaves them for the next run.
+
+    Returns:
+        ``{"sent", "resent", "failed", "handler_errors", "dead"}`` counts (see ``services.outbox.outbox_relay``).
+    """
+    from .services.outbox import outbox_relay
+
+    return outbox_relay(limit=limit)
+
+
+@shared_task(name="shop_bundles.tasks.handle_outbox_event", bind=True, acks_late=True, ignore_result=True)
+def handle_outbox_event(self, event_id: int) -> dict:
+    """Process one ``OutboxEvent`` (e.g. record the OrderEvent of a placed order).
+
+    Idempotent: the event row is locked and a processed event exits at once,
+    so redelivered or re-sent messages do nothing twice. A failure is recorded
+    on the event (``attempts``, ``last_error``); the relay sends it again later.
+
+    Returns:
+        ``{"event_id": int, "kind": str, "status": str, "result": dict | None}``.
+    """
+    from .services.outbox import outbox_event_handle
+
+    return outbox_event_handle(event_id=event_id)

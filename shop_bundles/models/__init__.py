@@ -11,6 +11,7 @@ from .campaigns import (
 from .ml import ModelVersion, TrainingRun
 from .events import OfferEvent, OrderEvent
 from .imports import ImportRun
+from .outbox import OutboxEvent
 
 __all__ = [
     "BundleCampaign",
@@ -24,6 +25,7 @@ __all__ = [
     "Order",
     "OrderEvent",
     "OrderLine",
+    "OutboxEvent",
     "Product",
     "Promotion",
     "StaffAction",

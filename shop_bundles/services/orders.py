@@ -3,8 +3,10 @@
 ``order_place`` is the only way the storefront writes an order: it locks the
 products, re-prices the cart from the catalogue (``storefront.pricing``: one
 half-up rounding to cents per bundle line), writes the order and its lines,
-takes the units out of stock and, once the transaction commits, queues
-``record_order_placed`` (``shop_bundles.tasks``) with the order id.
+takes the units out of stock and writes an ``order_placed`` ``OutboxEvent``
+in the same transaction; once it commits, the event is sent to Celery
+(``handle_outbox_event``), or left for the periodic relay when the broker is
+down (``services.outbox``).
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from ..models import Customer, Order, OrderLine, Product
+from ..models import Customer, Order, OrderLine, OutboxEvent, Product
 from ..storefront.cart import cart_price
+from .outbox import outbox_dispatch_on_commit, outbox_event_add
 
 CUSTOMER_ID_MAX_LENGTH = 64
 
@@ -66,8 +69,12 @@ def order_place(*, cart, session_key: str | None, customer: Customer | None = No
     ``unit_price``, its share of the bundle discounts (the shares sum exactly
     to ``discount_total``) and the campaign that took most of its units.
     ``Order.campaigns`` lists every campaign used. Stock is decremented.
-    ``record_order_placed.delay(order.pk)`` is sent on commit only, so nothing
-    is sent for a rolled-back order.
+    An ``order_placed`` ``OutboxEvent`` (payload ``{"order_id", "external_id"}``)
+    is written in the same transaction, so it exists exactly when the order
+    does. On commit only, the event is offered to the broker once
+    (``outbox_dispatch``); a broker error is logged and swallowed and the
+    periodic relay (``relay_outbox``) delivers it later. The handler records
+    the ``OrderEvent`` exactly once.
 
     Args:
         cart: a ``storefront.cart.SessionCart`` or a ``{product_id: quantity}`` mapping.
@@ -82,8 +89,6 @@ def order_place(*, cart, session_key: str | None, customer: Customer | None = No
         ValidationError: the cart is empty, or a product is gone, inactive or
             has fewer units in stock than the cart asks for (one message per product).
     """
-    from ..tasks import record_order_placed
-
     quantities = _quantities(cart)
     if not quantities:
         raise ValidationError("Your cart is empty.", code="empty_cart")
@@ -137,6 +142,7 @@ def order_place(*, cart, session_key: str | None, customer: Customer | None = No
             products[pid].updated_at = now
         Product.objects.bulk_update(list(products.values()), ["stock", "updated_at"])
 
-        order_pk = order.pk
-        transaction.on_commit(lambda: record_order_placed.delay(order_pk))
+        event = outbox_event_add(kind=OutboxEvent.ORDER_PLACED,
+                                 payload={"order_id": order.pk, "external_id": order.external_id})
+        outbox_dispatch_on_commit(event)
     return order

@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 
 from bundling_ml import artifacts, pipeline
-from bundling_ml.data import completejourney_frames, prepare_lines, prepare_products
+from bundling_ml import ranking as rk
+from bundling_ml.data import completejourney_frames, exclude_departments, prepare_lines, prepare_products
 from bundling_ml.features import ProductTable, ProductVocab
-from bundling_ml.stats import PairStats
 
 pytestmark = pytest.mark.slow
 
@@ -35,9 +35,16 @@ def trained(cj_small, tmp_path_factory):
 def test_model_beats_popularity_on_backtest(trained):
     res, calls = trained
     rows = {r["system"]: r for r in res.metrics["rows"]}
-    assert set(rows) == {"model", "popularity", "cooccurrence_count"}
+    assert set(rows) == {"model", "model+substitute_rule", "sar_jaccard_decay", "popularity", "cooccurrence_count"}
+    assert res.metrics["rows"][0]["system"] == "model"
     assert res.metrics["split_date"] == SPLIT and res.metrics["queries"] > 1000
     assert rows["model"]["ndcg@10"] > rows["popularity"]["ndcg@10"] + 0.01
+    assert rows["model"]["ndcg@10"] > rows["cooccurrence_count"]["ndcg@10"]
+    shop = {r["system"]: r for r in res.metrics["shopper_rows"]}
+    assert shop["shopper_model"]["ndcg@10"] > shop["cooccurrence_count"]["ndcg@10"] + 0.03
+    assert shop["repeat_count"]["queries"] == shop["shopper_model"]["queries"] > 1000
+    cold = {r["system"]: r for r in res.metrics["cold_rows"]}
+    assert cold["model"]["queries"] == res.metrics["cold_queries"] > 0
     assert len(res.history["loss"]) == 3 and len(res.history["val_loss"]) == 3
     fractions = [f for f, _ in calls]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
@@ -54,18 +61,20 @@ def test_artifacts_round_trip_gives_same_scores(trained, cj_small):
     copy_dir = res.artifact_dir.parent / "copy"
     artifacts.save_model(model, meta2, copy_dir)
     model2, _ = artifacts.load_model(copy_dir)
+    assert artifacts.load_extra_model(res.artifact_dir, "shopper.keras") is not None
     lines, products = cj_small
     L = prepare_lines(lines)
     idx = pd.Index(np.sort(L.product_id.unique()))
-    s = PairStats.from_lines(L, idx)
-    table = ProductTable.build(prepare_products(products, L), idx, ProductVocab.from_json(meta["vocab"]))
-    from bundling_ml.model import predict_pairs
-
+    P = prepare_products(products, L)
+    table = ProductTable.build(P, idx, ProductVocab.from_json(meta["vocab"]))
+    ctx = rk.build_context(L, idx, table, P)
+    cols = rk.feature_columns(meta["pair_features"])
     a = np.arange(0, 200)
-    c = np.arange(200, 400)
-    p1, p2 = predict_pairs(model, s, table, a, c), predict_pairs(model2, s, table, a, c)
-    assert np.all((p1 >= 0) & (p1 <= 1)) and p1.std() > 0
-    np.testing.assert_allclose(p1, p2, rtol=1e-6, atol=1e-7)
+    c = np.arange(200, 400).reshape(20, 10)
+    p1 = rk.predict_lists(model, ctx, a[:20], c, None, cols)
+    p2 = rk.predict_lists(model2, ctx, a[:20], c, None, cols)
+    assert p1.shape == (20, 10) and p1.std() > 0
+    np.testing.assert_allclose(p1, p2, rtol=1e-5, atol=1e-5)
 
 
 def test_score_bundles_evidence_and_exclusions(trained, cj_small):
@@ -93,3 +102,34 @@ def test_score_bundles_evidence_and_exclusions(trained, cj_small):
         assert row.support == pytest.approx(n_all / len(baskets))
         assert f"Bought together in {n_all:,} baskets" in row.reasons
         assert 5.0 <= row.suggested_discount_percent <= 15.0
+
+
+def test_same_data_and_seed_give_same_metrics(trained, cj_small, tmp_path):
+    """Reproducibility: a second run with the same data and seed matches within 0.5 %."""
+    res, _ = trained
+    lines, products = cj_small
+    res2 = pipeline.train_model(lines, products, out_dir=tmp_path / "again", split_date=SPLIT, seed=0, excluded_departments=("FUEL", "COUPON"))
+    for key in ("rows", "shopper_rows"):
+        for r1, r2 in zip(res.metrics[key], res2.metrics[key]):
+            assert r1["system"] == r2["system"] and r1["queries"] == r2["queries"]
+            assert r2["ndcg@10"] == pytest.approx(r1["ndcg@10"], rel=0.005)
+            assert r2["hr@10"] == pytest.approx(r1["hr@10"], rel=0.005)
+
+
+def test_substitute_rule_applies_to_bundles(trained, cj_small):
+    res, _ = trained
+    lines, products = cj_small
+    df = pipeline.score_bundles(res.artifact_dir, lines, products, min_anchor_baskets=10, max_bundles=300, excluded_departments=("FUEL", "COUPON"))
+    ptype = products.assign(product_id=products.product_id.astype(str)).set_index("product_id")["product_type"]
+    L = prepare_lines(lines)
+    P = prepare_products(products, L)
+    L = exclude_departments(L, P, ("FUEL", "COUPON"))
+    idx = pd.Index(np.sort(L.product_id.unique()))
+    ctx = rk.build_context(L, idx, ProductTable.build(P, idx, ProductVocab.fit(P, idx)), P)
+    for items in df["items"]:
+        for i in range(len(items)):
+            for j in range(i + 1, len(items)):
+                if ptype.get(items[i], "") and ptype.get(items[i]) == ptype.get(items[j]):
+                    a, c = idx.get_indexer([items[i], items[j]])
+                    n, lift = ctx.S.count([a], [c])[0], ctx.S.lift([a], [c])[0]
+                    assert n >= 5 and lift > 1.5, (items, n, lift)

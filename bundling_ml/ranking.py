@@ -1,0 +1,611 @@
+"""Listwise bundle ranker: context statistics, candidate generation, features,
+the Keras listwise model, and the SAR / repeat baselines.
+
+A *context* (:class:`Context`) holds everything the ranker knows about a
+window of order lines that ends at ``end``:
+
+* pair statistics (:class:`bundling_ml.stats.PairStats`) and a time-decayed
+  co-occurrence matrix (each basket weighted ``0.5 ** (age_days /
+  half_life_days)``, as SAR decays user affinities; Aggarwal 2016 ch. 2);
+* recent popularity (baskets of the last ``recent_days``);
+* category-pair lift (basket x category co-occurrence) for back-fill and
+  cold anchors;
+* per-shopper history: how many of the shopper's baskets held each product,
+  and when the shopper last bought it (personalised protocol variant: only
+  the shopper's own history in the window is used).
+
+Candidates for an anchor (:func:`anchor_candidates`), in this order, without
+duplicates, never the anchor: top co-purchase count, top time-decayed
+Jaccard, the most recently popular products of the anchor's category and of
+categories with the highest category-pair lift, then recent popularity.
+For a known shopper (:func:`shopper_candidates`) the shopper's most bought
+products come first.
+
+Pair features (:data:`ANON_FEATURES`, then :data:`SHOPPER_FEATURES` for the
+personalised model) are listed in :func:`pair_features`.
+
+The model (:func:`build_listwise_model`) scores each candidate of a list with
+a wide & deep network (shared product-attribute embeddings of anchor and
+candidate, their element-wise product, normalised pair features) and is
+trained with a softmax cross-entropy over the candidate list of each query
+(ListNet top-1, Cao et al. 2007): the target distribution is uniform over the
+candidates that are in the query basket.
+
+TensorFlow / Keras are imported inside the functions that need them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from bundling_ml.data import basket_matrix
+from bundling_ml.features import CATEGORICAL_FIELDS, COUNT_SCALE, ProductTable
+from bundling_ml.stats import PairStats
+
+ANON_FEATURES = (
+    "log1p_count", "log_lift", "confidence", "jaccard", "cand_log_pop", "anchor_log_pop",
+    "same_category", "same_department", "reverse_confidence",
+    "log1p_decayed_count", "decayed_jaccard", "decayed_confidence",
+    "cand_recent_log_pop", "cand_trend", "category_pair_log_lift", "same_product_type", "same_brand",
+    "cand_log_price", "anchor_log_price",
+)
+SHOPPER_FEATURES = ("shopper_bought", "shopper_log_count", "shopper_share", "shopper_recency", "shopper_log_baskets", "shopper_anchor_share", "shopper_category_share")
+ALL_FEATURES = ANON_FEATURES + SHOPPER_FEATURES
+
+#: feature groups used by the ablation (names of ANON_FEATURES / SHOPPER_FEATURES)
+FEATURE_GROUPS = {
+    "time_decay": ("log1p_decayed_count", "decayed_jaccard", "decayed_confidence"),
+    "recent_popularity": ("cand_recent_log_pop", "cand_trend"),
+    "category_pair": ("category_pair_log_lift",),
+    "attributes": ("same_category", "same_department", "same_product_type", "same_brand", "cand_log_price", "anchor_log_price"),
+}
+
+HALF_LIFE_DAYS = 56.0
+RECENT_DAYS = 28
+
+
+def _codes(values: np.ndarray) -> np.ndarray:
+    c, _ = pd.factorize(values)
+    c = c.astype(np.int64)
+    c[values == ""] = -1
+    return c
+
+
+@dataclass
+class Context:
+    """Statistics of one window of cleaned order lines (see module docstring).
+
+    Attributes:
+        S: pair statistics on ``product_index``.
+        table: encoded products (same index).
+        cod: (n_products, n_products) CSR float32 time-decayed co-occurrence.
+        nd: (n_products,) float64 time-decayed basket counts; Nd their basket total.
+        recent: (n_products,) int64 baskets in the last ``recent_days``; n_recent total.
+        cat: (n_products,) int64 category code (-1 unknown); cat_log_lift
+            (n_cat, n_cat) float32 log lift of category pairs.
+        ptype, brand: (n_products,) int64 codes (-1 unknown).
+        users: pd.Index of shopper ids (str); u_indptr / u_items / u_count /
+            u_last: per shopper (rows of users), the products bought, sorted by
+            count desc then recency, with basket counts and days since last
+            purchase at ``end``; u_nb: baskets per shopper; u_keys: sorted
+            (user * n_products + product) keys with u_pos their position.
+        uc_keys / uc_share: sorted (user * n_cat + cat) keys and the share of
+            the shopper's baskets holding that category.
+    """
+
+    S: PairStats
+    table: ProductTable
+    cod: sp.csr_matrix
+    nd: np.ndarray
+    Nd: float
+    recent: np.ndarray
+    n_recent: int
+    cat: np.ndarray
+    cat_log_lift: np.ndarray
+    ptype: np.ndarray
+    brand: np.ndarray
+    end: pd.Timestamp
+    users: pd.Index
+    u_indptr: np.ndarray
+    u_items: np.ndarray
+    u_count: np.ndarray
+    u_last: np.ndarray
+    u_nb: np.ndarray
+    u_keys: np.ndarray
+    u_pos: np.ndarray
+    uc_keys: np.ndarray
+    uc_share: np.ndarray
+    rec_order: np.ndarray = None
+
+    @property
+    def n_products(self) -> int:
+        return self.S.n_products
+
+
+def build_context(lines: pd.DataFrame, product_index: pd.Index, table: ProductTable, products: pd.DataFrame, *, end=None,
+                  half_life_days: float = HALF_LIFE_DAYS, recent_days: int = RECENT_DAYS) -> Context:
+    """Build a :class:`Context` from cleaned lines of one window.
+
+    Args:
+        lines: cleaned lines (``prepare_lines``) of the window.
+        product_index: column space (str ids); products outside are ignored.
+        table: encoded products on ``product_index``.
+        products: prepared products frame (for product_type and brand).
+        end: end of the window (default: the day after the last line).
+    """
+    product_index = pd.Index(product_index)
+    nP = len(product_index)
+    end = pd.Timestamp(end) if end is not None else lines["time"].max().normalize() + pd.Timedelta(days=1)
+    X, bids = basket_matrix(lines, product_index)
+    S = PairStats.from_lines(lines, product_index)
+    bt = lines.groupby("basket_id", sort=False)["time"].first().reindex(bids).to_numpy()
+    age = (end - pd.DatetimeIndex(bt)).total_seconds().to_numpy() / 86400.0
+    w = np.power(0.5, age / half_life_days).astype(np.float32)
+    Xf = X.astype(np.float32)
+    cod = (Xf.T.tocsr() @ sp.diags(w).tocsr() @ Xf).tocsr()
+    cod.setdiag(0)
+    cod.eliminate_zeros()
+    cod.sort_indices()
+    nd = np.asarray(Xf.T @ w).ravel().astype(np.float64)
+    rec = age <= recent_days
+    recent = np.asarray(X[rec].sum(axis=0)).ravel().astype(np.int64)
+    p = products.drop_duplicates("product_id").set_index("product_id").reindex(product_index)
+    cat = table.category
+    ncat = int(cat.max()) + 1 if len(cat) and cat.max() >= 0 else 1
+    # basket x category
+    Xc = X.tocoo()
+    cc = cat[Xc.col]
+    ok = cc >= 0
+    Y = sp.csr_matrix((np.ones(ok.sum(), np.float32), (Xc.row[ok], cc[ok])), shape=(X.shape[0], ncat))
+    Y.data[:] = 1.0
+    Y.sum_duplicates()
+    Y.data[:] = 1.0
+    ycount = np.asarray(Y.sum(axis=0)).ravel()
+    C = (Y.T @ Y).toarray()
+    N = max(X.shape[0], 1)
+    cat_log_lift = np.log((C + 1.0) / (np.outer(ycount, ycount) / N + 1.0)).astype(np.float32)
+    np.fill_diagonal(cat_log_lift, np.log((np.diag(C) + 1.0) / (ycount * ycount / N + 1.0)))
+    del Xc, Y, C
+    ptype = _codes(p["product_type"].fillna("").astype(str).to_numpy())
+    brand = _codes(p["brand"].fillna("").astype(str).to_numpy())
+    # shopper history
+    cust = lines["customer_id"]
+    has = cust.notna().to_numpy().copy()
+    col = product_index.get_indexer(lines["product_id"])
+    has &= col >= 0
+    ul = pd.DataFrame({"u": cust[has].astype(str).to_numpy(), "p": col[has], "t": lines["time"].to_numpy()[has], "b": lines["basket_id"].to_numpy()[has]})
+    users = pd.Index(np.sort(ul["u"].unique()))
+    ul["ui"] = users.get_indexer(ul["u"])
+    u_nb = ul.groupby("ui")["b"].nunique().reindex(np.arange(len(users)), fill_value=0).to_numpy().astype(np.float64)
+    g = ul.groupby(["ui", "p"], sort=False).agg(n=("b", "size"), last=("t", "max")).reset_index()
+    g["days"] = (end - g["last"]).dt.total_seconds() / 86400.0
+    g = g.sort_values(["ui", "n", "days", "p"], ascending=[True, False, True, True], kind="stable")
+    ui = g["ui"].to_numpy().astype(np.int64)
+    u_indptr = np.searchsorted(ui, np.arange(len(users) + 1)).astype(np.int64)
+    u_items = g["p"].to_numpy().astype(np.int64)
+    u_count = g["n"].to_numpy().astype(np.float32)
+    u_last = g["days"].to_numpy().astype(np.float32)
+    keys = ui * nP + u_items
+    u_pos = np.argsort(keys, kind="stable")
+    u_keys = keys[u_pos]
+    ul["c"] = cat[ul["p"].to_numpy()]
+    uc = ul[ul["c"] >= 0].groupby(["ui", "c"])["b"].nunique()
+    uck = uc.index.get_level_values(0).to_numpy().astype(np.int64) * ncat + uc.index.get_level_values(1).to_numpy().astype(np.int64)
+    o = np.argsort(uck)
+    uc_share = (uc.to_numpy()[o] / np.maximum(u_nb[uc.index.get_level_values(0).to_numpy()[o]], 1)).astype(np.float32)
+    ctx = Context(S=S, table=table, cod=cod, nd=nd, Nd=float(w.sum()), recent=recent, n_recent=int(rec.sum()), cat=cat,
+                  cat_log_lift=cat_log_lift, ptype=ptype, brand=brand, end=end, users=users, u_indptr=u_indptr, u_items=u_items,
+                  u_count=u_count, u_last=u_last, u_nb=u_nb, u_keys=u_keys, u_pos=u_pos, uc_keys=uck[o], uc_share=uc_share)
+    key = ctx.recent.astype(np.float64) + 1e-6 * S.item_counts
+    idx = np.flatnonzero(S.item_counts > 0)
+    ctx.rec_order = idx[np.lexsort((idx, -key[idx]))]
+    return ctx
+
+
+def _lookup(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    pos = np.searchsorted(sorted_keys, keys)
+    pos = np.minimum(pos, max(len(sorted_keys) - 1, 0))
+    if len(sorted_keys) == 0:
+        return np.full(len(keys), -1, np.int64)
+    return np.where(sorted_keys[pos] == keys, pos, -1)
+
+
+def _sparse_values(M: sp.csr_matrix, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if len(a) == 0:
+        return np.zeros(0)
+    out = np.empty(len(a), dtype=np.float64)
+    for s in range(0, len(a), 2_000_000):
+        out[s:s + 2_000_000] = np.asarray(M[a[s:s + 2_000_000], b[s:s + 2_000_000]]).ravel()
+    return out
+
+
+def user_index(ctx: Context, customers) -> np.ndarray:
+    """(n,) int64 shopper rows of ``customers`` (str / None); -1 for unknown or guest."""
+    c = pd.Series(customers, dtype="object").fillna("").astype(str).to_numpy()
+    return ctx.users.get_indexer(c).astype(np.int64)
+
+
+def pair_features(ctx: Context, a: np.ndarray, c: np.ndarray, u: np.ndarray | None = None, *, shopper: bool = False) -> np.ndarray:
+    """Features of (anchor, candidate[, shopper]) triples.
+
+    Args:
+        ctx: context of the window the features describe.
+        a, c: (n,) int64 product indices; u: (n,) int64 shopper rows (-1 = unknown).
+        shopper: also compute :data:`SHOPPER_FEATURES`.
+
+    Returns:
+        (n, F) float32 with columns :data:`ANON_FEATURES` (+ :data:`SHOPPER_FEATURES`):
+        counts per 100k baskets (log1p), add-one smoothed log lift, confidence
+        both ways, Jaccard, their time-decayed versions, recent popularity and
+        its trend (log ratio of recent to overall share), category-pair log
+        lift, same category / department / product_type / brand flags, log
+        prices; shopper: bought before (0/1), log1p(baskets with it), share of
+        the shopper's baskets, exp(-days since last purchase / 30), log1p
+        (shopper's baskets), share of the shopper's baskets with the anchor,
+        share with the candidate's category.
+    """
+    a = np.asarray(a, np.int64)
+    c = np.asarray(c, np.int64)
+    S = ctx.S
+    n = len(a)
+    F = len(ALL_FEATURES) if shopper else len(ANON_FEATURES)
+    out = np.zeros((n, F), np.float32)
+    if n == 0:
+        return out
+    N = float(max(S.n_baskets, 1))
+    nab = _sparse_values(S.co, a, c)
+    na = S.item_counts[a].astype(np.float64)
+    nb = S.item_counts[c].astype(np.float64)
+    sc = COUNT_SCALE / N
+    out[:, 0] = np.log1p(nab * sc)
+    out[:, 1] = np.log((nab + 1.0) / (na * nb / N + 1.0))
+    out[:, 2] = np.divide(nab, na, out=np.zeros(n), where=na > 0)
+    den = na + nb - nab
+    out[:, 3] = np.divide(nab, den, out=np.zeros(n), where=den > 0)
+    out[:, 4] = np.log1p(nb * sc)
+    out[:, 5] = np.log1p(na * sc)
+    t = ctx.table
+    ca, cc = ctx.cat[a], ctx.cat[c]
+    out[:, 6] = (ca == cc) & (ca >= 0)
+    out[:, 7] = (t.department[a] == t.department[c]) & (t.department[a] >= 0)
+    out[:, 8] = np.divide(nab, nb, out=np.zeros(n), where=nb > 0)
+    dab = _sparse_values(ctx.cod, a, c)
+    da, db = ctx.nd[a], ctx.nd[c]
+    out[:, 9] = np.log1p(dab * COUNT_SCALE / max(ctx.Nd, 1e-9))
+    dd = da + db - dab
+    out[:, 10] = np.divide(dab, dd, out=np.zeros(n), where=dd > 1e-9)
+    out[:, 11] = np.divide(dab, da, out=np.zeros(n), where=da > 1e-9)
+    nr = max(ctx.n_recent, 1)
+    rb = ctx.recent[c].astype(np.float64)
+    out[:, 12] = np.log1p(rb * COUNT_SCALE / nr)
+    out[:, 13] = np.log((rb + 1.0) / nr) - np.log((nb + 1.0) / N)
+    okc = (ca >= 0) & (cc >= 0)
+    out[okc, 14] = ctx.cat_log_lift[ca[okc], cc[okc]]
+    out[:, 15] = (ctx.ptype[a] == ctx.ptype[c]) & (ctx.ptype[a] >= 0)
+    out[:, 16] = (ctx.brand[a] == ctx.brand[c]) & (ctx.brand[a] >= 0)
+    out[:, 17] = t.log_price[c]
+    out[:, 18] = t.log_price[a]
+    if shopper:
+        u = np.asarray(u, np.int64) if u is not None else np.full(n, -1, np.int64)
+        k0 = len(ANON_FEATURES)
+        known = u >= 0
+        nP = ctx.n_products
+        pos = np.full(n, -1, np.int64)
+        pos[known] = _lookup(u[known] * nP + c[known], ctx.u_keys)
+        hit = pos >= 0
+        j = ctx.u_pos[pos[hit]]
+        cnt = np.zeros(n, np.float32)
+        cnt[hit] = ctx.u_count[j]
+        last = np.full(n, np.inf, np.float32)
+        last[hit] = ctx.u_last[j]
+        unb = np.zeros(n)
+        unb[known] = ctx.u_nb[u[known]]
+        out[:, k0] = hit
+        out[:, k0 + 1] = np.log1p(cnt)
+        out[:, k0 + 2] = np.divide(cnt, unb, out=np.zeros(n), where=unb > 0)
+        out[:, k0 + 3] = np.exp(-last / 30.0)
+        out[:, k0 + 4] = np.log1p(unb)
+        pa = np.full(n, -1, np.int64)
+        pa[known] = _lookup(u[known] * nP + a[known], ctx.u_keys)
+        ha = pa >= 0
+        acnt = np.zeros(n)
+        acnt[ha] = ctx.u_count[ctx.u_pos[pa[ha]]]
+        out[:, k0 + 5] = np.divide(acnt, unb, out=np.zeros(n), where=unb > 0)
+        ncat = ctx.cat_log_lift.shape[0]
+        okk = known & (cc >= 0)
+        pc = np.full(n, -1, np.int64)
+        pc[okk] = _lookup(u[okk] * ncat + cc[okk], ctx.uc_keys)
+        out[pc >= 0, k0 + 6] = ctx.uc_share[pc[pc >= 0]]
+    return out
+
+
+# ----------------------------------------------------------------------------- candidates
+
+def _row_top(M: sp.csr_matrix, a: int, k: int, tie: np.ndarray) -> np.ndarray:
+    lo, hi = M.indptr[a], M.indptr[a + 1]
+    idx = M.indices[lo:hi].astype(np.int64)
+    v = M.data[lo:hi]
+    if len(idx) > k:
+        sel = np.argpartition(-v, k - 1)[:k]
+        kth = v[sel].min()
+        keep = v >= kth
+        idx, v = idx[keep], v[keep]
+    o = np.lexsort((idx, -tie[idx], -v))[:k]
+    return idx[o]
+
+
+def decayed_jaccard_matrix(ctx: Context) -> sp.csr_matrix:
+    """(n_products, n_products) CSR float32 time-decayed Jaccard similarity (SAR-style)."""
+    M = ctx.cod.tocoo()
+    d = ctx.nd[M.row] + ctx.nd[M.col] - M.data
+    v = np.divide(M.data, d, out=np.zeros(len(d)), where=d > 1e-9).astype(np.float32)
+    J = sp.csr_matrix((v, (M.row, M.col)), shape=ctx.cod.shape)
+    J.sort_indices()
+    return J
+
+
+def anchor_candidates(ctx: Context, anchors: np.ndarray, m: int = 100, *, n_count: int = 50, n_jaccard: int = 30, n_category: int = 12,
+                      J: sp.csr_matrix | None = None, allowed: np.ndarray | None = None) -> np.ndarray:
+    """Candidate companions per anchor (order in the module docstring).
+
+    Returns:
+        (n_anchors, m) int64 product indices, -1 padded; never the anchor; only
+        products with a training count > 0 (and ``allowed``).
+    """
+    anchors = np.asarray(anchors, np.int64)
+    S = ctx.S
+    ok = S.item_counts > 0
+    if allowed is not None:
+        ok = ok & allowed
+    J = decayed_jaccard_matrix(ctx) if (J is None and n_jaccard > 0) else J
+    pop = S.item_counts.astype(np.float64)
+    rec_order = ctx.rec_order[ok[ctx.rec_order]]
+    head = rec_order[: m + 1]
+    # most recently popular products per category
+    cat_top: dict = {}
+    for j in rec_order[:20000]:
+        cj = int(ctx.cat[j])
+        if cj >= 0:
+            l = cat_top.setdefault(cj, [])
+            if len(l) < n_category:
+                l.append(int(j))
+    out = np.full((len(anchors), m), -1, np.int64)
+    for r, a in enumerate(anchors.tolist()):
+        parts = []
+        if a >= 0:
+            parts.append(_row_top(S.co, a, n_count, pop))
+            if n_jaccard > 0:
+                parts.append(_row_top(J, a, n_jaccard, pop))
+            ca = int(ctx.cat[a])
+            if ca >= 0 and n_category > 0:
+                parts.append(np.asarray(cat_top.get(ca, []), np.int64))
+                rel = np.argsort(-ctx.cat_log_lift[ca])[:3]
+                for cr in rel:
+                    if cr != ca:
+                        parts.append(np.asarray(cat_top.get(int(cr), [])[:4], np.int64))
+        parts.append(head)
+        allc = np.concatenate(parts) if parts else head
+        allc = allc[ok[allc] & (allc != a)]
+        _, first = np.unique(allc, return_index=True)
+        allc = allc[np.sort(first)][:m]
+        out[r, : len(allc)] = allc
+    return out
+
+
+def shopper_top(ctx: Context, u: int, k: int, exclude: int = -1) -> np.ndarray:
+    """The shopper's ``k`` most bought products (baskets desc, then most recent), minus ``exclude``."""
+    if u < 0:
+        return np.zeros(0, np.int64)
+    items = ctx.u_items[ctx.u_indptr[u]: ctx.u_indptr[u + 1]]
+    items = items[items != exclude]
+    return items[:k]
+
+
+def shopper_candidates(ctx: Context, anchors: np.ndarray, users: np.ndarray, anon: np.ndarray, anchor_row: np.ndarray, m: int = 100,
+                       n_shopper: int = 40, allowed: np.ndarray | None = None) -> np.ndarray:
+    """Per query: the shopper's top ``n_shopper`` products, then the anchor's candidates.
+
+    Args:
+        anchors, users: (n,) anchor and shopper rows; anon: (n_unique, m0)
+            anchor candidates; anchor_row: (n,) row of ``anon`` for each query.
+
+    Returns:
+        (n, m) int64, -1 padded.
+    """
+    out = np.full((len(anchors), m), -1, np.int64)
+    for r in range(len(anchors)):
+        a, u = int(anchors[r]), int(users[r])
+        own = shopper_top(ctx, u, n_shopper, a)
+        if allowed is not None:
+            own = own[allowed[own]]
+        base = anon[anchor_row[r]]
+        base = base[base >= 0]
+        allc = np.concatenate([own, base])
+        _, first = np.unique(allc, return_index=True)
+        allc = allc[np.sort(first)][:m]
+        out[r, : len(allc)] = allc
+    return out
+
+
+# ----------------------------------------------------------------------------- baselines
+
+def sar_rank(ctx: Context, anchors: np.ndarray, k: int = 10, J: sp.csr_matrix | None = None) -> np.ndarray:
+    """SAR-style baseline: companions by time-decayed Jaccard, back-filled by popularity."""
+    J = decayed_jaccard_matrix(ctx) if J is None else J
+    pop = ctx.S.item_counts.astype(np.float64)
+    from bundling_ml.candidates import popular_order
+    head = popular_order(ctx.S)[: k + 1]
+    out = np.full((len(anchors), k), -1, np.int64)
+    for r, a in enumerate(np.asarray(anchors, np.int64).tolist()):
+        top = _row_top(J, a, k, pop)
+        allc = np.concatenate([top, head])
+        allc = allc[allc != a]
+        _, first = np.unique(allc, return_index=True)
+        allc = allc[np.sort(first)][:k]
+        out[r, : len(allc)] = allc
+    return out
+
+
+def repeat_count_rank(ctx: Context, anchors: np.ndarray, users: np.ndarray, cooc: np.ndarray, k: int = 10) -> np.ndarray:
+    """"repeat + count" baseline: the shopper's most bought products, back-filled
+    by the anchor's co-occurrence-count list ``cooc`` ((n, >=k) rows per query)."""
+    out = np.full((len(anchors), k), -1, np.int64)
+    for r in range(len(anchors)):
+        a = int(anchors[r])
+        own = shopper_top(ctx, int(users[r]), k, a)
+        base = cooc[r]
+        allc = np.concatenate([own, base[(base >= 0) & (base != a)]])
+        _, first = np.unique(allc, return_index=True)
+        allc = allc[np.sort(first)][:k]
+        out[r, : len(allc)] = allc
+    return out
+
+
+# ----------------------------------------------------------------------------- substitutes
+
+def substitute_mask(ctx: Context, a: np.ndarray, c: np.ndarray, *, min_lift: float = 1.5, min_count: int = 5) -> np.ndarray:
+    """True where (anchor, candidate) look like substitutes: same non-empty
+    product_type and not (lift > ``min_lift`` and co-purchase count >= ``min_count``)."""
+    a = np.asarray(a, np.int64)
+    c = np.asarray(c, np.int64)
+    same = (ctx.ptype[a] == ctx.ptype[c]) & (ctx.ptype[a] >= 0) & (a >= 0) & (c >= 0)
+    if not same.any():
+        return same
+    idx = np.flatnonzero(same)
+    cnt = _sparse_values(ctx.S.co, a[idx], c[idx])
+    N = float(max(ctx.S.n_baskets, 1))
+    den = ctx.S.item_counts[a[idx]].astype(np.float64) * ctx.S.item_counts[c[idx]]
+    lift = np.divide(cnt * N, den, out=np.zeros(len(idx)), where=den > 0)
+    together = (lift > min_lift) & (cnt >= min_count)
+    same[idx[together]] = False
+    return same
+
+
+# ----------------------------------------------------------------------------- model
+
+def feature_columns(names) -> np.ndarray:
+    """Column indices of ``names`` in :data:`ALL_FEATURES`."""
+    return np.asarray([ALL_FEATURES.index(n) for n in names], np.int64)
+
+
+def build_listwise_model(vocab, n_features: int, *, mean=None, var=None, seed: int = 0, lr: float = 2e-3, use_embeddings: bool = True):
+    """Keras listwise scorer: inputs ``a_<field>``, ``c_<field>`` (B, M) int32,
+    ``pair`` (B, M, F) float32, ``bias`` (B, M) float32 (0 valid, -1e4 padding);
+    output (B, M) logits. Compiled with softmax cross-entropy over the list."""
+    import keras
+    from keras import layers
+
+    from bundling_ml.model import EMBED_DIMS
+
+    keras.utils.set_random_seed(seed)
+    inputs, parts = {}, []
+    if use_embeddings:
+        for f in CATEGORICAL_FIELDS:
+            ia = keras.Input(shape=(None,), dtype="int32", name=f"a_{f}")
+            ic = keras.Input(shape=(None,), dtype="int32", name=f"c_{f}")
+            inputs[ia.name], inputs[ic.name] = ia, ic
+            emb = layers.Embedding(vocab.input_dim(f), EMBED_DIMS[f], name=f"emb_{f}")
+            ea, ec = emb(ia), emb(ic)
+            parts += [ea, ec, layers.Multiply(name=f"cross_{f}")([ea, ec])]
+    pair = keras.Input(shape=(None, n_features), dtype="float32", name="pair")
+    bias = keras.Input(shape=(None,), dtype="float32", name="bias")
+    inputs["pair"], inputs["bias"] = pair, bias
+    mean = np.zeros(n_features, np.float32) if mean is None else np.asarray(mean, np.float32)
+    var = np.ones(n_features, np.float32) if var is None else np.maximum(np.asarray(var, np.float32), 1e-6)
+    norm = layers.Normalization(mean=mean, variance=var, name="pair_norm")(pair)
+    x = layers.Concatenate(name="concat")(parts + [norm]) if parts else norm
+    x = layers.Dense(96, activation="relu", name="dense1")(x)
+    x = layers.Dense(48, activation="relu", name="dense2")(x)
+    deep = layers.Dense(1, name="deep_logit")(x)
+    wide = layers.Dense(1, name="wide_logit")(norm)
+    logit = layers.Reshape((-1,), name="flat")(layers.Add(name="logit")([deep, wide]))
+    out = layers.Add(name="masked_logit")([logit, bias])
+    model = keras.Model(inputs=inputs, outputs=out, name="bundle_list_ranker")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def list_inputs(ctx: Context, anchors: np.ndarray, cands: np.ndarray, users: np.ndarray | None, cols: np.ndarray) -> dict:
+    """Keras inputs for (n, M) candidate lists (see :func:`build_listwise_model`)."""
+    n, m = cands.shape
+    valid = cands >= 0
+    cc = np.where(valid, cands, 0)
+    A = np.repeat(np.asarray(anchors, np.int64), m)
+    U = np.repeat(np.asarray(users, np.int64), m) if users is not None else None
+    shopper = bool(cols.max() >= len(ANON_FEATURES))
+    feats = pair_features(ctx, A, cc.ravel(), U, shopper=shopper)[:, cols]
+    x = {"pair": feats.reshape(n, m, len(cols)), "bias": np.where(valid, 0.0, -1e4).astype(np.float32)}
+    for f in CATEGORICAL_FIELDS:
+        x[f"a_{f}"] = np.broadcast_to(ctx.table.codes[f][np.asarray(anchors, np.int64)][:, None], (n, m)).astype(np.int32)
+        x[f"c_{f}"] = ctx.table.codes[f][cc].astype(np.int32)
+    return x
+
+
+def list_labels(baskets: sp.csr_matrix, rows: np.ndarray, cands: np.ndarray) -> np.ndarray:
+    """(n, M) float32 1 where the candidate is in the basket ``rows[i]``."""
+    n, m = cands.shape
+    flat = cands.ravel()
+    rr = np.repeat(rows, m)
+    y = np.zeros(n * m, np.float32)
+    v = flat >= 0
+    y[v] = np.asarray(baskets[rr[v], flat[v]]).ravel() > 0
+    return y.reshape(n, m)
+
+
+def fit_listwise(vocab, x: dict, y: np.ndarray, *, epochs: int = 3, batch_size: int = 128, seed: int = 0, progress=None, use_embeddings=True):
+    """Train :func:`build_listwise_model` on lists with >= 1 positive; 10 % of lists
+    are held out for ``val_loss``. Returns (model, {"loss": [...], "val_loss": [...]})."""
+    import keras
+
+    keep = y.sum(axis=1) > 0
+    x = {k: v[keep] for k, v in x.items()}
+    y = y[keep]
+    y = y / y.sum(axis=1, keepdims=True)
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    is_val = np.zeros(n, bool)
+    is_val[rng.choice(n, size=n // 10, replace=False)] = True
+    valid = x["bias"][~is_val] == 0
+    P = x["pair"][~is_val][valid]
+    model = build_listwise_model(vocab, x["pair"].shape[2], mean=P.mean(0), var=P.var(0), seed=seed, use_embeddings=use_embeddings)
+    del P
+    names = {t.name for t in model.inputs}
+    xt = {k: v[~is_val] for k, v in x.items() if k in names}
+    xv = {k: v[is_val] for k, v in x.items() if k in names}
+    cbs = []
+    if progress is not None:
+        class _P(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                progress((epoch + 1) / epochs, f"training epoch {epoch + 1}/{epochs}")
+        cbs.append(_P())
+    h = model.fit(xt, y[~is_val], validation_data=(xv, y[is_val]), epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0, callbacks=cbs)
+    return model, {"loss": [float(v) for v in h.history["loss"]], "val_loss": [float(v) for v in h.history.get("val_loss", [])]}
+
+
+def predict_lists(model, ctx: Context, anchors: np.ndarray, cands: np.ndarray, users, cols: np.ndarray, *, chunk: int = 2000) -> np.ndarray:
+    """(n, M) float32 logits (padding gets about -1e4)."""
+    names = {t.name for t in model.inputs}
+    out = []
+    for s in range(0, len(anchors), chunk):
+        x = list_inputs(ctx, anchors[s:s + chunk], cands[s:s + chunk], None if users is None else users[s:s + chunk], cols)
+        x = {k: v for k, v in x.items() if k in names}
+        out.append(np.asarray(model.predict(x, batch_size=256, verbose=0)))
+    if not out:
+        return np.zeros(cands.shape, np.float32)
+    return np.concatenate(out).astype(np.float32)
+
+
+def top_k(cands: np.ndarray, scores: np.ndarray, k: int, drop: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` of each list by score (ties: list order); -1 where empty.
+    ``drop``: (n, M) bool mask of candidates to remove (e.g. substitutes)."""
+    s = np.where(cands >= 0, scores, -np.inf)
+    if drop is not None:
+        s = np.where(drop, -np.inf, s)
+    o = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(cands, o, axis=1).copy()
+    sc = np.take_along_axis(s, o, axis=1)
+    top[~np.isfinite(sc)] = -1
+    return top, sc

@@ -1,0 +1,763 @@
+"""Django admin for shop staff: the suggestion review queue, campaigns, training and the data.
+
+Every state change goes through a service in ``shop_bundles.services`` (which
+checks permissions and records a ``StaffAction``); the admin only collects
+the decision and reports successes and refusals with ``message_user``.
+
+Big tables (orders, order lines, products, promotions, events) use
+``list_select_related`` / prefetching and ``show_full_result_count = False``
+so a changelist costs a handful of queries whatever the table size.
+"""
+from __future__ import annotations
+
+import math
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Prefetch
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+
+from .models import (
+    BundleCampaign,
+    BundleCampaignItem,
+    BundleSuggestion,
+    BundleSuggestionItem,
+    Customer,
+    ImportRun,
+    ModelVersion,
+    OfferEvent,
+    Order,
+    OrderEvent,
+    OrderLine,
+    Product,
+    Promotion,
+    StaffAction,
+    TrainingRun,
+)
+
+MAX_LISTED_REFUSALS = 10
+
+
+def _error_text(exc: Exception) -> str:
+    """The plain message(s) of a ValidationError / PermissionDenied."""
+    if isinstance(exc, ValidationError):
+        return " ".join(exc.messages)
+    return str(exc)
+
+
+def _report(modeladmin, request, verb: str, done: list[str], refused: list[str]) -> None:
+    """Tell the user what an action did: one success line, one warning listing refusals."""
+    if done:
+        modeladmin.message_user(request, f"{verb} {len(done)}: " + "; ".join(done[:MAX_LISTED_REFUSALS])
+                                + (" …" if len(done) > MAX_LISTED_REFUSALS else ""), messages.SUCCESS)
+    if refused:
+        more = f" (and {len(refused) - MAX_LISTED_REFUSALS} more)" if len(refused) > MAX_LISTED_REFUSALS else ""
+        modeladmin.message_user(request, f"Refused {len(refused)}: " + " | ".join(refused[:MAX_LISTED_REFUSALS])
+                                + more, messages.WARNING)
+    if not done and not refused:
+        modeladmin.message_user(request, "Nothing to do.", messages.INFO)
+
+
+# --------------------------------------------------------------------------- rendering helpers
+
+
+def svg_line_chart(series: dict[str, list[float]], *, width: int = 420, height: int = 180) -> str:
+    """Render named numeric series (e.g. loss and val_loss per epoch) as a small inline SVG.
+
+    Args:
+        series: name → values (one per epoch); empty or non-finite values are skipped.
+        width, height: size in pixels.
+
+    Returns:
+        Safe HTML (an ``<svg>`` element with one polyline per series, axis labels and a
+        legend), or a short text when there is nothing to draw.
+    """
+    colours = ["#2b6cb0", "#dd6b20", "#2f855a", "#9b2c2c"]
+    clean = {name: [float(v) for v in values if v is not None and math.isfinite(float(v))]
+             for name, values in (series or {}).items()}
+    clean = {name: values for name, values in clean.items() if values}
+    if not clean:
+        return format_html("<span>{}</span>", "No training curve recorded.")
+    pad_left, pad_right, pad_top, pad_bottom = 48, 10, 10, 34
+    n = max(len(v) for v in clean.values())
+    lo = min(min(v) for v in clean.values())
+    hi = max(max(v) for v in clean.values())
+    if hi - lo < 1e-12:
+        hi, lo = hi + 0.5, lo - 0.5
+    plot_w, plot_h = width - pad_left - pad_right, height - pad_top - pad_bottom
+
+    def xy(i: int, value: float) -> str:
+        x = pad_left + (plot_w * i / (n - 1) if n > 1 else plot_w / 2)
+        y = pad_top + plot_h * (1 - (value - lo) / (hi - lo))
+        return f"{x:.1f},{y:.1f}"
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="training curve" style="background:#fff;border:1px solid #ddd">',
+             f'<line x1="{pad_left}" y1="{pad_top}" x2="{pad_left}" y2="{pad_top + plot_h}" stroke="#999"/>',
+             f'<line x1="{pad_left}" y1="{pad_top + plot_h}" x2="{pad_left + plot_w}" y2="{pad_top + plot_h}" '
+             f'stroke="#999"/>',
+             f'<text x="{pad_left - 4}" y="{pad_top + 8}" font-size="10" text-anchor="end">{hi:.3g}</text>',
+             f'<text x="{pad_left - 4}" y="{pad_top + plot_h}" font-size="10" text-anchor="end">{lo:.3g}</text>',
+             f'<text x="{pad_left}" y="{height - 20}" font-size="10">epoch 1</text>',
+             f'<text x="{pad_left + plot_w}" y="{height - 20}" font-size="10" text-anchor="end">epoch {n}</text>']
+    for k, (name, values) in enumerate(clean.items()):
+        colour = colours[k % len(colours)]
+        points = " ".join(xy(i, v) for i, v in enumerate(values))
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>')
+        for i, v in enumerate(values):
+            parts.append(f'<circle cx="{xy(i, v).split(",")[0]}" cy="{xy(i, v).split(",")[1]}" r="2" '
+                         f'fill="{colour}"/>')
+        legend_x = pad_left + 90 * k
+        parts.append(f'<rect x="{legend_x}" y="{height - 12}" width="10" height="3" fill="{colour}"/>')
+        # series names come from our own JSON keys; escape them anyway
+        parts.append(format_html('<text x="{}" y="{}" font-size="10">{}</text>', legend_x + 14, height - 8,
+                                 f"{name} (last {values[-1]:.4f})"))
+    parts.append("</svg>")
+    return mark_safe("".join(str(p) for p in parts))  # noqa: S308 - every interpolated value is numeric or escaped
+
+
+def backtest_table(metrics: dict | None) -> str:
+    """Render a backtest table (``ModelVersion.metrics``) as an HTML table: system, HR@10, NDCG@10, queries, seconds."""
+    rows = (metrics or {}).get("rows") or []
+    if not rows:
+        return format_html("<span>{}</span>", "No backtest recorded.")
+
+    def fmt(value, pattern):
+        return "" if value is None else pattern.format(value)
+
+    body = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", (
+        (row.get("system", ""), fmt(row.get("hr@10"), "{:.4f}"), fmt(row.get("ndcg@10"), "{:.4f}"),
+         fmt(row.get("queries"), "{:,}"), fmt(row.get("seconds"), "{:.1f}")) for row in rows))
+    caption = f"split date {metrics.get('split_date', '?')}, {metrics.get('queries', '?')} queries"
+    return format_html('<table class="backtest"><caption style="caption-side:bottom;text-align:left">{}</caption>'
+                       "<thead><tr><th>system</th><th>HR@10</th><th>NDCG@10</th><th>queries</th><th>seconds</th>"
+                       "</tr></thead><tbody>{}</tbody></table>", caption, body)
+
+
+def _metric(metrics: dict | None, system: str, key: str = "ndcg@10"):
+    """One value of a backtest table, or None."""
+    for row in (metrics or {}).get("rows") or []:
+        if row.get("system") == system:
+            return row.get(key)
+    return None
+
+
+# --------------------------------------------------------------------------- suggestions (review queue)
+
+
+class BundleSuggestionItemInline(admin.TabularInline):
+    """The products of a suggestion, read-only (anchor first)."""
+
+    model = BundleSuggestionItem
+    extra = 0
+    can_delete = False
+    fields = ("position", "product", "product_price", "product_stock", "product_active")
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("product")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="price")
+    def product_price(self, obj):
+        return obj.product.price
+
+    @admin.display(description="stock")
+    def product_stock(self, obj):
+        return obj.product.stock
+
+    @admin.display(description="active", boolean=True)
+    def product_active(self, obj):
+        return obj.product.active
+
+
+@admin.register(BundleSuggestion)
+class BundleSuggestionAdmin(admin.ModelAdmin):
+    """Review queue: staff compare the evidence and approve or reject suggested bundles in bulk."""
+
+    list_display = ("bundle", "score_display", "co_purchase_count", "lift_display", "confidence_display",
+                    "attach_rate_display", "suggested_discount_percent", "model_version", "status")
+    list_filter = ("status", "model_version", ("anchor__department", admin.AllValuesFieldListFilter))
+    search_fields = ("signature", "anchor__name", "items__product__name")
+    ordering = ("-score", "pk")
+    list_per_page = 50
+    show_full_result_count = False
+    actions = ("approve_selected", "reject_selected")
+    inlines = (BundleSuggestionItemInline,)
+    readonly_fields = ("bundle", "status", "score", "co_purchase_count", "support", "confidence", "lift",
+                       "expected_attach_rate", "suggested_discount_percent", "regular_price", "reasons_text",
+                       "model_version", "signature", "created_at", "reviewed_by", "reviewed_at", "campaign_link")
+    fieldsets = (
+        (None, {"fields": ("bundle", "status", "campaign_link", "model_version", "created_at",
+                           "reviewed_by", "reviewed_at")}),
+        ("Evidence", {"fields": ("score", "co_purchase_count", "support", "confidence", "lift",
+                                 "expected_attach_rate", "regular_price", "suggested_discount_percent",
+                                 "reasons_text", "signature")}),
+    )
+
+    def get_queryset(self, request):
+        items = BundleSuggestionItem.objects.select_related("product").order_by("position")
+        return (super().get_queryset(request).select_related("model_version", "anchor", "reviewed_by")
+                .prefetch_related(Prefetch("items", queryset=items)))
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        # The detail page is read-only; decisions are taken with the actions.
+        return False
+
+    def has_view_permission(self, request, obj=None):
+        return super().has_view_permission(request, obj) or request.user.has_perm(
+            "shop_bundles.approve_bundlesuggestion")
+
+    def has_approve_permission(self, request) -> bool:
+        """Approving and rejecting need the dedicated permission shop_bundles.approve_bundlesuggestion."""
+        return request.user.has_perm("shop_bundles.approve_bundlesuggestion")
+
+    @admin.display(description="products")
+    def bundle(self, obj):
+        return " + ".join((item.product.name or item.product.sku) for item in obj.items.all())
+
+    @admin.display(description="score", ordering="score")
+    def score_display(self, obj):
+        return f"{obj.score:.3f}"
+
+    @admin.display(description="lift", ordering="lift")
+    def lift_display(self, obj):
+        return f"{obj.lift:.2f}"
+
+    @admin.display(description="confidence", ordering="confidence")
+    def confidence_display(self, obj):
+        return f"{obj.confidence:.1%}"
+
+    @admin.display(description="expected attach rate", ordering="expected_attach_rate")
+    def attach_rate_display(self, obj):
+        return f"{obj.expected_attach_rate:.1%}"
+
+    @admin.display(description="regular bundle price")
+    def regular_price(self, obj):
+        from .services.campaigns import bundle_regular_price
+
+        return bundle_regular_price(item.product for item in obj.items.all())
+
+    @admin.display(description="reasons")
+    def reasons_text(self, obj):
+        return format_html('<div style="white-space:pre-wrap;max-width:60em">{}</div>', obj.reasons or "—")
+
+    @admin.display(description="campaign")
+    def campaign_link(self, obj):
+        campaign = BundleCampaign.objects.filter(suggestion=obj).first()
+        if campaign is None:
+            return "—"
+        url = reverse("admin:shop_bundles_bundlecampaign_change", args=[campaign.pk])
+        return format_html('<a href="{}">{}</a> ({})', url, campaign, campaign.get_status_display())
+
+    @admin.action(description="Approve selected suggestions (create campaigns)", permissions=["approve"])
+    def approve_selected(self, request, queryset):
+        """Approve each selected suggestion with its suggested discount; report refusals one by one."""
+        from .services.campaigns import suggestion_approve
+
+        done, refused = [], []
+        for suggestion in queryset.order_by("-score", "pk"):
+            label = self.bundle(suggestion)
+            try:
+                campaign = suggestion_approve(suggestion=suggestion, user=request.user)
+            except (ValidationError, PermissionDenied) as exc:
+                refused.append(f"{label}: {_error_text(exc)}")
+            else:
+                done.append(f"{label} ({campaign.discount_value} % off)" if campaign.discount_type == "percent"
+                            else label)
+        _report(self, request, "Approved", done, refused)
+
+    @admin.action(description="Reject selected suggestions", permissions=["approve"])
+    def reject_selected(self, request, queryset):
+        """Reject each selected pending suggestion."""
+        from .services.campaigns import suggestion_reject
+
+        done, refused = [], []
+        for suggestion in queryset.order_by("-score", "pk"):
+            label = self.bundle(suggestion)
+            try:
+                suggestion_reject(suggestion=suggestion, user=request.user)
+            except (ValidationError, PermissionDenied) as exc:
+                refused.append(f"{label}: {_error_text(exc)}")
+            else:
+                done.append(label)
+        _report(self, request, "Rejected", done, refused)
+
+
+# --------------------------------------------------------------------------- campaigns
+
+
+class BundleCampaignItemInline(admin.TabularInline):
+    """Products of a campaign (units per bundle, position)."""
+
+    model = BundleCampaignItem
+    extra = 0
+    fields = ("position", "product", "quantity", "product_price", "product_available")
+    readonly_fields = ("product_price", "product_available")
+    raw_id_fields = ("product",)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("product")
+
+    @admin.display(description="shelf price")
+    def product_price(self, obj):
+        return obj.product.price if obj.product_id else "—"
+
+    @admin.display(description="active & in stock", boolean=True)
+    def product_available(self, obj):
+        return obj.product.available if obj.product_id else None
+
+
+class BundleCampaignForm(forms.ModelForm):
+    """Campaign edit form: the discount is checked against the bundle's regular price (case M3)."""
+
+    class Meta:
+        model = BundleCampaign
+        fields = ("name", "status", "status_reason", "discount_type", "discount_value", "starts_at", "ends_at")
+
+    def clean(self):
+        from .services.campaigns import bundle_regular_price, discount_validate
+
+        data = super().clean()
+        if self.instance.pk and data.get("discount_type") and data.get("discount_value") is not None:
+            products = [item.product for item in self.instance.items.select_related("product")]
+            if products:
+                try:
+                    discount_validate(discount_type=data["discount_type"], discount_value=data["discount_value"],
+                                      regular_price=bundle_regular_price(products))
+                except ValidationError as exc:
+                    self.add_error("discount_value", exc)
+        starts, ends = data.get("starts_at"), data.get("ends_at")
+        if starts and ends and ends <= starts:
+            self.add_error("ends_at", "The campaign must end after it starts.")
+        return data
+
+
+@admin.register(BundleCampaign)
+class BundleCampaignAdmin(admin.ModelAdmin):
+    """Approved bundle offers: edit discount and dates, pause or resume; every change is recorded."""
+
+    form = BundleCampaignForm
+    list_display = ("name", "status", "discount_type", "discount_value", "starts_at", "ends_at",
+                    "approved_by", "approved_at", "created_by")
+    list_filter = ("status", "discount_type")
+    search_fields = ("name", "items__product__sku", "items__product__name")
+    list_select_related = ("approved_by", "created_by")
+    date_hierarchy = "starts_at"
+    inlines = (BundleCampaignItemInline,)
+    actions = ("pause_selected", "resume_selected")
+    readonly_fields = ("suggestion_link", "created_by", "created_at", "approved_by", "approved_at", "updated_at",
+                       "history")
+    fieldsets = (
+        (None, {"fields": ("name", "status", "status_reason", "suggestion_link")}),
+        ("Offer", {"fields": ("discount_type", "discount_value", "starts_at", "ends_at")}),
+        ("Who and when", {"fields": ("created_by", "created_at", "approved_by", "approved_at", "updated_at",
+                                     "history")}),
+    )
+
+    def has_manage_permission(self, request) -> bool:
+        """Pausing and resuming need shop_bundles.manage_bundlecampaign."""
+        return request.user.has_perm("shop_bundles.manage_bundlecampaign")
+
+    @admin.display(description="suggestion")
+    def suggestion_link(self, obj):
+        if not obj.suggestion_id:
+            return "—"
+        url = reverse("admin:shop_bundles_bundlesuggestion_change", args=[obj.suggestion_id])
+        return format_html('<a href="{}">suggestion {}</a>', url, obj.suggestion_id)
+
+    @admin.display(description="staff actions")
+    def history(self, obj):
+        if not obj.pk:
+            return "—"
+        actions = obj.actions.select_related("user").order_by("-created_at")[:20]
+        return format_html_join(mark_safe("<br>"), "{} {} by {}{}", (
+            (a.created_at.strftime("%Y-%m-%d %H:%M"), a.action, a.user or "the system",
+             f" — {a.detail}" if a.detail else "") for a in actions)) or "—"
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+        if change and form.changed_data:
+            changes = ", ".join(f"{name}={form.cleaned_data.get(name)}" for name in form.changed_data)
+            StaffAction.objects.create(user=request.user, action="edit", campaign=obj,
+                                       suggestion_id=obj.suggestion_id, detail=changes[:2000])
+        elif not change:
+            StaffAction.objects.create(user=request.user, action="create", campaign=obj, detail=str(obj))
+
+    @admin.action(description="Pause selected campaigns", permissions=["manage"])
+    def pause_selected(self, request, queryset):
+        """Pause each selected active campaign."""
+        from .services.campaigns import campaign_pause
+
+        done, refused = [], []
+        for campaign in queryset:
+            try:
+                campaign_pause(campaign=campaign, user=request.user, reason="paused in the admin")
+            except (ValidationError, PermissionDenied) as exc:
+                refused.append(f"{campaign}: {_error_text(exc)}")
+            else:
+                done.append(str(campaign))
+        _report(self, request, "Paused", done, refused)
+
+    @admin.action(description="Resume selected campaigns", permissions=["manage"])
+    def resume_selected(self, request, queryset):
+        """Resume each selected paused campaign."""
+        from .services.campaigns import campaign_resume
+
+        done, refused = [], []
+        for campaign in queryset:
+            try:
+                campaign_resume(campaign=campaign, user=request.user)
+            except (ValidationError, PermissionDenied) as exc:
+                refused.append(f"{campaign}: {_error_text(exc)}")
+            else:
+                done.append(str(campaign))
+        _report(self, request, "Resumed", done, refused)
+
+
+@admin.register(StaffAction)
+class StaffActionAdmin(admin.ModelAdmin):
+    """The audit trail, read-only."""
+
+    list_display = ("created_at", "user", "action", "suggestion", "campaign", "detail")
+    list_filter = ("action",)
+    search_fields = ("user__username", "detail", "campaign__name", "suggestion__signature")
+    list_select_related = ("user", "suggestion", "campaign")
+    date_hierarchy = "created_at"
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+# --------------------------------------------------------------------------- training and model versions
+
+
+@admin.register(TrainingRun)
+class TrainingRunAdmin(admin.ModelAdmin):
+    """Training runs with live progress, timings, errors and the training curve; "Retrain now" queues a run."""
+
+    change_list_template = "admin/shop_bundles/trainingrun/change_list.html"
+    list_display = ("id", "status", "progress_bar", "stage", "trigger", "created_at", "started_at", "duration",
+                    "model_version", "requested_by")
+    list_filter = ("status",)
+    list_select_related = ("model_version", "requested_by")
+    actions = ("retrain_now",)
+    readonly_fields = ("status", "slot", "progress_bar", "stage", "requested_by", "created_at", "started_at",
+                       "finished_at", "duration", "data_start", "data_end", "split_date", "params", "model_version",
+                       "backtest", "training_curve", "error_text")
+    fieldsets = (
+        (None, {"fields": ("status", "progress_bar", "stage", "slot", "requested_by", "model_version")}),
+        ("Timing", {"fields": ("created_at", "started_at", "finished_at", "duration")}),
+        ("Data", {"fields": ("data_start", "data_end", "split_date", "params")}),
+        ("Result", {"fields": ("backtest", "training_curve", "error_text")}),
+    )
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_retrain_permission(self, request) -> bool:
+        """Queuing a retrain needs shop_bundles.add_trainingrun."""
+        return request.user.has_perm("shop_bundles.add_trainingrun")
+
+    @admin.display(description="trigger")
+    def trigger(self, obj):
+        return (obj.params or {}).get("trigger", "")
+
+    @admin.display(description="progress", ordering="progress")
+    def progress_bar(self, obj):
+        pct = max(0.0, min(100.0, 100.0 * float(obj.progress or 0)))
+        colour = {"failed": "#c53030", "succeeded": "#2f855a"}.get(obj.status, "#2b6cb0")
+        return format_html(
+            '<div title="{}" style="width:120px;background:#e2e8f0;border-radius:3px;display:inline-block;'
+            'vertical-align:middle"><div style="width:{}%;background:{};height:10px;border-radius:3px"></div>'
+            '</div> {}%', obj.stage, f"{pct:.0f}", colour, f"{pct:.0f}")
+
+    @admin.display(description="duration")
+    def duration(self, obj):
+        if not obj.started_at:
+            return "—"
+        from django.utils import timezone
+
+        end = obj.finished_at or timezone.now()
+        seconds = int((end - obj.started_at).total_seconds())
+        return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+    @admin.display(description="backtest")
+    def backtest(self, obj):
+        return backtest_table(obj.metrics)
+
+    @admin.display(description="training curve (loss / val_loss per epoch)")
+    def training_curve(self, obj):
+        history = obj.history or {}
+        return svg_line_chart({k: history.get(k) or [] for k in ("loss", "val_loss")})
+
+    @admin.display(description="error")
+    def error_text(self, obj):
+        if not obj.error:
+            return "—"
+        return format_html('<pre style="white-space:pre-wrap;max-width:80em">{}</pre>', obj.error)
+
+    def _queue(self, request) -> None:
+        from .services.training import training_run_queue
+
+        run = training_run_queue(user=request.user, trigger="manual")
+        self.message_user(request, f"Training run {run.pk} queued; this page shows its progress.", messages.SUCCESS)
+
+    @admin.action(description="Retrain now (queue a new training run)", permissions=["retrain"])
+    def retrain_now(self, request, queryset):
+        """Queue ``retrain_model`` for a new run (the selection is ignored)."""
+        self._queue(request)
+
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        return [path("retrain/", self.admin_site.admin_view(self.retrain_view), name="%s_%s_retrain" % info),
+                *super().get_urls()]
+
+    def retrain_view(self, request):
+        """POST-only view behind the changelist's "Retrain now" button."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_retrain_permission(request):
+            raise PermissionDenied
+        self._queue(request)
+        return HttpResponseRedirect(reverse("admin:shop_bundles_trainingrun_changelist"))
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = dict(extra_context or {})
+        extra_context["can_retrain"] = self.has_retrain_permission(request)
+        extra_context["runs_in_progress"] = TrainingRun.objects.filter(
+            status__in=[TrainingRun.QUEUED, TrainingRun.RUNNING]).exists()
+        return super().changelist_view(request, extra_context=extra_context)
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    """Trained model versions with their backtest table; "activate" switches the serving model."""
+
+    list_display = ("label", "is_active", "created_at", "data_start", "data_end", "split_date", "model_ndcg",
+                    "popularity_ndcg", "cooccurrence_ndcg")
+    list_filter = ("is_active",)
+    search_fields = ("label",)
+    actions = ("activate",)
+    readonly_fields = ("label", "is_active", "activated_at", "created_at", "artifact_path", "data_start", "data_end",
+                       "split_date", "backtest", "metadata", "notes")
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="model NDCG@10")
+    def model_ndcg(self, obj):
+        value = _metric(obj.metrics, "model")
+        return "—" if value is None else f"{value:.4f}"
+
+    @admin.display(description="popularity NDCG@10")
+    def popularity_ndcg(self, obj):
+        value = _metric(obj.metrics, "popularity")
+        return "—" if value is None else f"{value:.4f}"
+
+    @admin.display(description="co-occurrence NDCG@10")
+    def cooccurrence_ndcg(self, obj):
+        value = _metric(obj.metrics, "cooccurrence_count")
+        return "—" if value is None else f"{value:.4f}"
+
+    @admin.display(description="backtest")
+    def backtest(self, obj):
+        return backtest_table(obj.metrics)
+
+    @admin.action(description="Activate the selected model version", permissions=["change"])
+    def activate(self, request, queryset):
+        """Make the one selected version the active (serving) model."""
+        from .services.training import model_version_activate
+
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one model version to activate.", messages.WARNING)
+            return
+        version = queryset.get()
+        model_version_activate(version=version, user=request.user, note=f"activated by {request.user} in the admin")
+        self.message_user(request, f"{version.label} is now the active model version.", messages.SUCCESS)
+
+
+# --------------------------------------------------------------------------- catalogue, orders, events, imports
+
+
+@admin.register(Product)
+class ProductAdmin(admin.ModelAdmin):
+    """The catalogue; stock and active can be edited in the list."""
+
+    list_display = ("sku", "name", "department", "category", "brand", "price", "stock", "active")
+    list_editable = ("price", "stock", "active")
+    list_filter = ("active", "department")
+    search_fields = ("=sku", "name", "brand")
+    show_full_result_count = False
+    list_per_page = 100
+
+
+@admin.register(Customer)
+class CustomerAdmin(admin.ModelAdmin):
+    """Known shoppers."""
+
+    list_display = ("external_id", "email", "created_at")
+    search_fields = ("=external_id", "email")
+    show_full_result_count = False
+
+
+class OrderLineInline(admin.TabularInline):
+    """Lines of an order, read-only."""
+
+    model = OrderLine
+    extra = 0
+    can_delete = False
+    fields = ("product", "quantity", "unit_price", "discount", "campaign")
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("product", "campaign")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Order)
+class OrderAdmin(admin.ModelAdmin):
+    """Orders (imported history and storefront), read-only with their lines."""
+
+    list_display = ("external_id", "placed_at", "customer", "source", "subtotal", "discount_total", "total")
+    list_filter = ("source",)
+    search_fields = ("=external_id", "=customer__external_id")
+    list_select_related = ("customer",)
+    show_full_result_count = False
+    inlines = (OrderLineInline,)
+    readonly_fields = ("external_id", "customer", "placed_at", "source", "store_id", "session_key", "subtotal",
+                       "discount_total", "total", "campaigns", "created_at")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Promotion)
+class PromotionAdmin(admin.ModelAdmin):
+    """Weekly display / mailer exposure per product."""
+
+    list_display = ("product", "week", "week_start", "display_location", "mailer_location", "display_stores",
+                    "mailer_stores")
+    list_filter = ("week",)
+    search_fields = ("=product__sku",)
+    list_select_related = ("product",)
+    raw_id_fields = ("product",)
+    show_full_result_count = False
+
+
+@admin.register(OrderEvent)
+class OrderEventAdmin(admin.ModelAdmin):
+    """Placed storefront orders as recorded by the worker."""
+
+    list_display = ("order", "recorded_at", "revenue", "bundle_discount", "bundles_used")
+    list_select_related = ("order",)
+    search_fields = ("=order__external_id",)
+    raw_id_fields = ("order",)
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(OfferEvent)
+class OfferEventAdmin(admin.ModelAdmin):
+    """Impressions, clicks, add-to-carts and purchases of bundle offers."""
+
+    list_display = ("created_at", "kind", "campaign", "customer", "session_key", "order", "quantity")
+    list_filter = ("kind",)
+    list_select_related = ("campaign", "customer", "order")
+    search_fields = ("campaign__name", "=order__external_id", "=session_key")
+    raw_id_fields = ("campaign", "customer", "order")
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(ImportRun)
+class ImportRunAdmin(admin.ModelAdmin):
+    """Imports and their reports (counts and rejected lines)."""
+
+    list_display = ("source", "started_at", "finished_at", "imported", "rejected", "skipped", "duplicates")
+    search_fields = ("source",)
+    readonly_fields = ("source", "started_at", "finished_at", "report_summary", "rejections", "report")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def _count(self, obj, key):
+        value = (obj.report or {}).get(key)
+        return "—" if value is None else value
+
+    @admin.display(description="imported")
+    def imported(self, obj):
+        return self._count(obj, "imported")
+
+    @admin.display(description="rejected")
+    def rejected(self, obj):
+        return self._count(obj, "rejected")
+
+    @admin.display(description="skipped")
+    def skipped(self, obj):
+        return self._count(obj, "skipped")
+
+    @admin.display(description="duplicates")
+    def duplicates(self, obj):
+        return self._count(obj, "duplicates")
+
+    @admin.display(description="summary")
+    def report_summary(self, obj):
+        report = obj.report or {}
+        keys = [k for k in ("read", "imported", "skipped", "rejected", "duplicates") if k in report]
+        return format_html_join(", ", "{}: {}", ((k, report[k]) for k in keys)) or "—"
+
+    @admin.display(description="rejected lines")
+    def rejections(self, obj):
+        rows = (obj.report or {}).get("rejections") or []
+        if not rows:
+            return "—"
+        body = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", (
+            (r.get("line", ""), r.get("field", ""), r.get("reason", "")) for r in rows[:500]))
+        return format_html("<table><thead><tr><th>line</th><th>field</th><th>reason</th></tr></thead>"
+                           "<tbody>{}</tbody></table>", body)

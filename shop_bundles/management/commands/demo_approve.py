@@ -1,0 +1,68 @@
+"""``manage.py demo_approve``: approve the top N pending suggestions as a demo staff member.
+
+Creates the staff user (with the approve and manage permissions and a printed
+random password) when missing, then approves the best-scored pending
+suggestions whose products are all active and in stock, each with its
+suggested discount, through the same service the admin uses.
+"""
+import secrets
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.management.base import BaseCommand
+from django.db.models import Exists, OuterRef, Q
+
+
+class Command(BaseCommand):
+    """Approve the top pending suggestions (demo)."""
+
+    help = "Approve the top N pending bundle suggestions as a demo staff user (created if missing)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--top", type=int, default=20, help="how many suggestions to approve (default 20)")
+        parser.add_argument("--username", default="demo-staff", help="staff user (default demo-staff)")
+
+    def handle(self, *args, **options):
+        from ...models import BundleSuggestion, BundleSuggestionItem
+        from ...services.campaigns import suggestion_approve
+
+        user = self._staff_user(options["username"])
+        unavailable = BundleSuggestionItem.objects.filter(suggestion=OuterRef("pk")).filter(
+            Q(product__active=False) | Q(product__stock__lte=0))
+        queue = (BundleSuggestion.objects.filter(status=BundleSuggestion.PENDING)
+                 .filter(~Exists(unavailable)).order_by("-score", "pk").prefetch_related("items__product"))
+        approved = refused = 0
+        for suggestion in queue.iterator(chunk_size=100):
+            if approved >= options["top"]:
+                break
+            names = " + ".join((i.product.name or i.product.sku) for i in suggestion.items.all())
+            try:
+                campaign = suggestion_approve(suggestion=suggestion, user=user)
+            except (ValidationError, PermissionDenied) as exc:
+                refused += 1
+                self.stdout.write(self.style.WARNING(f"  refused {names}: {' '.join(getattr(exc, 'messages', [str(exc)]))}"))
+                continue
+            approved += 1
+            self.stdout.write(f"{approved:>3}. {names}  score {suggestion.score:.3f}  lift {suggestion.lift:.2f}  "
+                              f"{campaign.discount_value} % off until {campaign.ends_at:%Y-%m-%d}")
+        self.stdout.write(self.style.SUCCESS(f"approved {approved} suggestions as {user.get_username()}"
+                                             + (f" ({refused} refused)" if refused else "")))
+
+    def _staff_user(self, username: str):
+        """Get or create the staff user with the approve/manage permissions; print a new user's password."""
+        User = get_user_model()
+        user = User.objects.filter(**{User.USERNAME_FIELD: username}).first()
+        if user is None:
+            password = secrets.token_urlsafe(12)
+            user = User.objects.create_user(**{User.USERNAME_FIELD: username}, password=password, is_staff=True)
+            self.stdout.write(self.style.SUCCESS(f"created staff user {username!r} with password {password}"))
+        codenames = ["approve_bundlesuggestion", "view_bundlesuggestion", "manage_bundlecampaign",
+                     "view_bundlecampaign", "change_bundlecampaign", "view_trainingrun", "add_trainingrun",
+                     "view_modelversion", "view_staffaction"]
+        perms = Permission.objects.filter(content_type__app_label="shop_bundles", codename__in=codenames)
+        user.user_permissions.add(*perms)
+        if not user.is_staff:
+            user.is_staff = True
+            user.save(update_fields=["is_staff"])
+        return User.objects.get(pk=user.pk)  # fresh instance: no stale permission cache

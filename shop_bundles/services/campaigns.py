@@ -1,0 +1,365 @@
+"""Staff decisions on bundle suggestions and campaigns (writes; HackSoft-style services).
+
+Every state change records a ``StaffAction`` with the user (None for the
+system, e.g. expiry) and the time. Money is ``Decimal``; the bundle's regular
+price is the sum of its items' current shelf prices (one unit each).
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from .. import app_settings
+from ..models import (
+    BundleCampaign,
+    BundleCampaignItem,
+    BundleSuggestion,
+    ModelVersion,
+    StaffAction,
+)
+
+logger = logging.getLogger(__name__)
+
+APPROVE_PERMISSION = "shop_bundles.approve_bundlesuggestion"
+MANAGE_PERMISSION = "shop_bundles.manage_bundlecampaign"
+CENT = Decimal("0.01")
+
+
+def _require(user, permission: str, what: str) -> None:
+    """Raise PermissionDenied unless ``user`` is an active staff member holding ``permission``."""
+    if user is None or not getattr(user, "is_active", False) or not user.has_perm(permission):
+        name = getattr(user, "get_username", lambda: "anonymous")()
+        raise PermissionDenied(f"{name} may not {what} (needs the permission {permission}).")
+
+
+def _who(user) -> str:
+    """A user's display name for messages ("someone" when unknown)."""
+    if user is None:
+        return "the system"
+    return user.get_full_name() or user.get_username()
+
+
+def _when(moment: datetime | None) -> str:
+    """A timestamp in the shop's time zone for messages."""
+    if moment is None:
+        return "an unknown time"
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M")
+
+
+def _not_pending_message(suggestion: BundleSuggestion) -> str:
+    """Explain why a suggestion can no longer be decided on."""
+    if suggestion.status == BundleSuggestion.APPROVED:
+        return f"Already approved by {_who(suggestion.reviewed_by)} at {_when(suggestion.reviewed_at)}."
+    if suggestion.status == BundleSuggestion.REJECTED:
+        return f"Already rejected by {_who(suggestion.reviewed_by)} at {_when(suggestion.reviewed_at)}."
+    return f"The suggestion is {suggestion.get_status_display().lower()}, not pending."
+
+
+def _money(value) -> Decimal:
+    """Decimal of ``value`` (str, int, Decimal); ValidationError when not a number."""
+    try:
+        number = value if isinstance(value, Decimal) else Decimal(str(value))
+    except (InvalidOperation, ValueError, TypeError) as exc:
+        raise ValidationError(f"The discount {value!r} is not a number.") from exc
+    if not number.is_finite():
+        raise ValidationError(f"The discount {value!r} is not a number.")
+    return number
+
+
+def bundle_regular_price(products) -> Decimal:
+    """Sum of the products' shelf prices (one unit each), Decimal with 2 places."""
+    return sum((p.price for p in products), Decimal("0.00")).quantize(CENT)
+
+
+def discount_validate(*, discount_type: str, discount_value: Decimal, regular_price: Decimal) -> None:
+    """Check a bundle discount against the bundle's regular price.
+
+    Rules: percent must be in (0, 100]; a fixed amount must be > 0 and not
+    exceed the regular price (case M3: 6.00 off a 5.00 bundle is refused);
+    a fixed bundle price must be >= 0 and below the regular price.
+
+    Raises:
+        ValidationError: with a message naming the amounts.
+    """
+    if discount_type == BundleCampaign.PERCENT:
+        if discount_value <= 0 or discount_value > 100:
+            raise ValidationError(f"A percent discount must be between 0 and 100 (got {discount_value}).")
+    elif discount_type == BundleCampaign.AMOUNT:
+        if discount_value <= 0:
+            raise ValidationError(f"The discount {discount_value} must be greater than 0.")
+        if discount_value > regular_price:
+            raise ValidationError(
+                f"The discount {discount_value.quantize(CENT)} exceeds the bundle price {regular_price}.")
+    elif discount_type == BundleCampaign.FIXED_PRICE:
+        if discount_value < 0:
+            raise ValidationError(f"The bundle price {discount_value} must not be negative.")
+        if discount_value >= regular_price:
+            raise ValidationError(
+                f"The bundle price {discount_value.quantize(CENT)} is not below the regular price {regular_price}.")
+    else:
+        raise ValidationError(f"Unknown discount type {discount_type!r}.")
+
+
+@transaction.atomic
+def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str | None = None,
+                       discount_value=None, starts_at: datetime | None = None,
+                       ends_at: datetime | None = None) -> BundleCampaign:
+    """Approve a pending suggestion: create its BundleCampaign (active) with items.
+
+    Args:
+        suggestion: the suggestion (re-read and locked with SELECT ... FOR UPDATE).
+        user: the approving staff user; needs ``shop_bundles.approve_bundlesuggestion``.
+        discount_type: ``percent`` (default), ``amount`` or ``fixed_price``.
+        discount_value: Decimal-compatible; default the suggestion's suggested percent
+            (or SHOP_BUNDLES_DEFAULT_DISCOUNT_PERCENT when it has none).
+        starts_at: aware datetime, default now.
+        ends_at: aware datetime, default ``starts_at`` + SHOP_BUNDLES_CAMPAIGN_DAYS days.
+
+    Returns:
+        The new BundleCampaign (status active, created_by/approved_by = user).
+        ``suggestion`` is updated in place (status approved, reviewer).
+
+    Raises:
+        PermissionDenied: the user lacks the approve permission.
+        ValidationError: the suggestion is not pending ("Already approved by X at T"),
+            a product is inactive or out of stock, the discount is out of range
+            (e.g. exceeds the bundle's regular price), or the window is empty.
+            A concurrent approval that slips past the row lock is caught by the
+            unique ``BundleCampaign.suggestion`` constraint and reported the same way.
+    """
+    _require(user, APPROVE_PERMISSION, "approve bundle suggestions")
+    # No select_related here: after waiting for a concurrent approver's lock, PostgreSQL re-reads the
+    # locked row but not joined rows, so a joined reviewer would be the stale (empty) one.
+    locked = BundleSuggestion.objects.select_for_update().get(pk=suggestion.pk)
+    if locked.status != BundleSuggestion.PENDING:
+        raise ValidationError(_not_pending_message(locked))
+
+    items = list(locked.items.select_related("product").order_by("position", "pk"))
+    products = [item.product for item in items]
+    if len(products) < 2:
+        raise ValidationError("A bundle needs at least two products.")
+    problems = []
+    for product in products:
+        if not product.active:
+            problems.append(f"{product} is inactive")
+        elif product.stock <= 0:
+            problems.append(f"{product} is out of stock")
+    if problems:
+        raise ValidationError("Cannot approve: " + "; ".join(problems) + ".")
+
+    discount_type = discount_type or BundleCampaign.PERCENT
+    if discount_value is None:
+        discount_value = (locked.suggested_discount_percent if discount_type == BundleCampaign.PERCENT
+                          and locked.suggested_discount_percent else None)
+        if discount_value is None:
+            if discount_type != BundleCampaign.PERCENT:
+                raise ValidationError("Give a discount value for a fixed amount or fixed price.")
+            discount_value = app_settings.get("DEFAULT_DISCOUNT_PERCENT")
+    discount_value = _money(discount_value)
+    regular_price = bundle_regular_price(products)
+    discount_validate(discount_type=discount_type, discount_value=discount_value, regular_price=regular_price)
+
+    now = timezone.now()
+    starts_at = starts_at or now
+    ends_at = ends_at or (starts_at + timedelta(days=int(app_settings.get("CAMPAIGN_DAYS"))))
+    if ends_at <= starts_at:
+        raise ValidationError(f"The campaign must end after it starts ({_when(starts_at)}).")
+
+    try:
+        with transaction.atomic():
+            campaign = BundleCampaign.objects.create(
+                name=" + ".join((p.name or p.sku) for p in products)[:255],
+                suggestion=locked,
+                discount_type=discount_type,
+                discount_value=discount_value.quantize(CENT),
+                starts_at=starts_at,
+                ends_at=ends_at,
+                status=BundleCampaign.ACTIVE,
+                created_by=user,
+                approved_by=user,
+                approved_at=now,
+            )
+    except IntegrityError as exc:
+        existing = BundleCampaign.objects.filter(suggestion_id=locked.pk).select_related("approved_by").first()
+        if existing is not None:
+            raise ValidationError(
+                f"Already approved by {_who(existing.approved_by)} at {_when(existing.approved_at)}.") from exc
+        raise
+    BundleCampaignItem.objects.bulk_create([
+        BundleCampaignItem(campaign=campaign, product=product, quantity=1, position=position)
+        for position, product in enumerate(products)
+    ])
+    locked.status = BundleSuggestion.APPROVED
+    locked.reviewed_by = user
+    locked.reviewed_at = now
+    locked.save(update_fields=["status", "reviewed_by", "reviewed_at"])
+    StaffAction.objects.create(
+        user=user, action="approve", suggestion=locked, campaign=campaign, created_at=now,
+        detail=(f"{campaign.get_discount_type_display()} {campaign.discount_value} on regular price "
+                f"{regular_price}; {_when(starts_at)} to {_when(ends_at)}"),
+    )
+    suggestion.status, suggestion.reviewed_by, suggestion.reviewed_at = locked.status, user, now
+    logger.info("suggestion %s approved by %s as campaign %s", locked.pk, user, campaign.pk)
+    return campaign
+
+
+@transaction.atomic
+def suggestion_reject(*, suggestion: BundleSuggestion, user, reason: str = "") -> BundleSuggestion:
+    """Reject a pending suggestion (it is not suggested again by later scorings).
+
+    Args:
+        suggestion: the suggestion (locked while deciding).
+        user: staff user with ``shop_bundles.approve_bundlesuggestion``.
+        reason: optional free text kept in the StaffAction.
+
+    Returns:
+        The suggestion, status rejected.
+
+    Raises:
+        PermissionDenied: the user lacks the permission.
+        ValidationError: the suggestion is not pending.
+    """
+    _require(user, APPROVE_PERMISSION, "reject bundle suggestions")
+    locked = BundleSuggestion.objects.select_for_update().get(pk=suggestion.pk)
+    if locked.status != BundleSuggestion.PENDING:
+        raise ValidationError(_not_pending_message(locked))
+    now = timezone.now()
+    locked.status, locked.reviewed_by, locked.reviewed_at = BundleSuggestion.REJECTED, user, now
+    locked.save(update_fields=["status", "reviewed_by", "reviewed_at"])
+    StaffAction.objects.create(user=user, action="reject", suggestion=locked, detail=reason, created_at=now)
+    suggestion.status, suggestion.reviewed_by, suggestion.reviewed_at = locked.status, user, now
+    return locked
+
+
+@transaction.atomic
+def campaign_pause(*, campaign: BundleCampaign, user, reason: str = "") -> BundleCampaign:
+    """Pause an active campaign (shoppers stop seeing it at once).
+
+    Raises:
+        PermissionDenied: the user lacks ``shop_bundles.manage_bundlecampaign``.
+        ValidationError: the campaign is not active.
+    """
+    _require(user, MANAGE_PERMISSION, "pause campaigns")
+    locked = BundleCampaign.objects.select_for_update().get(pk=campaign.pk)
+    if locked.status != BundleCampaign.ACTIVE:
+        raise ValidationError(f"Campaign {locked} is {locked.get_status_display().lower()}, not active.")
+    locked.status, locked.status_reason = BundleCampaign.PAUSED, (reason or "")[:255]
+    locked.save(update_fields=["status", "status_reason", "updated_at"])
+    StaffAction.objects.create(user=user, action="pause", campaign=locked, suggestion_id=locked.suggestion_id,
+                               detail=reason)
+    campaign.status, campaign.status_reason = locked.status, locked.status_reason
+    return locked
+
+
+@transaction.atomic
+def campaign_resume(*, campaign: BundleCampaign, user) -> BundleCampaign:
+    """Resume a paused campaign whose window has not ended.
+
+    Raises:
+        PermissionDenied: the user lacks ``shop_bundles.manage_bundlecampaign``.
+        ValidationError: the campaign is not paused, or its end time has passed.
+    """
+    _require(user, MANAGE_PERMISSION, "resume campaigns")
+    locked = BundleCampaign.objects.select_for_update().get(pk=campaign.pk)
+    if locked.status != BundleCampaign.PAUSED:
+        raise ValidationError(f"Campaign {locked} is {locked.get_status_display().lower()}, not paused.")
+    if locked.ends_at is not None and locked.ends_at <= timezone.now():
+        raise ValidationError(f"Campaign {locked} ended at {_when(locked.ends_at)}; change its dates first.")
+    locked.status, locked.status_reason = BundleCampaign.ACTIVE, ""
+    locked.save(update_fields=["status", "status_reason", "updated_at"])
+    StaffAction.objects.create(user=user, action="resume", campaign=locked, suggestion_id=locked.suggestion_id)
+    campaign.status, campaign.status_reason = locked.status, locked.status_reason
+    return locked
+
+
+@transaction.atomic
+def campaigns_expire(now: datetime | None = None) -> int:
+    """Expire campaigns whose end time has passed, and stale pending suggestions.
+
+    Campaigns: status active or paused with ``ends_at <= now`` → expired, one
+    StaffAction (user None, action ``expire``) each.
+
+    Suggestions: pending suggestions of a model version that is no longer
+    active are expired once the active version has suggestions of its own
+    (i.e. a newer scoring ran); their item sets are re-suggested with fresh
+    evidence by that scoring.
+
+    Returns:
+        Number of campaigns expired.
+    """
+    now = now or timezone.now()
+    due = list(BundleCampaign.objects.select_for_update(skip_locked=True)
+               .filter(status__in=[BundleCampaign.ACTIVE, BundleCampaign.PAUSED], ends_at__lte=now)
+               .values_list("pk", "suggestion_id"))
+    if due:
+        BundleCampaign.objects.filter(pk__in=[pk for pk, _ in due]).update(
+            status=BundleCampaign.EXPIRED, status_reason="ended", updated_at=now)
+        StaffAction.objects.bulk_create([
+            StaffAction(user=None, action="expire", campaign_id=pk, suggestion_id=sid, created_at=now,
+                        detail="end time passed")
+            for pk, sid in due
+        ])
+    suggestions_expire_stale(now=now)
+    return len(due)
+
+
+def suggestions_expire_stale(*, now: datetime | None = None) -> int:
+    """Expire pending suggestions of inactive model versions once the active version has been scored.
+
+    Returns:
+        Number of suggestions expired (0 when no version is active or it has no suggestions yet).
+    """
+    now = now or timezone.now()
+    active = ModelVersion.objects.filter(is_active=True).first()
+    if active is None or not BundleSuggestion.objects.filter(model_version=active).exists():
+        return 0
+    stale = BundleSuggestion.objects.filter(status=BundleSuggestion.PENDING).filter(
+        Q(model_version__isnull=True) | ~Q(model_version=active))
+    ids = list(stale.values_list("pk", flat=True))
+    if not ids:
+        return 0
+    BundleSuggestion.objects.filter(pk__in=ids, status=BundleSuggestion.PENDING).update(
+        status=BundleSuggestion.EXPIRED, reviewed_at=now)
+    StaffAction.objects.bulk_create([
+        StaffAction(user=None, action="expire", suggestion_id=pk, created_at=now,
+                    detail=f"superseded by model version {active.label}")
+        for pk in ids
+    ], batch_size=2000)
+    return len(ids)
+
+
+def live_signatures(*, now: datetime | None = None) -> set[str]:
+    """Signatures (sorted SKUs joined with ``+``) of campaigns that are live or may become live again.
+
+    Counts active, paused and draft campaigns whose end time has not passed.
+    """
+    from ..ml_bridge import signature_of
+
+    now = now or timezone.now()
+    campaigns = BundleCampaign.objects.filter(
+        status__in=[BundleCampaign.ACTIVE, BundleCampaign.PAUSED, BundleCampaign.DRAFT]).filter(
+        Q(ends_at__isnull=True) | Q(ends_at__gt=now))
+    skus: dict[int, list[str]] = {}
+    for campaign_id, sku in BundleCampaignItem.objects.filter(campaign__in=campaigns).values_list(
+            "campaign_id", "product__sku"):
+        skus.setdefault(campaign_id, []).append(sku)
+    return {signature_of(v) for v in skus.values()}
+
+
+__all__ = [
+    "bundle_regular_price",
+    "campaign_pause",
+    "campaign_resume",
+    "campaigns_expire",
+    "discount_validate",
+    "live_signatures",
+    "suggestion_approve",
+    "suggestion_reject",
+    "suggestions_expire_stale",
+]

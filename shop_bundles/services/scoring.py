@@ -1,0 +1,123 @@
+"""Scoring: turn a trained model version into pending BundleSuggestions for staff review.
+
+``bundling_ml`` (and TensorFlow) is imported inside ``suggestions_score`` only.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from .. import app_settings, ml_bridge
+from ..models import BundleSuggestion, BundleSuggestionItem, ModelVersion, Product, StaffAction
+from .campaigns import live_signatures
+
+logger = logging.getLogger(__name__)
+
+
+def _expire_superseded(version: ModelVersion, now) -> int:
+    """Expire pending suggestions of other model versions (the active version re-suggests them fresh)."""
+    stale = BundleSuggestion.objects.filter(status=BundleSuggestion.PENDING).filter(
+        Q(model_version__isnull=True) | ~Q(model_version=version))
+    ids = list(stale.values_list("pk", flat=True))
+    if ids:
+        BundleSuggestion.objects.filter(pk__in=ids).update(status=BundleSuggestion.EXPIRED, reviewed_at=now)
+        StaffAction.objects.bulk_create([
+            StaffAction(user=None, action="expire", suggestion_id=pk, created_at=now,
+                        detail=f"superseded by model version {version.label}") for pk in ids
+        ], batch_size=2000)
+    return len(ids)
+
+
+def suggestions_score(*, model_version_id: int | None = None, progress=None) -> dict:
+    """Score bundles with a model version and write the new ones as pending suggestions.
+
+    Args:
+        model_version_id: the ModelVersion to use (default: the active one).
+        progress: optional ``progress(fraction, stage)`` callback passed to ``score_bundles``.
+
+    Steps: read the lines and products frames (``ml_bridge``), call
+    ``bundling_ml.pipeline.score_bundles`` with SHOP_BUNDLES_MIN_ANCHOR_BASKETS,
+    SHOP_BUNDLES_MAX_SUGGESTIONS and SHOP_BUNDLES_EXCLUDED_DEPARTMENTS, then in
+    one transaction (the version row locked, so two scorings of one version
+    queue up): when scoring the active version, expire pending suggestions of
+    older versions; skip item sets that already have a pending, approved or
+    rejected suggestion, a suggestion of this version, or a live campaign, and
+    bundles with an inactive or out-of-stock product; ``bulk_create`` the rest
+    with their items (anchor at position 0).
+
+    Returns:
+        ``{"model_version_id": int | None, "created": int, "skipped": int,
+        "skipped_reasons": {reason: count}, "expired": int, "scored": int, "seconds": float,
+        "message": str}``.
+    """
+    started = time.monotonic()
+    if model_version_id is None:
+        version = ModelVersion.objects.filter(is_active=True).first()
+        if version is None:
+            return {"model_version_id": None, "created": 0, "skipped": 0, "skipped_reasons": {}, "expired": 0,
+                    "scored": 0, "seconds": 0.0, "message": "no active model version; train one first"}
+    else:
+        version = ModelVersion.objects.get(pk=model_version_id)
+
+    lines = ml_bridge.lines_frame()
+    products = ml_bridge.products_frame()
+
+    from bundling_ml.pipeline import score_bundles  # TensorFlow is imported below this line only
+
+    frame = score_bundles(
+        version.artifact_path, lines, products,
+        min_anchor_baskets=int(app_settings.get("MIN_ANCHOR_BASKETS")),
+        max_bundles=int(app_settings.get("MAX_SUGGESTIONS")),
+        excluded_departments=tuple(app_settings.get("EXCLUDED_DEPARTMENTS")),
+        progress=progress,
+    )
+    skus = {str(sku) for items in frame["items"] for sku in items} if len(frame) else set()
+    products_by_sku = Product.objects.in_bulk(list(skus), field_name="sku") if skus else {}
+    now = timezone.now()
+    candidates = ml_bridge.suggestions_from_frame(frame, model_version=version, products_by_sku=products_by_sku,
+                                                  now=now)
+    reasons: Counter = Counter()
+    reasons["unknown product"] = len(frame) - len(candidates)
+
+    with transaction.atomic():
+        version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        expired = _expire_superseded(version, now) if version.is_active else 0
+        signatures = [s.signature for s, _ in candidates]
+        taken = set(BundleSuggestion.objects.filter(signature__in=signatures).filter(
+            Q(status__in=[BundleSuggestion.PENDING, BundleSuggestion.APPROVED, BundleSuggestion.REJECTED])
+            | Q(model_version=version)).values_list("signature", flat=True))
+        live = live_signatures(now=now)
+        new: list[tuple[BundleSuggestion, list[Product]]] = []
+        for suggestion, items in candidates:
+            if suggestion.signature in live:
+                reasons["live campaign"] += 1
+            elif suggestion.signature in taken:
+                reasons["already suggested or decided"] += 1
+            elif not all(p.available for p in items):
+                reasons["product inactive or out of stock"] += 1
+            else:
+                new.append((suggestion, items))
+        created = BundleSuggestion.objects.bulk_create([s for s, _ in new], batch_size=1000)
+        BundleSuggestionItem.objects.bulk_create([
+            BundleSuggestionItem(suggestion=s, product=p, position=i)
+            for s, (_, items) in zip(created, new) for i, p in enumerate(items)
+        ], batch_size=5000)
+
+    skipped_reasons = {k: v for k, v in reasons.items() if v}
+    result = {
+        "model_version_id": version.pk,
+        "created": len(created),
+        "skipped": sum(skipped_reasons.values()),
+        "skipped_reasons": skipped_reasons,
+        "expired": expired,
+        "scored": int(len(frame)),
+        "seconds": round(time.monotonic() - started, 2),
+        "message": f"{len(created)} new suggestions from {version.label}",
+    }
+    logger.info("scoring %s: %s", version.label, result)
+    return result

@@ -1,0 +1,108 @@
+"""Ranker building blocks on hand-made frames with known answers: substitute
+rule, cold-start companions from attributes, SAR decayed Jaccard, shopper
+history features and the repeat + count baseline."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from bundling_ml import ranking as rk
+from bundling_ml.data import prepare_lines, prepare_products
+from bundling_ml.features import ProductTable, ProductVocab
+
+
+def lines_from(baskets, start="2024-01-01"):
+    """baskets: list of (basket_id, customer, day, [products])."""
+    rows = []
+    for b, cust, day, prods in baskets:
+        for p in prods:
+            rows.append((b, p, cust, pd.Timestamp(start) + pd.Timedelta(days=day), 1.0, 1.0))
+    df = pd.DataFrame(rows, columns=["basket_id", "product_id", "customer_id", "time", "quantity", "price"])
+    df["customer_id"] = df["customer_id"].astype("string")
+    return prepare_lines(df)
+
+
+PRODUCTS = pd.DataFrame({
+    "product_id": ["MILK1", "MILK2", "MILK3", "BREAD", "JAM", "CHEESE", "YOG", "NEWDAIRY"],
+    "department": ["GROCERY"] * 8,
+    "category": ["DAIRY", "DAIRY", "DAIRY", "BAKERY", "SPREADS", "DAIRY", "DAIRY", "DAIRY"],
+    "product_type": ["MILK", "MILK", "MILK", "BREAD", "JAM", "CHEESE", "YOGURT", "CREAM"],
+    "brand": ["A", "B", "C", "A", "A", "B", "B", "C"],
+    "price": [1.0] * 8,
+})
+
+
+def context(baskets, end=None):
+    L = lines_from(baskets)
+    P = prepare_products(PRODUCTS, L)
+    idx = pd.Index(np.sort(L["product_id"].unique()))
+    table = ProductTable.build(P, idx, ProductVocab.fit(P, idx))
+    return rk.build_context(L, idx, table, P, end=end), idx
+
+
+# MILK1 + MILK2: bought together 6 times out of 6 -> high lift (stock-up), allowed.
+# MILK1 + MILK3: together once; MILK3 also alone -> low evidence -> substitutes.
+BASKETS = (
+    [(f"m{i}", "c1", i, ["MILK1", "MILK2"]) for i in range(6)]
+    + [(f"b{i}", "c2", i, ["BREAD", "JAM"]) for i in range(10)]
+    + [("x1", "c3", 1, ["MILK1", "MILK3"]), ("x2", "c3", 2, ["MILK3"]), ("x3", "c3", 3, ["MILK3", "BREAD"])]
+    + [(f"y{i}", "c4", i, ["CHEESE", "YOG"]) for i in range(4)]
+    + [("n1", "c5", 9, ["NEWDAIRY"])]
+)
+
+
+def test_substitute_rule_blocks_same_type_without_evidence():
+    ctx, idx = context(BASKETS)
+    i = {p: k for k, p in enumerate(idx)}
+    a = np.array([i["MILK1"], i["MILK1"], i["BREAD"], i["MILK2"]])
+    c = np.array([i["MILK2"], i["MILK3"], i["JAM"], i["MILK3"]])
+    # MILK1-MILK2: count 6, lift 6*24/(7*6)=3.4 -> kept; MILK1-MILK3: count 1 -> substitute;
+    # BREAD-JAM: different type -> kept; MILK2-MILK3 never together -> substitute
+    assert rk.substitute_mask(ctx, a, c).tolist() == [False, True, False, True]
+    # stricter count threshold blocks MILK1-MILK2 too
+    assert rk.substitute_mask(ctx, a[:1], c[:1], min_count=7).tolist() == [True]
+
+
+def test_cold_anchor_gets_companions_from_its_category():
+    ctx, idx = context(BASKETS)
+    i = {p: k for k, p in enumerate(idx)}
+    cold = i["NEWDAIRY"]  # one basket, never bought with anything
+    assert ctx.S.item_counts[cold] == 1 and ctx.S.co[cold].nnz == 0
+    cands = rk.anchor_candidates(ctx, np.array([cold]), m=4, n_category=3)[0]
+    names = [idx[j] for j in cands]
+    # the 3 most recently popular DAIRY products come first (MILK1 7 baskets, MILK2 6, then MILK3 / CHEESE / YOG)
+    assert names[:2] == ["MILK1", "MILK2"]
+    assert all(PRODUCTS.set_index("product_id").category[n] == "DAIRY" for n in names[:3])
+    assert "NEWDAIRY" not in names and len(names) == 4
+
+
+def test_decayed_jaccard_halves_old_baskets():
+    # A+B 56 days before the end (weight 0.5), A alone at the end (weight ~1)
+    ctx, idx = context([("o", "c", 0, ["A", "B"]), ("n", "c", 56, ["A"])], end=pd.Timestamp("2024-02-26"))
+    J = rk.decayed_jaccard_matrix(ctx)
+    # decayed: n_A = 0.5 + 1, n_B = 0.5, n_AB = 0.5 -> 0.5 / (1.5 + 0.5 - 0.5) = 1/3
+    assert J[0, 1] == pytest.approx(1 / 3, rel=1e-5)
+    assert rk.sar_rank(ctx, np.array([0]), k=1).tolist() == [[1]]
+
+
+def test_shopper_features_and_repeat_count_baseline():
+    ctx, idx = context(BASKETS, end=pd.Timestamp("2024-01-11"))
+    i = {p: k for k, p in enumerate(idx)}
+    u = rk.user_index(ctx, ["c3", "nobody"])
+    assert u[0] >= 0 and u[1] == -1
+    f = rk.pair_features(ctx, np.array([i["BREAD"], i["BREAD"]]), np.array([i["MILK3"], i["MILK3"]]), u, shopper=True)
+    k0 = len(rk.ANON_FEATURES)
+    # c3: 3 baskets, MILK3 in all 3, last on day 3 (7 days before the end)
+    assert f[0, k0:k0 + 4].tolist() == pytest.approx([1.0, np.log1p(3), 1.0, np.exp(-7 / 30)], rel=1e-5)
+    assert f[0, k0 + 5] == pytest.approx(1 / 3)  # BREAD in 1 of c3's 3 baskets
+    assert f[1, k0:].tolist() == [0.0] * len(rk.SHOPPER_FEATURES)
+    # repeat + count: c3's own products (MILK3 3 baskets, MILK1 1; BREAD is the anchor), then the anchor's co-occurrence list
+    cooc = np.array([[i["JAM"], i["MILK3"], -1]])
+    top = rk.repeat_count_rank(ctx, np.array([i["BREAD"]]), np.array([u[0]]), cooc, k=3)
+    assert [idx[j] for j in top[0]] == ["MILK3", "MILK1", "JAM"]
+
+
+def test_top_k_drops_masked_and_padding():
+    cands = np.array([[5, 6, 7, -1]])
+    scores = np.array([[0.1, 0.9, 0.5, 9.0]])
+    top, _ = rk.top_k(cands, scores, 3, drop=np.array([[False, True, False, False]]))
+    assert top.tolist() == [[7, 5, -1]]

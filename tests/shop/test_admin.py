@@ -1,0 +1,229 @@
+"""The staff side in the Django admin: the review queue, bulk approve/reject, campaigns, training pages."""
+from decimal import Decimal
+
+import pytest
+from django.test.utils import CaptureQueriesContext
+from django.db import connection
+from django.urls import reverse
+from django.utils import timezone
+
+from shop_bundles.admin import backtest_table, svg_line_chart
+from shop_bundles.models import (
+    BundleCampaign,
+    BundleSuggestion,
+    Customer,
+    ModelVersion,
+    Order,
+    OrderLine,
+    StaffAction,
+    TrainingRun,
+)
+from tests.shop.test_campaigns import make_product, make_staff, make_suggestion
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = "admin:shop_bundles_bundlesuggestion_changelist"
+METRICS = {"split_date": "2017-10-30", "queries": 1234, "rows": [
+    {"system": "model", "hr@10": 0.61, "ndcg@10": 0.152, "queries": 1234, "seconds": 3.2},
+    {"system": "popularity", "hr@10": 0.41, "ndcg@10": 0.107, "queries": 1234, "seconds": 0.1},
+    {"system": "cooccurrence_count", "hr@10": 0.586, "ndcg@10": 0.134, "queries": 1234, "seconds": 0.4},
+]}
+
+
+@pytest.fixture
+def queue():
+    """Three pending suggestions of one model version; the second has an out-of-stock product."""
+    version = ModelVersion.objects.create(label="v-test", artifact_path="/tmp/v-test", is_active=True,
+                                          metrics=METRICS)
+    a, b = make_product("A", "20.00", name="Apples"), make_product("B", "5.00", name="Bread")
+    c, d = make_product("C", "3.00", name="Cheese"), make_product("D", "2.00", name="Dates", stock=0)
+    e, f = make_product("E", "19.99", name="Eggs", department="DAIRY"), make_product("F", "10.00", name="Flour")
+    return [make_suggestion([a, b], score=0.9, version=version),
+            make_suggestion([c, d], score=0.8, version=version),
+            make_suggestion([e, f], score=0.7, discount="25.00", version=version)]
+
+
+@pytest.fixture
+def staff_client(client):
+    """A logged-in staff user who may approve."""
+    user = make_staff("alice", "approve_bundlesuggestion", "view_bundlesuggestion", "view_bundlecampaign",
+                      "manage_bundlecampaign", "change_bundlecampaign")
+    client.force_login(user)
+    client.user = user
+    return client
+
+
+def test_review_queue_lists_products_evidence_and_the_approve_action(queue, staff_client):
+    response = staff_client.get(reverse(CHANGELIST))
+    assert response.status_code == 200
+    html = response.content.decode()
+    for text in ("Apples + Bread", "Cheese + Dates", "Eggs + Flour", "0.900", "2.50", "30.0%", "12.0%", "v-test"):
+        assert text in html, text
+    assert 'value="approve_selected"' in html and 'value="reject_selected"' in html
+
+
+def test_review_queue_query_count_does_not_grow_with_rows(queue, staff_client):
+    with CaptureQueriesContext(connection) as few:
+        staff_client.get(reverse(CHANGELIST))
+    version = ModelVersion.objects.get()
+    for i in range(20):
+        make_suggestion([make_product(f"X{i}", "1.00"), make_product(f"Y{i}", "1.00")], version=version)
+    with CaptureQueriesContext(connection) as many:
+        staff_client.get(reverse(CHANGELIST))
+    assert len(many.captured_queries) == len(few.captured_queries)
+
+
+def test_review_queue_filters_and_search(queue, staff_client):
+    html = staff_client.get(reverse(CHANGELIST), {"anchor__department": "DAIRY"}).content.decode()
+    assert "Eggs + Flour" in html and "Apples + Bread" not in html
+    html = staff_client.get(reverse(CHANGELIST), {"q": "Bread"}).content.decode()
+    assert "Apples + Bread" in html and "Eggs + Flour" not in html
+    html = staff_client.get(reverse(CHANGELIST), {"status__exact": "approved"}).content.decode()
+    assert "Apples + Bread" not in html
+
+
+def test_bulk_approve_through_the_admin_reports_successes_and_refusals(queue, staff_client):
+    response = staff_client.post(reverse(CHANGELIST), {
+        "action": "approve_selected", "_selected_action": [s.pk for s in queue]}, follow=True)
+    assert response.status_code == 200
+    shown = [str(m) for m in response.context["messages"]]
+    assert any(m.startswith("Approved 2:") and "Apples + Bread" in m and "Eggs + Flour" in m for m in shown), shown
+    assert any(m.startswith("Refused 1:") and "Dates (D) is out of stock" in m for m in shown), shown
+
+    assert BundleCampaign.objects.count() == 2
+    eggs = BundleCampaign.objects.get(suggestion=queue[2])
+    assert (eggs.discount_type, eggs.discount_value, eggs.approved_by) == ("percent", Decimal("25.00"),
+                                                                           staff_client.user)
+    assert list(BundleSuggestion.objects.order_by("-score").values_list("status", flat=True)) == [
+        "approved", "pending", "approved"]
+    assert StaffAction.objects.filter(action="approve", user=staff_client.user).count() == 2
+
+
+def test_bulk_reject_through_the_admin(queue, staff_client):
+    staff_client.post(reverse(CHANGELIST), {"action": "reject_selected", "_selected_action": [queue[1].pk]})
+    queue[1].refresh_from_db()
+    assert queue[1].status == "rejected" and queue[1].reviewed_by == staff_client.user
+
+
+def test_staff_without_the_approve_permission_is_not_offered_the_actions(queue, client):
+    viewer = make_staff("bob", "view_bundlesuggestion")
+    client.force_login(viewer)
+    html = client.get(reverse(CHANGELIST)).content.decode()
+    assert "Apples + Bread" in html
+    assert "approve_selected" not in html and "reject_selected" not in html
+    # Posting the action anyway does nothing.
+    client.post(reverse(CHANGELIST), {"action": "approve_selected", "_selected_action": [queue[0].pk]})
+    assert not BundleCampaign.objects.exists()
+    queue[0].refresh_from_db()
+    assert queue[0].status == "pending"
+
+
+def test_suggestion_detail_shows_evidence_reasons_and_items_read_only(queue, staff_client):
+    url = reverse("admin:shop_bundles_bundlesuggestion_change", args=[queue[0].pk])
+    response = staff_client.get(url)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "bought together in 42 baskets" in html
+    assert "25.00" in html  # regular bundle price
+    assert "Apples" in html and "Bread" in html
+    assert 'name="score"' not in html  # read-only: no input fields
+
+
+def test_campaign_admin_pause_action_and_discount_check(queue, staff_client):
+    from shop_bundles.services.campaigns import suggestion_approve
+
+    campaign = suggestion_approve(suggestion=queue[0], user=staff_client.user)
+    changelist = reverse("admin:shop_bundles_bundlecampaign_changelist")
+    html = staff_client.get(changelist).content.decode()
+    assert "Apples + Bread" in html and "alice" in html
+    staff_client.post(changelist, {"action": "pause_selected", "_selected_action": [campaign.pk]})
+    campaign.refresh_from_db()
+    assert campaign.status == "paused"
+    assert StaffAction.objects.filter(action="pause", campaign=campaign, user=staff_client.user).exists()
+
+    # Editing the discount above the bundle price is refused by the form (case M3 rule).
+    url = reverse("admin:shop_bundles_bundlecampaign_change", args=[campaign.pk])
+    item = campaign.items.order_by("position")
+    data = {"name": campaign.name, "status": "paused", "status_reason": "", "discount_type": "amount",
+            "discount_value": "30.00", "starts_at_0": timezone.localtime(campaign.starts_at).strftime("%Y-%m-%d"),
+            "starts_at_1": "00:00:00", "ends_at_0": timezone.localtime(campaign.ends_at).strftime("%Y-%m-%d"),
+            "ends_at_1": "00:00:00", "items-TOTAL_FORMS": "2", "items-INITIAL_FORMS": "2",
+            "items-MIN_NUM_FORMS": "0", "items-MAX_NUM_FORMS": "1000"}
+    for i, it in enumerate(item):
+        data.update({f"items-{i}-id": it.pk, f"items-{i}-campaign": campaign.pk, f"items-{i}-product": it.product_id,
+                     f"items-{i}-quantity": 1, f"items-{i}-position": i})
+    response = staff_client.post(url, data)
+    assert response.status_code == 200
+    assert "exceeds the bundle price 25.00" in response.content.decode()
+    data["discount_value"] = "4.00"
+    response = staff_client.post(url, data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    campaign.refresh_from_db()
+    assert (campaign.discount_type, campaign.discount_value) == ("amount", Decimal("4.00"))
+    assert StaffAction.objects.filter(action="edit", campaign=campaign).exists()
+
+
+def test_training_run_pages_show_progress_curve_and_retrain_button(admin_client, monkeypatch):
+    version = ModelVersion.objects.create(label="v-curve", artifact_path="/tmp/x", metrics=METRICS, is_active=True)
+    done = TrainingRun.objects.create(status="succeeded", progress=1.0, stage="done", metrics=METRICS,
+                               history={"loss": [0.9, 0.6, 0.5], "val_loss": [0.95, 0.7, 0.65]},
+                               model_version=version, started_at=timezone.now(), finished_at=timezone.now())
+    TrainingRun.objects.create(status="running", progress=0.42, stage="training epoch 2")
+    html = admin_client.get(reverse("admin:shop_bundles_trainingrun_changelist")).content.decode()
+    assert "42%" in html and "training epoch 2" in html and "Retrain now" in html
+    assert 'http-equiv="refresh"' in html  # a run is in progress
+
+    detail = admin_client.get(reverse("admin:shop_bundles_trainingrun_change",
+                                      args=[done.pk])).content.decode()
+    assert "<svg" in detail and "<polyline" in detail and "val_loss (last 0.6500)" in detail
+    assert "0.1520" in detail and "cooccurrence_count" in detail
+
+    monkeypatch.setattr("shop_bundles.tasks.retrain_model.delay", lambda **kw: None)
+    response = admin_client.post(reverse("admin:shop_bundles_trainingrun_retrain"))
+    assert response.status_code == 302
+    new_run = TrainingRun.objects.order_by("-pk").first()
+    assert new_run.status == "queued" and new_run.requested_by.username == "admin"
+    assert admin_client.get(reverse("admin:shop_bundles_trainingrun_retrain")).status_code == 405
+
+
+def test_retrain_button_queues_the_task_on_commit(admin_client, monkeypatch, django_capture_on_commit_callbacks):
+    queued = []
+    monkeypatch.setattr("shop_bundles.tasks.retrain_model.delay", lambda **kw: queued.append(kw))
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(reverse("admin:shop_bundles_trainingrun_retrain"))
+    run = TrainingRun.objects.get()
+    assert queued == [{"run_id": run.pk, "trigger": "manual"}]
+
+
+def test_model_version_admin_backtest_table_and_activate_action(admin_client):
+    old = ModelVersion.objects.create(label="v-old", artifact_path="/tmp/a", metrics=METRICS, is_active=True)
+    new = ModelVersion.objects.create(label="v-new", artifact_path="/tmp/b", metrics=METRICS)
+    html = admin_client.get(reverse("admin:shop_bundles_modelversion_change", args=[new.pk])).content.decode()
+    assert "<th>NDCG@10</th>" in html and "<td>popularity</td>" in html and "0.1070" in html
+    admin_client.post(reverse("admin:shop_bundles_modelversion_changelist"),
+                      {"action": "activate", "_selected_action": [new.pk]})
+    old.refresh_from_db()
+    new.refresh_from_db()
+    assert (old.is_active, new.is_active) == (False, True)
+
+
+def test_data_changelists_render(admin_client):
+    customer = Customer.objects.create(external_id="20001")
+    product = make_product("SKU-1", "2.50")
+    order = Order.objects.create(external_id="540001", customer=customer, placed_at=timezone.now())
+    OrderLine.objects.create(order=order, product=product, quantity=2, unit_price=Decimal("2.50"))
+    for name in ("product", "customer", "order", "promotion", "orderevent", "offerevent", "importrun",
+                 "staffaction", "bundlecampaign", "modelversion", "trainingrun", "bundlesuggestion"):
+        response = admin_client.get(reverse(f"admin:shop_bundles_{name}_changelist"))
+        assert response.status_code == 200, name
+    html = admin_client.get(reverse("admin:shop_bundles_order_change", args=[order.pk])).content.decode()
+    assert "SKU-1" in html and "540001" in html
+
+
+def test_svg_chart_and_backtest_table_escape_and_render():
+    svg = svg_line_chart({"loss": [1.0, 0.5], "<b>": [0.7, 0.6]})
+    assert svg.startswith("<svg") and svg.count("<polyline") == 2 and "&lt;b&gt;" in svg
+    assert "No training curve" in svg_line_chart({})
+    table = backtest_table(METRICS)
+    assert table.count("<tr>") == 4 and "1,234" in table
+
