@@ -53,6 +53,12 @@ def basket_customers(lines: pd.DataFrame, basket_ids) -> np.ndarray:
     return m.reindex(pd.Index(basket_ids)).astype("object").fillna("").astype(str).to_numpy()
 
 
+def basket_times(lines: pd.DataFrame, basket_ids) -> np.ndarray:
+    """(n,) datetime64 time of each basket id."""
+    m = lines.drop_duplicates("basket_id").set_index("basket_id")["time"]
+    return m.reindex(pd.Index(basket_ids)).to_numpy()
+
+
 def remap_queries(q: Queries, cols: pd.Index, target: pd.Index) -> Queries:
     import scipy.sparse as sp
 
@@ -65,15 +71,18 @@ def remap_queries(q: Queries, cols: pd.Index, target: pd.Index) -> Queries:
 
 def fit_rankers(train: pd.DataFrame, products: pd.DataFrame, product_index: pd.Index, vocab: ProductVocab, table: ProductTable, split: pd.Timestamp, *,
                 label_weeks: int = 4, seed: int = 0, max_label_queries: int = 40_000, epochs: int = 3, shopper: bool = True,
-                anon_features=rk.ANON_FEATURES, use_embeddings: bool = True, progress=None) -> Rankers:
-    """Train the anonymous (and personalised) listwise rankers on ``train``."""
+                anon_features=rk.ANON_FEATURES, use_embeddings: bool = True, progress=None, promotions: pd.DataFrame | None = None) -> Rankers:
+    """Train the anonymous (and personalised) listwise rankers on ``train``.
+
+    ``promotions`` (product_id, week_start, display, mailer; optional) gives
+    the candidates' promotion status in the label basket's week."""
     prog = progress or (lambda f, s: None)
     label_start = split - pd.Timedelta(weeks=label_weeks)
     feat, lab = temporal_split(train, label_start)
     if feat.empty or lab.empty:
         raise ValueError("training window too short to separate feature and label weeks")
     prog(0.0, "training statistics")
-    ctx = rk.build_context(feat, product_index, table, products, end=label_start)
+    ctx = rk.attach_promotions(rk.build_context(feat, product_index, table, products, end=label_start), promotions)
     seen = product_index[ctx.S.item_counts > 0]
     q = remap_queries(build_queries(lab, seen), seen, product_index)
     rng = np.random.default_rng(seed)
@@ -83,13 +92,14 @@ def fit_rankers(train: pd.DataFrame, products: pd.DataFrame, product_index: pd.I
     anchors = q.anchor[sel]
     rows = q.query_basket[sel]
     users = rk.user_index(ctx, basket_customers(lab, q.basket_ids)[rows])
+    weeks = rk.week_index(ctx, basket_times(lab, q.basket_ids)[rows])
     prog(0.1, f"candidates for {len(sel)} label queries")
     J = rk.decayed_jaccard_matrix(ctx)
     uniq, inv = np.unique(anchors, return_inverse=True)
     cand_u = rk.anchor_candidates(ctx, uniq, M_TEST, J=J)
     cands = cand_u[inv][:, :M_TRAIN]
     anon_cols = rk.feature_columns(anon_features)
-    x = rk.list_inputs(ctx, anchors, cands, users, anon_cols)
+    x = rk.list_inputs(ctx, anchors, cands, users, anon_cols, weeks)
     y = rk.list_labels(q.baskets, rows, cands)
     info = {"label_queries": int(len(sel)), "label_start": str(label_start.date()), "anon_recall@M": float((y.sum(1) > 0).mean())}
     prog(0.2, "training anonymous ranker")
@@ -102,7 +112,7 @@ def fit_rankers(train: pd.DataFrame, products: pd.DataFrame, product_index: pd.I
         prog(0.55, "shopper candidates")
         sc = rk.shopper_candidates(ctx, anchors, users, cand_u, inv, M_TRAIN + 20)
         shop_cols = rk.feature_columns(tuple(anon_features) + rk.SHOPPER_FEATURES)
-        x = rk.list_inputs(ctx, anchors, sc, users, shop_cols)
+        x = rk.list_inputs(ctx, anchors, sc, users, shop_cols, weeks)
         y = rk.list_labels(q.baskets, rows, sc)
         info["shopper_recall@M"] = float((y.sum(1) > 0).mean())
         prog(0.6, "training shopper ranker")
@@ -128,16 +138,21 @@ def _row(name, queries: Queries, recs: np.ndarray, seconds: float, mask: np.ndar
 
 def run_backtest(rankers: Rankers, train: pd.DataFrame, test: pd.DataFrame, products: pd.DataFrame, product_index: pd.Index, table: ProductTable,
                  split: pd.Timestamp, *, sample_baskets: int | None = 3000, max_queries: int | None = None, seed: int = 0, progress=None,
-                 ctx: rk.Context | None = None) -> dict:
+                 ctx: rk.Context | None = None, promotions: pd.DataFrame | None = None) -> dict:
     """Score all systems on the protocol queries; returns the metrics dict
     ({"split_date", "queries", "baskets", "rows", "shopper_rows", "cold_rows", "cold_queries"})."""
     prog = progress or (lambda f, s: None)
     prog(0.0, "backtest statistics")
     if ctx is None:
-        ctx = rk.build_context(train, product_index, table, products, end=split)
+        ctx = rk.attach_promotions(rk.build_context(train, product_index, table, products, end=split), promotions)
     S = ctx.S
     queries = build_queries(test, product_index, sample_baskets=sample_baskets, max_queries=max_queries, seed=seed)
     users = rk.user_index(ctx, basket_customers(test, queries.basket_ids)[queries.query_basket])
+    weeks = rk.week_index(ctx, basket_times(test, queries.basket_ids)[queries.query_basket])
+    # the model sees the query week's promotions: score each distinct (anchor, week)
+    aw_keys = queries.anchor * 1000 + (weeks + 1)
+    aw, aw_inv = np.unique(aw_keys, return_inverse=True)
+    aw_anchor, aw_week = aw // 1000, aw % 1000 - 1
     uniq, inv = np.unique(queries.anchor, return_inverse=True)
     cold = S.item_counts[queries.anchor] < COLD_MAX_BASKETS
     recs, secs = {}, {}
@@ -158,16 +173,17 @@ def run_backtest(rankers: Rankers, train: pd.DataFrame, test: pd.DataFrame, prod
     t_cand = time.perf_counter() - t0
     prog(0.3, "backtest: anonymous model")
     t0 = time.perf_counter()
-    s_u = rk.predict_lists(rankers.anon, ctx, uniq, cand_u, None, rankers.anon_cols)
+    aw_cands = cand_u[np.searchsorted(uniq, aw_anchor)]
+    s_u = rk.predict_lists(rankers.anon, ctx, aw_anchor, aw_cands, None, rankers.anon_cols, weeks=aw_week)
     t_model = time.perf_counter() - t0 + t_cand
-    recs["model"] = rk.top_k(cand_u, s_u, K)[0][inv]
+    recs["model"] = rk.top_k(aw_cands, s_u, K)[0][aw_inv]
     secs["model"] = t_model
     t0 = time.perf_counter()
-    drop = rk.substitute_mask(ctx, np.repeat(uniq, cand_u.shape[1]), cand_u.ravel()).reshape(cand_u.shape)
-    recs["model+substitute_rule"] = rk.top_k(cand_u, s_u, K, drop)[0][inv]
+    drop = rk.substitute_mask(ctx, np.repeat(aw_anchor, aw_cands.shape[1]), aw_cands.ravel()).reshape(aw_cands.shape)
+    recs["model+substitute_rule"] = rk.top_k(aw_cands, s_u, K, drop)[0][aw_inv]
     secs["model+substitute_rule"] = t_model + time.perf_counter() - t0
     info = {"candidate_recall": float((list_hits := rk.list_labels(queries.baskets, queries.query_basket, cand_u[inv])).sum(1).astype(bool).mean()),
-            "substitutes_dropped_share": float(drop[cand_u >= 0].mean())}
+            "substitutes_dropped_share": float(drop[aw_cands >= 0].mean())}
     del list_hits
     rows = [_row(n, queries, recs[n], secs[n]) for n in ("model", "model+substitute_rule", "sar_jaccard_decay", "cooccurrence_count", "popularity")]
     cold_rows = [_row(n, queries, recs[n], secs[n], cold) for n in ("model", "sar_jaccard_decay", "cooccurrence_count", "popularity")]
@@ -177,7 +193,7 @@ def run_backtest(rankers: Rankers, train: pd.DataFrame, test: pd.DataFrame, prod
         timed("repeat_count", lambda: rk.repeat_count_rank(ctx, queries.anchor, users, recs["cooccurrence_count"], K))
         t0 = time.perf_counter()
         sc = rk.shopper_candidates(ctx, queries.anchor, users, cand_u, inv, M_TEST + 20)
-        s_s = rk.predict_lists(rankers.shopper, ctx, queries.anchor, sc, users, rankers.shopper_cols)
+        s_s = rk.predict_lists(rankers.shopper, ctx, queries.anchor, sc, users, rankers.shopper_cols, weeks=weeks)
         recs["shopper_model"] = rk.top_k(sc, s_s, K)[0]
         secs["shopper_model"] = time.perf_counter() - t0
         known = users >= 0

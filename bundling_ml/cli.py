@@ -59,8 +59,9 @@ def _read_products(path):
     return p
 
 
-def load_orders(path, columns: str, products_path=None):
-    """(lines, products) frames from a retailer CSV (see the module docstring)."""
+def load_orders(path, columns: str, products_path=None, encoding: str = "utf-8"):
+    """(lines, products) frames from a retailer CSV (see the module docstring).
+    A file that is not valid ``encoding`` is retried as cp1252 (Windows exports)."""
     import pandas as pd
 
     mapping = {}
@@ -78,10 +79,15 @@ def load_orders(path, columns: str, products_path=None):
         except ImportError:  # pragma: no cover - ingest is optional
             ingest = None
         if ingest is not None:
-            res = ingest.read_orders_csv(path, mapping=mapping)
+            try:
+                res = ingest.read_orders_csv(path, mapping=mapping, encoding=encoding)
+            except ingest.IngestError as exc:
+                if "not text in encoding" not in str(exc) or encoding.lower() == "cp1252":
+                    raise SystemExit(str(exc)) from exc
+                res = ingest.read_orders_csv(path, mapping=mapping, encoding="cp1252")
             lines, products = res.lines, res.products
     if products is None:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding, encoding_errors="replace")
         lines = pd.DataFrame({
             "basket_id": raw[mapping["basket"]].str.strip(),
             "product_id": raw[mapping["product"]].str.strip(),
@@ -100,11 +106,14 @@ def load_orders(path, columns: str, products_path=None):
 
 
 def _data(args):
+    """(lines, products, promotions or None) of the data options."""
     if args.preset:
-        return _load_preset(args.preset)
+        from bundling_ml.data import completejourney_promotions
+
+        return (*_load_preset(args.preset), completejourney_promotions())
     if not args.orders or not args.columns:
         raise SystemExit("give --preset or --orders FILE --columns basket=COL,product=COL,time=COL")
-    return load_orders(args.orders, args.columns, args.products)
+    return (*load_orders(args.orders, args.columns, args.products, args.encoding), None)
 
 
 def _add_data_options(p):
@@ -112,8 +121,9 @@ def _add_data_options(p):
     p.add_argument("--orders", help="order-lines CSV")
     p.add_argument("--products", help="products CSV: product_id + attribute columns")
     p.add_argument("--columns", help="basket=COL,product=COL,time=COL[,customer=COL,quantity=COL,price=COL,name=COL]")
+    p.add_argument("--encoding", default="utf-8", help="text encoding of --orders (cp1252 is tried when utf-8 fails)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--exclude-department", action="append", default=[], help="repeatable, e.g. FUEL")
 
 
@@ -133,18 +143,22 @@ def print_tables(m: dict, total_seconds: float | None = None, out=sys.stdout) ->
         print(metrics_table(m["cold_rows"]), file=out)
 
 
-def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int = 0, epochs: int = 3, excluded_departments=(), progress=None):
+def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int = 0, epochs: int = 2, excluded_departments=(), progress=None, promotions=None):
     """Train on lines before ``train_until`` and recommend ``k`` companions per query.
 
     Args:
         lines, products: raw frames (``docs/contracts.md``).
         queries: frame with query_id, product_id and optionally customer_id (text).
+        promotions: optional weekly promotions; the week starting at
+            ``train_until`` is used as the query week.
 
     Returns:
         DataFrame query_id, rank (1..k), product_id, score (str ids). Queries
         whose anchor is not a training product get companions from its
         category (most recently popular products) when the products frame
-        knows its category, else from recent popularity.
+        knows its category, else from recent popularity. With too little
+        history to train (no label weeks), candidates are ranked in
+        candidate order (co-purchase count first).
     """
     import numpy as np
     import pandas as pd
@@ -165,8 +179,14 @@ def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int =
     vocab = ProductVocab.fit(P, pidx)
     table = ProductTable.build(P, pidx, vocab)
     weeks = max(1, int(np.ceil((split - train["time"].min().normalize()).days / 7)))
-    rankers = bt.fit_rankers(train, P, pidx, vocab, table, split, label_weeks=int(np.clip(round(0.1 * weeks), 1, 4)), seed=seed, epochs=epochs, progress=progress)
-    ctx = rk.build_context(train, pidx, table, P, end=split)
+    try:
+        rankers = bt.fit_rankers(train, P, pidx, vocab, table, split, label_weeks=int(np.clip(round(0.1 * weeks), 1, 4)), seed=seed, epochs=epochs,
+                                 progress=progress, promotions=promotions)
+    except ValueError as exc:  # too little history to train: rank candidates by co-purchase count
+        logging.getLogger("bundling_ml").warning("no model trained (%s); ranking by co-purchase count", exc)
+        rankers = None
+    ctx = rk.attach_promotions(rk.build_context(train, pidx, table, P, end=split), promotions)
+    qweek = rk.week_index(ctx, [split])[0]
     q = queries.astype(str)
     qa = pidx.get_indexer(q["product_id"].str.strip())
     users = rk.user_index(ctx, q["customer_id"].str.strip() if "customer_id" in q.columns else [None] * len(q))
@@ -177,14 +197,17 @@ def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int =
     top = np.full((len(q), k), -1, np.int64)
     sc = np.full((len(q), k), np.nan)
     if len(uniq):
-        s_u = rk.predict_lists(rankers.anon, ctx, uniq, cand_u, None, rankers.anon_cols)
+        if rankers is None:
+            s_u = -np.broadcast_to(np.arange(cand_u.shape[1], dtype=np.float32), cand_u.shape)
+        else:
+            s_u = rk.predict_lists(rankers.anon, ctx, uniq, cand_u, None, rankers.anon_cols, weeks=np.full(len(uniq), qweek))
         t, s = rk.top_k(cand_u, s_u, k)
         top[known], sc[known] = t[inv], s[inv]
         shop = np.flatnonzero(known & (users >= 0))
-        if len(shop) and rankers.shopper is not None:
+        if len(shop) and rankers is not None and rankers.shopper is not None:
             row = inv[np.searchsorted(np.flatnonzero(known), shop)]
             cs = rk.shopper_candidates(ctx, qa[shop], users[shop], cand_u, row, bt.M_TEST + 20)
-            ss = rk.predict_lists(rankers.shopper, ctx, qa[shop], cs, users[shop], rankers.shopper_cols)
+            ss = rk.predict_lists(rankers.shopper, ctx, qa[shop], cs, users[shop], rankers.shopper_cols, weeks=np.full(len(shop), qweek))
             t, s = rk.top_k(cs, ss, k)
             top[shop], sc[shop] = t, s
     # unknown anchors: products of the same category, most recently popular first
@@ -242,22 +265,23 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     if args.command == "backtest":
-        lines, products = _data(args)
+        lines, products, promotions = _data(args)
         with tempfile.TemporaryDirectory() as tmp:
             res = pipeline.train_model(
                 lines, products, out_dir=args.out_dir or f"{tmp}/model", split_date=args.split_date, seed=args.seed,
                 excluded_departments=tuple(args.exclude_department), sample_baskets=args.sample_baskets or None, epochs=args.epochs,
+                promotions=promotions,
             )
         print_tables(res.metrics, time.perf_counter() - t0)
         return 0
     if args.command == "recommend":
-        lines, products = _data(args)
+        lines, products, promotions = _data(args)
         queries = pd.read_csv(args.queries, dtype=str, keep_default_na=False)
         missing = {"query_id", "product_id"} - set(queries.columns)
         if missing:
             raise SystemExit(f"{args.queries}: missing columns {sorted(missing)}")
         recs = recommend(lines, products, train_until=args.train_until, queries=queries, k=args.k, seed=args.seed, epochs=args.epochs,
-                         excluded_departments=tuple(args.exclude_department))
+                         excluded_departments=tuple(args.exclude_department), promotions=promotions)
         recs.to_csv(sys.stdout if args.out == "-" else args.out, index=False)
         print(f"{recs['query_id'].nunique()} of {len(queries)} queries answered, {len(recs)} rows, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         return 0

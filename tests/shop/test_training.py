@@ -353,7 +353,7 @@ def test_train_and_score_on_a_complete_journey_slice(cj_slice, tmp_path, setting
     version = ModelVersion.objects.get()
     assert run.status == "succeeded" and run.model_version == version and version.is_active
     rows = {r["system"]: r for r in version.metrics["rows"]}
-    assert set(rows) == {"model", "popularity", "cooccurrence_count"}
+    assert {"model", "popularity", "cooccurrence_count"} <= set(rows)  # extra systems may be reported too
     assert rows["model"]["ndcg@10"] > rows["popularity"]["ndcg@10"]
     assert rows["model"]["queries"] == rows["popularity"]["queries"] > 100
     assert len(run.history["loss"]) == len(run.history["val_loss"]) >= 1

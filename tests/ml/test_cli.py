@@ -1,0 +1,24 @@
+"""`python -m bundling_ml recommend` on a raw retailer export (cleaning rules of the Django import)."""
+import pandas as pd
+
+from bundling_ml import cli
+
+
+def test_recommend_on_messy_export(cases_dir, tmp_path):
+    queries = tmp_path / "q.csv"
+    pd.DataFrame({"query_id": ["q1", "q2", "q3"], "product_id": ["22001", "22003", "NOPE"]}).to_csv(queries, index=False)
+    out = tmp_path / "recs.csv"
+    code = cli.main([
+        "recommend", "--orders", str(cases_dir / "import" / "retail_export_messy.csv"),
+        "--columns", "basket=InvoiceNo,product=StockCode,time=InvoiceDate,quantity=Quantity,price=UnitPrice,customer=CustomerID,name=Description",
+        "--train-until", "2011-01-05", "--queries", str(queries), "--k", "3", "--out", str(out),
+    ])
+    assert code == 0
+    recs = pd.read_csv(out, dtype=str)
+    assert list(recs.columns) == ["query_id", "rank", "product_id", "score"]
+    # training = 4 Jan: 540001 {22001} (its 22002 line is cancelled by C540003; POST is not a product), 540002 {22001, 22003}
+    q1 = recs[recs.query_id == "q1"]
+    assert q1.product_id.tolist() == ["22003"] and q1["rank"].tolist() == ["1"]
+    assert recs[recs.query_id == "q2"].product_id.tolist()[0] == "22001"
+    assert not (recs.product_id.isin(["POST", "M", "B", "22002"])).any()
+    assert not ((recs.query_id == "q1") & (recs.product_id == "22001")).any()
