@@ -7,8 +7,8 @@ Prints wall times, peak RSS (resource.getrusage, the process's maximum
 resident set size), the protocol tables (anonymous shopper, known shopper,
 cold-start anchors: system, HR@10, NDCG@10, queries, seconds), then the
 number of bundles scored. With ``--ablation`` the anonymous ranker is
-retrained without each feature group (and with pointwise-like settings off)
-and the NDCG@10 of each variant is printed. Not a test: nothing is asserted.
+retrained without each feature group and the NDCG@10 of each variant is printed (anonymous ranker only, no
+shopper model, otherwise the same settings). Not a test: nothing is asserted.
 The backtest uses no department exclusions, so its numbers compare with the
 reference numbers in ARCHITECTURE.md; scoring excludes FUEL and COUPON.
 """
@@ -28,7 +28,7 @@ from bundling_ml import backtest as bt  # noqa: E402
 from bundling_ml import pipeline  # noqa: E402
 from bundling_ml import ranking as rk  # noqa: E402
 from bundling_ml.cli import print_tables  # noqa: E402
-from bundling_ml.data import completejourney_frames, prepare_lines, prepare_products, temporal_split  # noqa: E402
+from bundling_ml.data import completejourney_frames, completejourney_promotions, prepare_lines, prepare_products, temporal_split  # noqa: E402
 from bundling_ml.features import ProductTable, ProductVocab  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def ablation(lines, products, split, sample_baskets, epochs=3):
+def ablation(lines, products, split, sample_baskets, epochs=2, promotions=None, max_label_queries=40_000):
     """NDCG@10 of the anonymous ranker without each feature group."""
     L = prepare_lines(lines)
     P = prepare_products(products, L)
@@ -45,7 +45,7 @@ def ablation(lines, products, split, sample_baskets, epochs=3):
     pidx = pd.Index(np.sort(train["product_id"].unique()))
     vocab = ProductVocab.fit(P, pidx)
     table = ProductTable.build(P, pidx, vocab)
-    ctx = rk.build_context(train, pidx, table, P, end=split)
+    ctx = rk.attach_promotions(rk.build_context(train, pidx, table, P, end=split), promotions)
     variants = [("all features", rk.ANON_FEATURES, True)]
     for g, names in rk.FEATURE_GROUPS.items():
         variants.append((f"- {g}", tuple(f for f in rk.ANON_FEATURES if f not in names), True))
@@ -55,8 +55,9 @@ def ablation(lines, products, split, sample_baskets, epochs=3):
     out = []
     for name, feats, emb in variants:
         t = time.perf_counter()
-        R = bt.fit_rankers(train, P, pidx, vocab, table, split, seed=0, epochs=epochs, shopper=False, anon_features=feats, use_embeddings=emb)
-        m = bt.run_backtest(R, train, test, P, pidx, table, split, sample_baskets=sample_baskets, seed=0, ctx=ctx)
+        R = bt.fit_rankers(train, P, pidx, vocab, table, split, seed=0, epochs=epochs, shopper=False, anon_features=feats, use_embeddings=emb,
+                           promotions=promotions, max_label_queries=max_label_queries)
+        m = bt.run_backtest(R, train, test, P, pidx, table, split, sample_baskets=sample_baskets, seed=0, ctx=ctx, promotions=promotions)
         row = m["rows"][0]
         out.append((name, row["hr@10"], row["ndcg@10"], time.perf_counter() - t))
         print(f"  {name:<32} HR@10 {row['hr@10']:.4f}  NDCG@10 {row['ndcg@10']:.4f}  ({time.perf_counter() - t:.0f} s)", flush=True)
@@ -72,11 +73,13 @@ def main() -> int:
     args = ap.parse_args()
     t0 = time.perf_counter()
     lines, products = completejourney_frames()
+    promotions = completejourney_promotions()
     t_load = time.perf_counter() - t0
     print(f"loaded {len(lines):,} lines, {len(products):,} products in {t_load:.1f} s")
     with tempfile.TemporaryDirectory() as tmp:
         t1 = time.perf_counter()
-        res = pipeline.train_model(lines, products, out_dir=Path(tmp) / "model", split_date=args.split_date, seed=0, sample_baskets=args.sample_baskets)
+        res = pipeline.train_model(lines, products, out_dir=Path(tmp) / "model", split_date=args.split_date, seed=0, sample_baskets=args.sample_baskets,
+                                    promotions=promotions)
         t_train = time.perf_counter() - t1
         rss_train = peak_rss_mib()
         t2 = time.perf_counter()
@@ -97,7 +100,7 @@ def main() -> int:
             print(" -", r)
     if args.ablation:
         print("\nAblation (anonymous ranker, same queries):")
-        ablation(lines, products, args.split_date, args.sample_baskets)
+        ablation(lines, products, args.split_date, args.sample_baskets, promotions=promotions, max_label_queries=20_000)
     return 0
 
 

@@ -13,12 +13,17 @@ Modules:
     stats        co-purchase counts, support / confidence / lift / Jaccard
     features     product vocabularies (with OOV buckets) and pair features
     candidates   candidate companions per anchor
-    model        the Keras pair-scoring model and its training loop
+    model        the earlier pointwise Keras pair scorer (kept for reference)
+    ranking      context statistics, candidate generation, pair / shopper /
+                 promotion features, the listwise Keras ranker, SAR and
+                 repeat + count baselines, the substitute rule
+    backtest     training of the anonymous and shopper rankers and the
+                 protocol tables (anonymous, known shopper, cold start)
     evaluation   HR@K, NDCG@K and the popularity / co-occurrence baselines
     pricing      suggested bundle discount
     artifacts    save / load ``model.keras`` + ``metadata.json``
     pipeline     ``train_model`` and ``score_bundles``
-    cli          ``python -m bundling_ml backtest ...``
+    cli          ``python -m bundling_ml backtest|recommend|score ...``
 """
 
 __version__ = "0.1.0"

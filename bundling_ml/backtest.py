@@ -70,7 +70,7 @@ def remap_queries(q: Queries, cols: pd.Index, target: pd.Index) -> Queries:
 
 
 def fit_rankers(train: pd.DataFrame, products: pd.DataFrame, product_index: pd.Index, vocab: ProductVocab, table: ProductTable, split: pd.Timestamp, *,
-                label_weeks: int = 4, seed: int = 0, max_label_queries: int = 40_000, epochs: int = 3, shopper: bool = True,
+                label_weeks: int = 4, seed: int = 0, max_label_queries: int = 40_000, epochs: int = 2, shopper: bool = True,
                 anon_features=rk.ANON_FEATURES, use_embeddings: bool = True, progress=None, promotions: pd.DataFrame | None = None) -> Rankers:
     """Train the anonymous (and personalised) listwise rankers on ``train``.
 

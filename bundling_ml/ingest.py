@@ -80,7 +80,9 @@ Complete Journey rules (preset ``completejourney``)
   coupon_match_disc. All money is computed in integer cents.
 * Unit price of a line = line value / quantity, rounded half-up to cents.
 * Quantity 0 (no units sold; 8,869 lines in the full data) is skipped,
-  reason ``quantity_zero``.
+  reason ``quantity_zero``. A basket holding only such lines (330 of the
+  155,848 baskets) becomes no order, so the full import creates 155,518
+  orders (``notes["baskets_only_quantity_zero"]``).
 * Fuel and other volume lines — department FUEL, or quantity > 100 (the
   quantity is then a volume, not units) — are one unit whose unit price is
   the line value.
@@ -108,6 +110,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import operator
 import datetime as dt
 import os
 import re
@@ -218,14 +221,16 @@ class ImportReport:
         if count:
             self.skipped_reasons[reason] = self.skipped_reasons.get(reason, 0) + count
 
-    def to_dict(self, *, include_created: bool = True) -> dict:
+    def to_dict(self, *, include_created: bool = True, max_listed: int | None = None) -> dict:
         """JSON-ready dict in the ``ImportRun.report`` layout.
 
         Keys: source, read, imported, skipped, skipped_reasons, rejected,
         rejections (list of {line, field, reason}), duplicates,
         duplicate_lines, notes and (unless ``include_created`` is False)
         created and timings — the parts that differ between two runs of the
-        same import.
+        same import. ``max_listed`` caps the rejections / duplicate_lines
+        lists (``rejections_not_listed`` / ``duplicates_not_listed`` then say
+        how many were left out); the counts are always complete.
         """
         out = {
             "source": self.source,
@@ -239,6 +244,11 @@ class ImportReport:
             "duplicate_lines": list(self.duplicate_lines),
             "notes": dict(self.notes),
         }
+        if max_listed is not None:
+            for key, extra in (("rejections", "rejections_not_listed"), ("duplicate_lines", "duplicates_not_listed")):
+                if len(out[key]) > max_listed:
+                    out[extra] = len(out[key]) - max_listed
+                    out[key] = out[key][:max_listed]
         if include_created:
             out["created"] = dict(self.created)
             out["timings"] = dict(self.timings)
@@ -483,7 +493,7 @@ def _read_rows(path: Path, encoding: str, delimiter: str):
                 except csv.Error as exc:
                     raise IngestError(f"{path.name}: line {reader.line_num}: cannot read CSV: {exc}") from exc
                 start, last_end = last_end + 1, reader.line_num
-                if not row or all(not f.strip() for f in row):
+                if not row or not "".join(row).strip():
                     continue
                 yield start, row
     except UnicodeDecodeError as exc:
@@ -590,6 +600,7 @@ def read_orders_csv(
     names = {k: header[i].strip() for k, i in pos.items()}
 
     good_lines, good_rows = [], []
+    pick = operator.itemgetter(*pos.values())
     seen = {}
     bad_shape = []  # (line, n, basket guess)
     for line, row in rows:
@@ -598,20 +609,20 @@ def read_orders_csv(
             guess = row[pos["basket"]].strip() if len(row) > pos["basket"] else ""
             bad_shape.append((line, len(row), guess))
             continue
-        key = tuple(f.strip() for f in row)
+        key = tuple(row)  # exact duplicate: every field identical
         first = seen.get(key)
         if first is not None:
             report.duplicate_lines.append({"line": line, "duplicate_of": first})
             continue
         seen[key] = line
         good_lines.append(line)
-        good_rows.append([row[i] for i in pos.values()])
+        good_rows.append(pick(row))
     del seen
     if report.read == 0:
         raise IngestError(f"{path.name} has a header but no order lines")
 
     keys = list(pos)
-    raw = pd.DataFrame(good_rows, columns=keys, dtype=object)
+    raw = pd.DataFrame(good_rows, columns=keys, dtype=object)  # itemgetter of >= 5 keys gives tuples
     del good_rows
     raw = raw.apply(lambda c: c.astype(str).str.strip()) if len(raw) else raw.astype(str)
     src_line = pd.Series(np.asarray(good_lines, dtype="int64"), index=raw.index)
@@ -788,37 +799,45 @@ def apply_cleaning_rules(
     # Cancellations take their quantity back out of the same customer's earlier purchases.
     unmatched = reduced = 0
     if len(cancels):
-        cust = df["customer_id"]
+        sep = "\x1f"
+        pair = df["customer_id"].astype(object).fillna("").astype(str) + sep + df["product_id"].astype(str)
+        c_cust = cancels["customer_id"].astype(object).to_numpy()
+        c_pair = (cancels["customer_id"].astype(object).fillna("").astype(str) + sep
+                  + cancels["product_id"].astype(str)).to_numpy(dtype=object)
+        # Only purchases of (customer, product) pairs that were cancelled matter.
+        cand = np.flatnonzero((df["customer_id"].notna() & pair.isin(set(c_pair))).to_numpy())
+        pair_arr = pair.to_numpy(dtype=object)
+        times = df["time"].to_numpy()
         index = defaultdict(list)
-        cand = df[cust.notna()]
-        for idx, c, p, t in zip(cand.index, cand["customer_id"], cand["product_id"], cand["time"]):
-            index[(c, p)].append((t, idx))
+        for i in cand:
+            index[pair_arr[i]].append((times[i], i))
         for lst in index.values():
             lst.sort()
-        qty = df["quantity"].to_dict()
-        for c, p, t, cq in sorted(zip(cancels["customer_id"], cancels["product_id"], cancels["time"],
-                                      cancels["quantity"]), key=lambda r: r[2]):
-            left = abs(float(cq))
-            if pd.isna(c) or left == 0:
+        qty = df["quantity"].to_numpy(dtype="float64").copy()
+        c_time = cancels["time"].to_numpy()
+        c_qty = cancels["quantity"].to_numpy(dtype="float64")
+        for j in np.argsort(c_time, kind="stable"):
+            left = abs(float(c_qty[j]))
+            if pd.isna(c_cust[j]) or left == 0:
                 unmatched += 1
                 continue
             taken = False
-            for pt, idx in reversed(index.get((c, p), [])):
+            for pt, i in reversed(index.get(c_pair[j], ())):
                 if left <= 0:
                     break
-                if pt > t or qty[idx] <= 0:
+                if pt > c_time[j] or qty[i] <= 0:
                     continue
-                take = min(qty[idx], left)
-                qty[idx] -= take
+                take = min(qty[i], left)
+                qty[i] -= take
                 left -= take
                 taken = True
             if not taken:
                 unmatched += 1
-        new_q = pd.Series(qty, dtype="float64").reindex(df.index)
-        reduced = int(((new_q < df["quantity"]) & (new_q > 0)).sum())
-        gone = new_q <= 0
+        before = df["quantity"].to_numpy(dtype="float64")
+        reduced = int(((qty < before) & (qty > 0)).sum())
+        gone = qty <= 0
         report.skip("cancelled_out", int(gone.sum()))
-        df["quantity"] = new_q
+        df["quantity"] = qty
         df = df[~gone]
     report.notes["cancellations_unmatched"] = report.notes.get("cancellations_unmatched", 0) + unmatched
     report.notes["quantity_reduced"] = report.notes.get("quantity_reduced", 0) + reduced
@@ -875,47 +894,73 @@ def _cj_product_name(products: pd.DataFrame) -> pd.Series:
     return name.str.strip().str.slice(0, 255).astype(str)
 
 
-def _unique_counts(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted unique values of an int64 array and their counts (sort-based; numpy's
-    hash-based ``np.unique`` is much slower on tens of millions of values)."""
-    a = np.sort(a)
+def _run_counts(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values and run lengths of a SORTED int64 array."""
     if not len(a):
         return a, np.zeros(0, dtype="int64")
     starts = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
     return a[starts], np.diff(np.r_[starts, len(a)])
 
 
+def _unique_counts(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique values of an int64 array and their counts (sort-based: numpy's
+    hash-based ``np.unique`` and pandas' hash tables are much slower here on tens of
+    millions of values). No sort when the array is already sorted."""
+    a = np.asarray(a, dtype="int64")
+    if len(a) > 1 and not bool(np.all(a[1:] >= a[:-1])):
+        a = np.sort(a)
+    return _run_counts(a)
+
+
 def _aggregate_promotions(pm: pd.DataFrame) -> pd.DataFrame:
-    pid = pm["product_id"].to_numpy(dtype="int64")
-    week = pm["week"].to_numpy(dtype="int64")
-    store = pm["store_id"].to_numpy(dtype="int64")
-    key = pid * 64 + week
+    """product × store × week rows → product × week (rules in the module docstring).
+
+    Works on int64 codes with sorts and run lengths only, so the result does
+    not depend on the row order and repeated (product, week, store) rows count once.
+    """
+    columns = ["product_id", "week", "week_start", "display_location", "mailer_location",
+               "display_stores", "mailer_stores"]
+    if pm.empty:
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c.endswith("stores") or c == "week" else object)
+                             for c in columns})
+    key = pm["product_id"].to_numpy(dtype="int64") * 64 + pm["week"].to_numpy(dtype="int64")
+    store, stores_u = pd.factorize(pm["store_id"].to_numpy(dtype="int64"))
+    n_st = max(len(stores_u), 1)
     all_keys, _ = _unique_counts(key)
+    n_keys = len(all_keys)
     out = pd.DataFrame({"product_id": (all_keys // 64).astype(str), "week": (all_keys % 64).astype("int64")})
-    store_codes, _ = pd.factorize(store)
-    n_stores = int(store_codes.max()) + 1 if len(store_codes) else 1
     for kind in ("display", "mailer"):
-        loc = pm[f"{kind}_location"].astype(str)
-        active = (loc != "0").to_numpy()
-        codes, labels = pd.factorize(loc)
-        k, s, c = key[active], store_codes[active], codes[active]
+        codes, labels = pd.factorize(pm[f"{kind}_location"])
+        labels = np.asarray(labels, dtype=object).astype(str)
+        rank = np.argsort(labels, kind="stable")  # codes in sorted label order: ties go to the smallest code
+        remap = np.empty(len(labels), dtype="int64")
+        remap[rank] = np.arange(len(labels))
+        labels = labels[rank]
+        n_lab = max(len(labels), 1)
+        active = codes >= 0
+        zero = np.flatnonzero(labels == "0")
+        codes = remap[np.maximum(codes, 0)] if len(labels) else codes
+        if len(zero):
+            active &= codes != zero[0]
+        ka, sa, ca = key[active], store[active], codes[active]
         # distinct stores per product-week
-        ks, _ = _unique_counts(k * n_stores + s)
-        kk, n = _unique_counts(ks // n_stores)
-        stores = pd.Series(n, index=kk)
-        # most common location per product-week, counting distinct stores (ties: smallest code)
-        n_labels = max(len(labels), 1)
-        ksl, _ = _unique_counts((k * n_stores + s) * n_labels + c)
-        kl, m = _unique_counts((ksl // (n_stores * n_labels)) * n_labels + ksl % n_labels)
-        lab = np.asarray(labels, dtype=object)[kl % n_labels]
-        kind_df = pd.DataFrame({"key": kl // n_labels, "n": m, "label": lab.astype(str)})
-        kind_df = kind_df.sort_values(["key", "n", "label"], ascending=[True, False, True]).drop_duplicates("key")
-        out[f"{kind}_stores"] = stores.reindex(all_keys).fillna(0).to_numpy(dtype="int64")
-        out[f"{kind}_location"] = kind_df.set_index("key")["label"].reindex(all_keys).fillna("0").to_numpy()
-    out["week_start"] = [CJ_WEEK1_START + dt.timedelta(days=7 * (int(w) - 1)) for w in out["week"]] \
-        if len(out) < 1000 else (pd.Timestamp(CJ_WEEK1_START) + pd.to_timedelta(7 * (out["week"] - 1), unit="D")).dt.date
-    return out[["product_id", "week", "week_start", "display_location", "mailer_location",
-                "display_stores", "mailer_stores"]]
+        v, _ = _unique_counts(ka * n_st + sa)
+        kk, n = _run_counts(v // n_st)
+        n_stores = np.zeros(n_keys, dtype="int64")
+        n_stores[np.searchsorted(all_keys, kk)] = n
+        # distinct stores per (product-week, location); the most common location wins
+        w, _ = _unique_counts((ka * n_lab + ca) * n_st + sa)
+        kl, m = _run_counts(w // n_st)
+        k_of, l_of = kl // n_lab, kl % n_lab
+        o = np.lexsort((l_of, -m, k_of))
+        ko = k_of[o]
+        best = o[np.r_[True, ko[1:] != ko[:-1]]] if len(o) else o
+        loc = np.full(n_keys, "0", dtype=object)
+        loc[np.searchsorted(all_keys, k_of[best])] = labels[l_of[best]]
+        out[f"{kind}_stores"] = n_stores
+        out[f"{kind}_location"] = loc.astype(str)
+    out["week_start"] = (pd.Timestamp(CJ_WEEK1_START) + pd.to_timedelta(7 * (out["week"] - 1), unit="D")).dt.date
+    return out[columns]
 
 
 def completejourney_import_frames(
@@ -968,6 +1013,7 @@ def completejourney_import_frames(
     customers = sorted(tx["household_id"].astype(str).unique().tolist(), key=lambda s: (len(s), s))
 
     qty_raw = tx["quantity"].to_numpy(dtype="int64")
+    baskets_read = int(tx["basket_id"].nunique())
     zero = qty_raw == 0
     negative = qty_raw < 0
     report.skip("quantity_zero", int(zero.sum()))
@@ -1029,8 +1075,11 @@ def completejourney_import_frames(
         pm = pm[pm["product_id"].isin(catalogue["product_id"].astype("int64"))]
         promo = _aggregate_promotions(pm)
         report.notes["promotion_rows_read"] = int(len(pm))
+    n_orders = int(lines["basket_id"].nunique())
     report.notes.update({
-        "orders": int(lines["basket_id"].nunique()),
+        "baskets_read": baskets_read,
+        "baskets_only_quantity_zero": baskets_read - n_orders,  # no units sold: no order is created
+        "orders": n_orders,
         "products": len(prod),
         "customers": len(customers),
     })

@@ -109,7 +109,7 @@ def train_model(
     progress: Optional[ProgressFn] = None,
     max_queries: Optional[int] = None,
     sample_baskets: Optional[int] = None,
-    epochs: int = 3,
+    epochs: int = 2,
     label_weeks: Optional[int] = None,
     shopper: bool = True,
     promotions: Optional[pd.DataFrame] = None,

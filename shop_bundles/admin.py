@@ -27,6 +27,7 @@ from .models import (
     BundleSuggestion,
     BundleSuggestionItem,
     Customer,
+    ExperimentDashboard,
     ImportRun,
     ModelVersion,
     OfferEvent,
@@ -65,12 +66,15 @@ def _report(modeladmin, request, verb: str, done: list[str], refused: list[str])
 # --------------------------------------------------------------------------- rendering helpers
 
 
-def svg_line_chart(series: dict[str, list[float]], *, width: int = 420, height: int = 180) -> str:
+def svg_line_chart(series: dict[str, list[float]], *, width: int = 420, height: int = 180,
+                   x_labels: tuple[str, str] | None = None, label: str = "training curve") -> str:
     """Render named numeric series (e.g. loss and val_loss per epoch) as a small inline SVG.
 
     Args:
         series: name → values (one per epoch); empty or non-finite values are skipped.
         width, height: size in pixels.
+        x_labels: texts under the first and last point (default "epoch 1" / "epoch n").
+        label: the chart's aria-label.
 
     Returns:
         Safe HTML (an ``<svg>`` element with one polyline per series, axis labels and a
@@ -96,14 +100,16 @@ def svg_line_chart(series: dict[str, list[float]], *, width: int = 420, height: 
         return f"{x:.1f},{y:.1f}"
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="training curve" style="background:#fff;border:1px solid #ddd">',
+             + format_html('aria-label="{}" style="background:#fff;border:1px solid #ddd">', label),
              f'<line x1="{pad_left}" y1="{pad_top}" x2="{pad_left}" y2="{pad_top + plot_h}" stroke="#999"/>',
              f'<line x1="{pad_left}" y1="{pad_top + plot_h}" x2="{pad_left + plot_w}" y2="{pad_top + plot_h}" '
              f'stroke="#999"/>',
              f'<text x="{pad_left - 4}" y="{pad_top + 8}" font-size="10" text-anchor="end">{hi:.3g}</text>',
              f'<text x="{pad_left - 4}" y="{pad_top + plot_h}" font-size="10" text-anchor="end">{lo:.3g}</text>',
-             f'<text x="{pad_left}" y="{height - 20}" font-size="10">epoch 1</text>',
-             f'<text x="{pad_left + plot_w}" y="{height - 20}" font-size="10" text-anchor="end">epoch {n}</text>']
+             format_html('<text x="{}" y="{}" font-size="10">{}</text>', pad_left, height - 20,
+                         x_labels[0] if x_labels else "epoch 1"),
+             format_html('<text x="{}" y="{}" font-size="10" text-anchor="end">{}</text>', pad_left + plot_w,
+                         height - 20, x_labels[1] if x_labels else f"epoch {n}")]
     for k, (name, values) in enumerate(clean.items()):
         colour = colours[k % len(colours)]
         points = " ".join(xy(i, v) for i, v in enumerate(values))
@@ -136,6 +142,43 @@ def backtest_table(metrics: dict | None) -> str:
     return format_html('<table class="backtest"><caption style="caption-side:bottom;text-align:left">{}</caption>'
                        "<thead><tr><th>system</th><th>HR@10</th><th>NDCG@10</th><th>queries</th><th>seconds</th>"
                        "</tr></thead><tbody>{}</tbody></table>", caption, body)
+
+
+def economics_html(economics: dict | None) -> str:
+    """Render ``BundleSuggestion.economics`` as a summary, the grid table and an SVG chart of margin vs discount.
+
+    Figures are per offer shown, in shop currency (display only).
+    """
+    if not economics or not economics.get("table"):
+        return format_html("<span>{}</span>", "No economics computed (run scoring or the economics refresh).")
+    chosen = economics["discount"]
+    response = economics.get("response") or {}
+    summary = format_html(
+        "<p>Chosen discount <strong>{}%</strong>: take rate {}, incremental revenue {} and incremental margin "
+        "<strong>{}</strong> per offer shown. Regular price {}, cost {} ({}), floor price {} "
+        "(min margin {}%){}.<br>Take-rate response: department “{}”, slope b = {} log-odds per unit depth "
+        "({}, {} product-weeks); base take {}, natural attach rate {}.</p>",
+        f"{economics['discount_percent']:g}", f"{economics['take_rate']:.2%}",
+        f"{economics['incremental_revenue']:.4f}", f"{economics['incremental_margin']:.4f}",
+        f"{economics['regular_price']:.2f}", f"{economics['cost']:.2f}", economics.get("cost_source", ""),
+        f"{economics['floor_price']:.2f}", f"{100 * economics.get('min_margin_rate', 0):g}",
+        " — the margin floor limits the discount" if economics.get("floor_binding") else "",
+        economics.get("department", ""), f"{response.get('b', 0):.2f}", response.get("source", ""),
+        response.get("n_obs", 0), f"{economics.get('base_take_rate', 0):.2%}",
+        f"{economics.get('natural_attach_rate', 0):.2%}")
+    rows = format_html_join("", "<tr{}><td>{}%</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", (
+        (mark_safe(' style="font-weight:bold;background:#ebf8ff"') if r["discount"] == chosen else "",
+         f"{100 * r['discount']:g}", f"{r['take_rate']:.2%}", f"{r['incremental_revenue']:.4f}",
+         f"{r['incremental_margin']:.4f}", "yes" if r["allowed"] else "below floor")
+        for r in economics["table"]))
+    table = format_html("<table><thead><tr><th>discount</th><th>take rate</th><th>incremental revenue</th>"
+                        "<th>incremental margin</th><th>allowed</th></tr></thead><tbody>{}</tbody></table>", rows)
+    grid = economics["table"]
+    chart = svg_line_chart({"incremental margin": [r["incremental_margin"] for r in grid],
+                            "incremental revenue": [r["incremental_revenue"] for r in grid]},
+                           x_labels=(f"{100 * grid[0]['discount']:g}% off", f"{100 * grid[-1]['discount']:g}% off"),
+                           label="incremental margin vs discount")
+    return format_html("{}{}<div>{}</div>", summary, table, chart)
 
 
 def _metric(metrics: dict | None, system: str, key: str = "ndcg@10"):
@@ -185,7 +228,7 @@ class BundleSuggestionAdmin(admin.ModelAdmin):
     """Review queue: staff compare the evidence and approve or reject suggested bundles in bulk."""
 
     list_display = ("bundle", "score_display", "co_purchase_count", "lift_display", "confidence_display",
-                    "attach_rate_display", "suggested_discount_percent", "model_version", "status")
+                    "attach_rate_display", "suggested_discount_percent", "margin_display", "model_version", "status")
     list_filter = ("status", "model_version", ("anchor__department", admin.AllValuesFieldListFilter))
     search_fields = ("signature", "anchor__name", "items__product__name")
     ordering = ("-score", "pk")
@@ -195,13 +238,15 @@ class BundleSuggestionAdmin(admin.ModelAdmin):
     inlines = (BundleSuggestionItemInline,)
     readonly_fields = ("bundle", "status", "score", "co_purchase_count", "support", "confidence", "lift",
                        "expected_attach_rate", "suggested_discount_percent", "regular_price", "reasons_text",
-                       "model_version", "signature", "created_at", "reviewed_by", "reviewed_at", "campaign_link")
+                       "model_version", "signature", "created_at", "reviewed_by", "reviewed_at", "campaign_link",
+                       "economics_panel")
     fieldsets = (
         (None, {"fields": ("bundle", "status", "campaign_link", "model_version", "created_at",
                            "reviewed_by", "reviewed_at")}),
         ("Evidence", {"fields": ("score", "co_purchase_count", "support", "confidence", "lift",
                                  "expected_attach_rate", "regular_price", "suggested_discount_percent",
                                  "reasons_text", "signature")}),
+        ("Economics (per offer shown)", {"fields": ("economics_panel",)}),
     )
 
     def get_queryset(self, request):
@@ -249,6 +294,15 @@ class BundleSuggestionAdmin(admin.ModelAdmin):
         from .services.campaigns import bundle_regular_price
 
         return bundle_regular_price(item.product for item in obj.items.all())
+
+    @admin.display(description="discount optimisation")
+    def economics_panel(self, obj):
+        return economics_html(obj.economics)
+
+    @admin.display(description="exp. margin / offer")
+    def margin_display(self, obj):
+        value = (obj.economics or {}).get("incremental_margin")
+        return "—" if value is None else f"{value:.3f}"
 
     @admin.display(description="reasons")
     def reasons_text(self, obj):
@@ -648,8 +702,9 @@ class OrderLineInline(admin.TabularInline):
 class OrderAdmin(admin.ModelAdmin):
     """Orders (imported history and storefront), read-only with their lines."""
 
-    list_display = ("external_id", "placed_at", "customer", "source", "subtotal", "discount_total", "total")
-    list_filter = ("source",)
+    list_display = ("external_id", "placed_at", "customer", "source", "experiment_group", "subtotal",
+                    "discount_total", "total")
+    list_filter = ("source", "experiment_group")
     search_fields = ("=external_id", "=customer__external_id")
     list_select_related = ("customer",)
     show_full_result_count = False
@@ -698,8 +753,9 @@ class OrderEventAdmin(admin.ModelAdmin):
 class OfferEventAdmin(admin.ModelAdmin):
     """Impressions, clicks, add-to-carts and purchases of bundle offers."""
 
-    list_display = ("created_at", "kind", "campaign", "customer", "session_key", "order", "quantity")
-    list_filter = ("kind",)
+    list_display = ("created_at", "kind", "campaign", "experiment_group", "simulated", "customer", "session_key",
+                    "order", "quantity")
+    list_filter = ("kind", "experiment_group", "simulated")
     list_select_related = ("campaign", "customer", "order")
     search_fields = ("campaign__name", "=order__external_id", "=session_key")
     raw_id_fields = ("campaign", "customer", "order")
@@ -761,3 +817,105 @@ class ImportRunAdmin(admin.ModelAdmin):
             (r.get("line", ""), r.get("field", ""), r.get("reason", "")) for r in rows[:500]))
         return format_html("<table><thead><tr><th>line</th><th>field</th><th>reason</th></tr></thead>"
                            "<tbody>{}</tbody></table>", body)
+
+
+# --------------------------------------------------------------------------- holdout experiment dashboard
+
+
+def _fmt_estimate(e: dict, pattern: str) -> str:
+    """``value [low, high]`` with a format pattern; "—" for NaN."""
+    if e is None or e.get("value") is None or not math.isfinite(e["value"]):
+        return "—"
+    if not math.isfinite(e.get("low", math.nan)):
+        return pattern.format(e["value"])
+    return f"{pattern.format(e['value'])} [{pattern.format(e['low'])}, {pattern.format(e['high'])}]"
+
+
+@admin.register(ExperimentDashboard)
+class ExperimentDashboardAdmin(admin.ModelAdmin):
+    """Treatment vs holdout: attach rate, AOV, revenue and margin per visitor with 95 % intervals and uplift,
+    a sample-ratio-mismatch warning, daily charts and a CSV export (``?format=csv``).
+
+    ``?data=simulated`` (default when only replay data exist) shows the ``simulate_shoppers`` replay,
+    labelled SIMULATED; ``?data=live`` the real storefront. Computed on request from the events and
+    orders tables (a few indexed queries); nothing runs in the storefront request.
+    """
+
+    METRICS = (("attach_rate", "attach rate", "{:.2%}"), ("aov", "AOV", "{:.2f}"),
+               ("revenue_per_visitor", "revenue / visitor", "{:.2f}"),
+               ("margin_per_visitor", "margin / visitor", "{:.2f}"))
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_staff and (
+            request.user.has_perm("shop_bundles.view_offerevent")
+            or request.user.has_perm("shop_bundles.view_experimentdashboard"))
+
+    def has_module_permission(self, request):
+        return self.has_view_permission(request)
+
+    def _results(self, simulated: bool) -> list[dict]:
+        from .services.experiment import experiment_results
+
+        overall = experiment_results(simulated=simulated)
+        overall["label"] = "overall"
+        out = [overall]
+        ids = (OfferEvent.objects.filter(kind=OfferEvent.IMPRESSION, simulated=simulated)
+               .order_by().values_list("campaign_id", flat=True).distinct())
+        names = dict(BundleCampaign.objects.filter(pk__in=list(ids)).values_list("pk", "name"))
+        for cid in sorted(names)[:50]:
+            res = experiment_results(simulated=simulated, campaign_id=cid)
+            res["label"] = names[cid]
+            out.append(res)
+        return out
+
+    def changelist_view(self, request, extra_context=None):
+        from django.http import HttpResponse
+        from django.template.response import TemplateResponse
+
+        from .services.experiment import experiment_results_csv
+
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        data = request.GET.get("data")
+        if data not in ("live", "simulated"):
+            live = OfferEvent.objects.filter(kind=OfferEvent.IMPRESSION, simulated=False).exists()
+            data = "live" if live else "simulated"
+        simulated = data == "simulated"
+        results = self._results(simulated)
+        if request.GET.get("format") == "csv":
+            response = HttpResponse(experiment_results_csv(results), content_type="text/csv")
+            response["Content-Disposition"] = f'attachment; filename="experiment-{data}.csv"'
+            return response
+        tables = []
+        for res in results:
+            rows = [(label, _fmt_estimate(res[key]["treatment"], pattern), _fmt_estimate(res[key]["holdout"], pattern),
+                     _fmt_estimate(res[key]["uplift"], pattern), _fmt_estimate(res[key]["relative_uplift"], "{:+.1%}"))
+                    for key, label, pattern in self.METRICS]
+            tables.append({"label": res["label"], "rows": rows, "visitors": res["visitors"], "srm": res["srm"]})
+        overall = results[0]
+        charts = {}
+        for metric, title in (("attach_rate", "daily attach rate"), ("aov", "daily AOV")):
+            dates = sorted({d["date"] for d in overall["daily"]})
+            series = {}
+            for group in ("treatment", "holdout"):
+                by_date = {d["date"]: d[metric] for d in overall["daily"] if d["group"] == group}
+                series[group] = [by_date[d] for d in dates if d in by_date]
+            charts[title] = svg_line_chart(series, width=560, height=200,
+                                           x_labels=(dates[0], dates[-1]) if dates else None, label=title)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Holdout experiment" + (" — SIMULATED replay" if simulated else ""),
+            "opts": self.model._meta, "simulated": simulated, "data": data, "tables": tables,
+            "charts": charts, "overall": overall, "method": overall["method"],
+            "holdout_share": overall["holdout_share"], **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/shop_bundles/experiment_dashboard.html", context)

@@ -10,6 +10,14 @@ SHOP_BUNDLES_MIN_ANCHOR_BASKETS  an anchor needs this many training baskets to b
 SHOP_BUNDLES_DEFAULT_DISCOUNT_PERCENT  discount given to a campaign when staff don't change it.
 SHOP_BUNDLES_CAMPAIGN_DAYS       default campaign length in days.
 SHOP_BUNDLES_IMPORT_MAX_BYTES    CSV files larger than this are refused.
+SHOP_BUNDLES_DEFAULT_MARGIN_RATES  {department: margin rate} used when a product has no cost:
+                                 cost = price * (1 - rate); key "*" is the fallback (default 0.30).
+SHOP_BUNDLES_MIN_MARGIN_RATE     margin floor: a bundle never sells below cost * (1 + rate) (default 0.05).
+SHOP_BUNDLES_DISCOUNT_GRID       discount depths the optimiser tries (default 0, 0.05, ..., 0.30).
+SHOP_BUNDLES_BASE_TAKE_RATE      incremental take of a shown offer with no discount (default 0.02).
+SHOP_BUNDLES_HOLDOUT_SHARE       share of shoppers in the holdout group that never sees offers (default 0.10).
+SHOP_BUNDLES_EXPERIMENT_SALT     per-experiment salt of the assignment hash (default "bundles-2026-1");
+                                 change it to start a new experiment with a fresh split.
 """
 from decimal import Decimal
 
@@ -23,7 +31,20 @@ DEFAULTS = {
     "DEFAULT_DISCOUNT_PERCENT": Decimal("10.00"),
     "CAMPAIGN_DAYS": 28,
     "IMPORT_MAX_BYTES": 2 * 1024 ** 3,
+    "DEFAULT_MARGIN_RATES": {"*": 0.30},
+    "MIN_MARGIN_RATE": 0.05,
+    "DISCOUNT_GRID": (0.0, 0.05, 0.10, 0.15, 0.20, 0.25, 0.30),
+    "BASE_TAKE_RATE": 0.02,
+    "HOLDOUT_SHARE": 0.10,
+    "EXPERIMENT_SALT": "bundles-2026-1",
 }
+
+
+def margin_rate(department: str) -> float:
+    """Default margin rate (0..1) for a department without product costs (``DEFAULT_MARGIN_RATES``)."""
+    rates = dict(DEFAULTS["DEFAULT_MARGIN_RATES"])
+    rates.update(get("DEFAULT_MARGIN_RATES") or {})
+    return float(rates.get(department, rates.get("*", 0.30)))
 
 
 def get(name: str):

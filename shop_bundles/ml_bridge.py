@@ -120,7 +120,8 @@ def lines_frame(orders: QuerySet | None = None, *, since: datetime | None = None
     """Read order lines into the standard "lines" frame of ``docs/contracts.md``.
 
     Args:
-        orders: which orders to read (default: all orders, imported and storefront).
+        orders: which orders to read (default: imported and storefront orders; simulated
+            replay orders, ``Order.source == "simulated"``, are never training data).
         since: keep orders placed at or after this aware datetime.
         until: keep orders placed before this aware datetime.
 
@@ -140,7 +141,7 @@ def lines_frame(orders: QuerySet | None = None, *, since: datetime | None = None
 
         No row is dropped here (protocol step 1 is ``bundling_ml.data.prepare_lines``).
     """
-    orders_qs = Order.objects.all() if orders is None else orders
+    orders_qs = Order.objects.exclude(source=Order.SOURCE_SIMULATED) if orders is None else orders
     if since is not None:
         orders_qs = orders_qs.filter(placed_at__gte=since)
     if until is not None:
@@ -157,6 +158,7 @@ def lines_frame(orders: QuerySet | None = None, *, since: datetime | None = None
     if orders is not None:
         line_qs = line_qs.filter(order__in=orders_qs.values("pk"))
     else:
+        line_qs = line_qs.exclude(order__source=Order.SOURCE_SIMULATED)
         if since is not None:
             line_qs = line_qs.filter(order__placed_at__gte=since)
         if until is not None:

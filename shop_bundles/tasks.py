@@ -97,3 +97,13 @@ def handle_outbox_event(self, event_id: int) -> dict:
     from .services.outbox import outbox_event_handle
 
     return outbox_event_handle(event_id=event_id)
+
+
+@shared_task(name="shop_bundles.tasks.refresh_suggestion_economics", bind=True, acks_late=True,
+             soft_time_limit=1800, time_limit=1900)
+def refresh_suggestion_economics(self) -> dict:
+    """Re-fit the take-rate responses and recompute ``economics`` of pending suggestions (e.g. after a
+    cost or margin-setting change). Returns ``{"updated": int}``."""
+    from .services.economics import suggestions_economics_refresh
+
+    return {"updated": suggestions_economics_refresh()}

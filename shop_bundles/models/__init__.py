@@ -9,7 +9,7 @@ from .campaigns import (
     StaffAction,
 )
 from .ml import ModelVersion, TrainingRun
-from .events import OfferEvent, OrderEvent
+from .events import ExperimentDashboard, OfferEvent, OrderEvent
 from .imports import ImportRun
 from .outbox import OutboxEvent
 
@@ -19,6 +19,7 @@ __all__ = [
     "BundleSuggestion",
     "BundleSuggestionItem",
     "Customer",
+    "ExperimentDashboard",
     "ImportRun",
     "ModelVersion",
     "OfferEvent",

@@ -34,6 +34,9 @@ class BundleSuggestion(models.Model):
     expected_attach_rate = models.FloatField(default=0.0)
     suggested_discount_percent = models.DecimalField(max_digits=5, decimal_places=2, default=Decimal("10.00"))
     reasons = models.TextField(blank=True)
+    economics = models.JSONField(default=dict, blank=True,
+                                 help_text="Discount optimisation (services.economics): chosen discount, take rate, "
+                                           "incremental revenue and margin per offer shown, and the grid table.")
     model_version = models.ForeignKey("shop_bundles.ModelVersion", null=True, blank=True,
                                       on_delete=models.SET_NULL, related_name="suggestions")
     created_at = models.DateTimeField(default=timezone.now)

@@ -27,7 +27,10 @@ class OfferEvent(models.Model):
 
     ``kind`` is impression (offer shown), click, add_to_cart or purchase (an
     order that used the bundle). ``session_key`` identifies anonymous
-    shoppers. A purchase event is unique per (campaign, order).
+    shoppers. ``experiment_group`` is the shopper's holdout-experiment group
+    (``treatment`` or ``holdout``); a holdout impression records an offer that
+    *would* have been shown (it is hidden), so both groups have the same
+    exposure definition. A purchase event is unique per (campaign, order).
     """
 
     IMPRESSION, CLICK, ADD_TO_CART, PURCHASE = "impression", "click", "add_to_cart", "purchase"
@@ -40,6 +43,8 @@ class OfferEvent(models.Model):
     order = models.ForeignKey("shop_bundles.Order", null=True, blank=True, on_delete=models.CASCADE,
                               related_name="offer_events")
     quantity = models.PositiveIntegerField(default=1)
+    experiment_group = models.CharField(max_length=16, blank=True, db_index=True)
+    simulated = models.BooleanField(default=False, help_text="Written by the simulate_shoppers replay.")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
@@ -48,3 +53,12 @@ class OfferEvent(models.Model):
             models.UniqueConstraint(fields=["campaign", "order"], condition=models.Q(kind="purchase"),
                                     name="one_purchase_event_per_campaign_order"),
         ]
+
+
+class ExperimentDashboard(OfferEvent):
+    """Proxy (no table) that puts the holdout-experiment dashboard in the admin index."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "experiment dashboard"
+        verbose_name_plural = "experiment dashboard"

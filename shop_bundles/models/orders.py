@@ -15,7 +15,9 @@ class Order(models.Model):
 
     SOURCE_IMPORT = "import"
     SOURCE_STOREFRONT = "storefront"
-    SOURCE_CHOICES = [(SOURCE_IMPORT, "Imported"), (SOURCE_STOREFRONT, "Storefront")]
+    SOURCE_SIMULATED = "simulated"
+    SOURCE_CHOICES = [(SOURCE_IMPORT, "Imported"), (SOURCE_STOREFRONT, "Storefront"),
+                      (SOURCE_SIMULATED, "Simulated (replay)")]
 
     external_id = models.CharField(max_length=64, unique=True)
     customer = models.ForeignKey("shop_bundles.Customer", null=True, blank=True,
@@ -24,6 +26,9 @@ class Order(models.Model):
     source = models.CharField(max_length=16, choices=SOURCE_CHOICES, default=SOURCE_IMPORT)
     store_id = models.CharField(max_length=32, blank=True)
     session_key = models.CharField(max_length=64, blank=True)
+    experiment_group = models.CharField(max_length=16, blank=True, db_index=True,
+                                        help_text="Holdout experiment group of the shopper: treatment, holdout "
+                                                  "or empty (imported orders).")
     subtotal = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
     discount_total = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
     total = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))

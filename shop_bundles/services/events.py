@@ -73,7 +73,8 @@ def order_event_record(*, order_id: int) -> dict:
         OfferEvent.objects.bulk_create(
             [
                 OfferEvent(kind=OfferEvent.PURCHASE, campaign_id=cid, order=order, customer_id=order.customer_id,
-                           session_key=order.session_key, quantity=count, created_at=order.placed_at)
+                           session_key=order.session_key, quantity=count, created_at=order.placed_at,
+                           experiment_group=order.experiment_group)
                 for cid, count in sorted(counts.items())
             ],
             ignore_conflicts=True,
@@ -81,7 +82,8 @@ def order_event_record(*, order_id: int) -> dict:
     return {"order_id": order.pk, "created": True, "bundles_used": event.bundles_used, "purchase_events": len(counts)}
 
 
-def offer_event_add_to_cart(*, campaign_id: int, session_key: str, quantity: int = 1, customer=None) -> OfferEvent:
+def offer_event_add_to_cart(*, campaign_id: int, session_key: str, quantity: int = 1, customer=None,
+                            experiment_group: str = "") -> OfferEvent:
     """Record that a shopper added a bundle to the cart (one INSERT).
 
     Args:
@@ -94,4 +96,27 @@ def offer_event_add_to_cart(*, campaign_id: int, session_key: str, quantity: int
         the new ``OfferEvent`` (kind ``add_to_cart``).
     """
     return OfferEvent.objects.create(kind=OfferEvent.ADD_TO_CART, campaign_id=campaign_id,
-                                     session_key=session_key or "", quantity=quantity, customer=customer)
+                                     session_key=session_key or "", quantity=quantity, customer=customer,
+                                     experiment_group=experiment_group)
+
+
+def offer_impressions_record(*, campaign_ids, session_key: str, experiment_group: str, customer=None) -> int:
+    """Record that offers were shown (treatment) or would have been shown (holdout): one bulk INSERT.
+
+    Cheap by design for the product page: no read, one ``INSERT ... VALUES``
+    with a row per campaign; aggregation happens later (dashboard / Celery).
+
+    Args:
+        campaign_ids: ids of the live offers on the page (the holdout's hidden ones too).
+        session_key: the shopper's session key.
+        experiment_group: ``treatment`` or ``holdout``.
+        customer: the known ``Customer`` or None.
+
+    Returns:
+        number of impression rows written.
+    """
+    rows = [OfferEvent(kind=OfferEvent.IMPRESSION, campaign_id=cid, session_key=session_key or "",
+                       experiment_group=experiment_group, customer=customer) for cid in campaign_ids]
+    if rows:
+        OfferEvent.objects.bulk_create(rows)
+    return len(rows)

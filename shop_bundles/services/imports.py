@@ -78,6 +78,9 @@ DEFAULT_STOCK = 100
 COPY_CHUNK_ROWS = 200_000
 BULK_LOAD_ROWS = 200_000  # order lines + promotions; at or above this the PostgreSQL path drops/re-adds FKs
 SQLITE_BATCH = 5_000
+PG_WORK_MEM = "128MB"  # SET LOCAL for the import transaction: in-memory hash joins and sorts
+PG_MAINTENANCE_WORK_MEM = "256MB"  # SET LOCAL: index re-builds after a large load
+REPORT_MAX_LISTED = 10_000  # rejected / duplicate lines listed in ImportRun.report (counts are complete)
 
 
 # --------------------------------------------------------------------------
@@ -243,7 +246,7 @@ def orders_import_frame(
             created = _write_orm(frames, default_stock=default_stock, progress=progress, timings=timings)
         report.created = created
         ImportRun.objects.create(source=source[:255], started_at=started_at, finished_at=timezone.now(),
-                                 report=report.to_dict())
+                                 report=report.to_dict(max_listed=REPORT_MAX_LISTED))
         t_commit = time.monotonic()
     timings["commit"] = round(time.monotonic() - t_commit, 2)
     timings["write_total"] = round(time.monotonic() - t0, 1)
@@ -262,12 +265,6 @@ def _to_cents(values) -> np.ndarray:
     x = np.asarray(values, dtype="float64")
     out = np.floor(np.round(x * 100, 6) + 0.5)
     return np.where(np.isnan(out), -1, out).astype("int64")
-
-
-def _money_text(cents) -> pd.Series:
-    """int cents → '12.34' strings (exact; for COPY and Decimal())."""
-    c = pd.Series(np.asarray(cents, dtype="int64"))
-    return (c // 100).astype(str) + "." + (c % 100).astype(str).str.zfill(2)
 
 
 def _prepare_frames(lines, products, customers, promotions, report) -> dict:
@@ -321,9 +318,9 @@ def _prepare_frames(lines, products, customers, promotions, report) -> dict:
     extra = seen[~seen.isin(prod["sku"])]
     if len(extra):
         names = (df.assign(_sku=df["product_id"].astype(str))[lambda d: d["_sku"].isin(extra)]
-                 .groupby("_sku")["name"].first() if "name" in df else pd.Series(dtype=str))
+                 .groupby("_sku")["name"].first().to_dict() if "name" in df else {})
         add = pd.DataFrame({"sku": extra.to_numpy()})
-        add["name"] = add["sku"].map(names).fillna("").astype(str).str.slice(0, 255)
+        add["name"] = [str(names.get(sku) or "")[:255] for sku in add["sku"]]
         for c in cols[1:]:
             add[c] = ""
         add["price"] = -1
@@ -389,15 +386,36 @@ class _NoBar:
 # PostgreSQL: COPY into staging tables, then INSERT ... SELECT ... ON CONFLICT DO NOTHING
 # --------------------------------------------------------------------------
 
+def _csv_chunk(chunk: pd.DataFrame):
+    """One chunk as CSV for COPY: pyarrow's C++ writer when installed (about 10x faster
+    than ``DataFrame.to_csv``; nulls are written unquoted, i.e. NULL), else pandas."""
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pa_csv
+    except ImportError:  # pragma: no cover - pyarrow ships with the data stack here
+        buf = io.StringIO()
+        chunk.to_csv(buf, index=False, header=False, na_rep="")
+        buf.seek(0)
+        return buf
+    chunk = chunk.copy()
+    for col in chunk.columns:
+        if pd.api.types.is_datetime64_any_dtype(chunk[col]):
+            chunk[col] = chunk[col].astype("datetime64[us]")  # microseconds, like PostgreSQL
+    buf = io.BytesIO()
+    pa_csv.write_csv(pa.Table.from_pandas(chunk, preserve_index=False), buf,
+                     pa_csv.WriteOptions(include_header=False))
+    buf.seek(0)
+    return buf
+
+
 def _copy(cursor, table: str, frame: pd.DataFrame, bar) -> None:
+    """COPY ``frame`` (columns named as the table's) into ``table`` in chunks."""
     raw = cursor.cursor  # the psycopg2 cursor under Django's wrapper
     cols = ", ".join(frame.columns)
     sql = f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv)"
     for start in range(0, len(frame), COPY_CHUNK_ROWS):
         chunk = frame.iloc[start:start + COPY_CHUNK_ROWS]
-        buf = io.StringIO()
-        chunk.to_csv(buf, index=False, header=False, na_rep="")
-        buf.seek(0)
+        buf = _csv_chunk(chunk)
         if hasattr(raw, "copy_expert"):
             raw.copy_expert(sql, buf)
         else:  # psycopg 3
@@ -419,6 +437,33 @@ def _secondary_indexes(cur, table: str) -> list[tuple[str, str]]:
                 "AND NOT x.indisprimary AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid) "
                 "ORDER BY i.relname", [table])
     return list(cur.fetchall())
+
+
+def _other_columns(model, explicit: set[str]) -> tuple[str, str, list]:
+    """Columns of ``model`` that an INSERT ... SELECT does not set itself, with the values
+    Django's ORM would write: the field default (``get_default``, e.g. "" for a
+    CharField), ``now()`` for auto_now / auto_now_add; a ``db_default`` is left to
+    the database. Keeps the bulk path correct when fields are added to the model.
+
+    Returns ``(", col1, col2", ", %s, now()", [params])`` ready to append.
+    """
+    from django.db.models import NOT_PROVIDED
+
+    cols, exprs, params = [], [], []
+    for f in model._meta.concrete_fields:
+        if f.primary_key or f.column in explicit:
+            continue
+        if getattr(f, "db_default", NOT_PROVIDED) is not NOT_PROVIDED:
+            continue
+        cols.append(f.column)
+        if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
+            exprs.append("now()")
+        else:
+            exprs.append("%s")
+            params.append(f.get_db_prep_save(f.get_default(), connection))
+    if not cols:
+        return "", "", []
+    return ", " + ", ".join(cols), ", " + ", ".join(exprs), params
 
 
 def _write_postgresql(frames: dict, *, default_stock: int, progress: bool, timings: dict) -> dict:
@@ -443,6 +488,9 @@ def _write_postgresql(frames: dict, *, default_stock: int, progress: bool, timin
     staging = ("sb_stg_product", "sb_stg_customer", "sb_stg_order", "sb_stg_line", "sb_stg_promotion")
     tick = _ticker(timings)
     with connection.cursor() as cur, _bar(progress, total, "import") as bar:
+        # Memory for the joins, sorts and index builds of this transaction only.
+        cur.execute(f"SET LOCAL work_mem = '{PG_WORK_MEM}'")
+        cur.execute(f"SET LOCAL maintenance_work_mem = '{PG_MAINTENANCE_WORK_MEM}'")
         for t in staging:
             cur.execute(f"DROP TABLE IF EXISTS {t}")
         cur.execute("CREATE TEMP TABLE sb_stg_product (sku text, name text, department text, category text, "
@@ -471,22 +519,25 @@ def _write_postgresql(frames: dict, *, default_stock: int, progress: bool, timin
             "sku": prod["sku"], "name": prod["name"], "department": prod["department"],
             "category": prod["category"], "product_type": prod["product_type"], "brand": prod["brand"],
             "package_size": prod["package_size"], "price_cents": prod["price"],
-            "active": np.where(prod["active"], "t", "f")}), bar)
+            "active": prod["active"].astype(bool)}), bar)
+        oc, oe, op = _other_columns(Product, {"sku", "name", "department", "category", "product_type", "brand",
+                                              "package_size", "price", "cost", "stock", "active"})
         cur.execute(
             f"INSERT INTO {prod_t} (sku, name, department, category, product_type, brand, package_size, "
-            f"price, cost, stock, active, created_at, updated_at) "
+            f"price, cost, stock, active{oc}) "
             f"SELECT sku, COALESCE(name, ''), COALESCE(department, ''), COALESCE(category, ''), "
             f"COALESCE(product_type, ''), COALESCE(brand, ''), COALESCE(package_size, ''), "
-            f"(price_cents / 100.0)::numeric(12,2), NULL, %s, active, now(), now() FROM sb_stg_product "
-            f"ON CONFLICT (sku) DO NOTHING", [default_stock])
+            f"(price_cents / 100.0)::numeric(12,2), NULL, %s, active{oe} FROM sb_stg_product "
+            f"ON CONFLICT (sku) DO NOTHING", [default_stock, *op])
         created["products"] = cur.rowcount
         cur.execute(f"ANALYZE {prod_t}")
         tick("products")
 
         bar.set_description("customers")
         _copy(cur, "sb_stg_customer", pd.DataFrame({"external_id": custs}), bar)
-        cur.execute(f"INSERT INTO {cust_t} (external_id, email, created_at) "
-                    f"SELECT DISTINCT external_id, '', now() FROM sb_stg_customer ON CONFLICT (external_id) DO NOTHING")
+        oc, oe, op = _other_columns(Customer, {"external_id"})
+        cur.execute(f"INSERT INTO {cust_t} (external_id{oc}) SELECT DISTINCT external_id{oe} FROM sb_stg_customer "
+                    f"ON CONFLICT (external_id) DO NOTHING", op)
         created["customers"] = cur.rowcount
         cur.execute(f"ANALYZE {cust_t}")
         tick("customers")
@@ -497,13 +548,15 @@ def _write_postgresql(frames: dict, *, default_stock: int, progress: bool, timin
             "external_id": orders["basket"], "customer": orders["customer"], "placed_at_utc": placed_utc,
             "store_id": orders["store"], "subtotal_cents": orders["value"], "total_cents": orders["total"]}), bar)
         cur.execute("ANALYZE sb_stg_order")
+        oc, oe, op = _other_columns(Order, {"external_id", "customer_id", "placed_at", "source", "store_id",
+                                            "subtotal", "discount_total", "total"})
         cur.execute(
-            f"INSERT INTO {order_t} (external_id, customer_id, placed_at, source, store_id, session_key, "
-            f"subtotal, discount_total, total, created_at) "
-            f"SELECT s.external_id, c.id, s.placed_at_utc AT TIME ZONE 'UTC', %s, COALESCE(s.store_id, ''), '', "
-            f"(s.subtotal_cents / 100.0)::numeric(14,2), 0, (s.total_cents / 100.0)::numeric(14,2), now() "
+            f"INSERT INTO {order_t} (external_id, customer_id, placed_at, source, store_id, "
+            f"subtotal, discount_total, total{oc}) "
+            f"SELECT s.external_id, c.id, s.placed_at_utc AT TIME ZONE 'UTC', %s, COALESCE(s.store_id, ''), "
+            f"(s.subtotal_cents / 100.0)::numeric(14,2), 0, (s.total_cents / 100.0)::numeric(14,2){oe} "
             f"FROM sb_stg_order s LEFT JOIN {cust_t} c ON c.external_id = s.customer "
-            f"ON CONFLICT (external_id) DO NOTHING", [Order.SOURCE_IMPORT])
+            f"ON CONFLICT (external_id) DO NOTHING", [Order.SOURCE_IMPORT, *op])
         created["orders"] = cur.rowcount
         cur.execute(f"ANALYZE {order_t}")
         tick("orders")
@@ -514,12 +567,13 @@ def _write_postgresql(frames: dict, *, default_stock: int, progress: bool, timin
             "unit_cents": lines["unit"], "discount_cents": lines["disc"]}), bar)
         tick("copy_lines")
         cur.execute("ANALYZE sb_stg_line")
+        oc, oe, op = _other_columns(OrderLine, {"order_id", "product_id", "quantity", "unit_price", "discount"})
         cur.execute(
-            f"INSERT INTO {line_t} (order_id, product_id, quantity, unit_price, discount, campaign_id) "
+            f"INSERT INTO {line_t} (order_id, product_id, quantity, unit_price, discount{oc}) "
             f"SELECT o.id, p.id, s.quantity, (s.unit_cents / 100.0)::numeric(12,2), "
-            f"(s.discount_cents / 100.0)::numeric(12,2), NULL FROM sb_stg_line s "
+            f"(s.discount_cents / 100.0)::numeric(12,2){oe} FROM sb_stg_line s "
             f"JOIN {order_t} o ON o.external_id = s.order_ext JOIN {prod_t} p ON p.sku = s.sku "
-            f"ORDER BY o.id, p.id ON CONFLICT (order_id, product_id) DO NOTHING")
+            f"ORDER BY o.id, p.id ON CONFLICT (order_id, product_id) DO NOTHING", op)
         created["order_lines"] = cur.rowcount
         tick("insert_lines")
 
@@ -528,12 +582,15 @@ def _write_postgresql(frames: dict, *, default_stock: int, progress: bool, timin
             _copy(cur, "sb_stg_promotion", promo, bar)
             tick("copy_promotions")
             cur.execute("ANALYZE sb_stg_promotion")
+            oc, oe, op = _other_columns(Promotion, {"product_id", "week", "week_start", "display_location",
+                                                    "mailer_location", "display_stores", "mailer_stores"})
             cur.execute(
                 f"INSERT INTO {promo_t} (product_id, week, week_start, display_location, mailer_location, "
-                f"display_stores, mailer_stores) "
+                f"display_stores, mailer_stores{oc}) "
                 f"SELECT p.id, s.week, s.week_start, COALESCE(s.display_location, ''), "
-                f"COALESCE(s.mailer_location, ''), s.display_stores, s.mailer_stores FROM sb_stg_promotion s "
-                f"JOIN {prod_t} p ON p.sku = s.sku ORDER BY p.id, s.week ON CONFLICT (product_id, week) DO NOTHING")
+                f"COALESCE(s.mailer_location, ''), s.display_stores, s.mailer_stores{oe} FROM sb_stg_promotion s "
+                f"JOIN {prod_t} p ON p.sku = s.sku ORDER BY p.id, s.week ON CONFLICT (product_id, week) DO NOTHING",
+                op)
             created["promotions"] = cur.rowcount
             tick("insert_promotions")
 

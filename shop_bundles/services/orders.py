@@ -58,7 +58,7 @@ def _quantities(cart) -> dict[int, int]:
 
 
 def order_place(*, cart, session_key: str | None, customer: Customer | None = None,
-                now: datetime | None = None) -> Order:
+                now: datetime | None = None, experiment_group: str = "") -> Order:
     """Turn a cart into a storefront ``Order``.
 
     Inside one ``transaction.atomic`` block: the cart's products are locked
@@ -81,6 +81,8 @@ def order_place(*, cart, session_key: str | None, customer: Customer | None = No
         session_key: the shopper's session key ("" / None when unknown).
         customer: the known ``Customer``, or None for an anonymous shopper.
         now: aware datetime used as ``placed_at`` and for campaign windows; None means now.
+        experiment_group: the shopper's holdout-experiment group, stored on the
+            order; ``"holdout"`` prices the cart without bundles.
 
     Returns:
         the saved ``Order`` (source ``storefront``, external id ``web-<hex>``).
@@ -113,13 +115,14 @@ def order_place(*, cart, session_key: str | None, customer: Customer | None = No
         if errors:
             raise ValidationError(errors)
 
-        priced = cart_price(quantities, products=products, now=now)
+        priced = cart_price(quantities, products=products, now=now, with_offers=experiment_group != "holdout")
         order = Order.objects.create(
             external_id=f"web-{uuid.uuid4().hex}",
             customer=customer,
             placed_at=now,
             source=Order.SOURCE_STOREFRONT,
             session_key=session_key or "",
+            experiment_group=experiment_group or "",
             subtotal=priced.subtotal,
             discount_total=priced.discount_total,
             total=priced.total,

@@ -15,6 +15,7 @@ from django.utils import timezone
 from .. import app_settings, ml_bridge
 from ..models import BundleSuggestion, BundleSuggestionItem, ModelVersion, Product, StaffAction
 from .campaigns import live_signatures
+from .economics import suggestions_economics_fill
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def suggestions_score(*, model_version_id: int | None = None, progress=None) -> 
                 reasons["product inactive or out of stock"] += 1
             else:
                 new.append((suggestion, items))
+        suggestions_economics_fill(candidates=new)  # discount optimisation (services.economics)
         created = BundleSuggestion.objects.bulk_create([s for s, _ in new], batch_size=1000)
         BundleSuggestionItem.objects.bulk_create([
             BundleSuggestionItem(suggestion=s, product=p, position=i)

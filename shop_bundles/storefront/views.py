@@ -16,8 +16,9 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from ..models import Order, Product
+from ..selectors.experiment import HOLDOUT, request_group
 from ..selectors.offers import live_offer, offers_for_product
-from ..services.events import offer_event_add_to_cart
+from ..services.events import offer_event_add_to_cart, offer_impressions_record
 from ..services.orders import customer_get_or_create, order_place
 from .cart import SessionCart, cart_price
 from .forms import AddToCartForm, CartUpdateForm, CheckoutForm, ProductSearchForm
@@ -72,6 +73,14 @@ def product_detail(request: HttpRequest, sku: str) -> HttpResponse:
     """A product with its "Frequently bought together" offers (live campaigns only)."""
     product = get_object_or_404(Product, sku=sku, active=True)
     offers = offers_for_product(product) if product.available else []
+    if offers:
+        # Holdout experiment: record what was (treatment) or would have been (holdout) shown, then hide it.
+        session_key = _session_key(request)
+        group = request_group(request)
+        offer_impressions_record(campaign_ids=[o.campaign_id for o in offers], session_key=session_key,
+                                 experiment_group=group)
+        if group == HOLDOUT:
+            offers = []
     return render(request, "shop_bundles/storefront/product_detail.html", {
         "product": product, "offers": offers, "form": AddToCartForm(),
     })
@@ -97,14 +106,16 @@ def cart_add(request: HttpRequest, sku: str) -> HttpResponse:
 def bundle_add(request: HttpRequest, campaign_id: int) -> HttpResponse:
     """Add every item of a live bundle offer to the cart and record an ``add_to_cart`` event."""
     offer = live_offer(campaign_id)
-    if offer is None:
+    group = request_group(request)
+    if offer is None or group == HOLDOUT:
         raise Http404("This offer has ended.")
     form = AddToCartForm(request.POST or {"quantity": 1})
     bundles = form.cleaned_data["quantity"] if form.is_valid() else 1
     cart = SessionCart(request.session)
     for item in offer.items:
         cart.add(item.product.pk, item.quantity * bundles)
-    offer_event_add_to_cart(campaign_id=offer.campaign_id, session_key=_session_key(request), quantity=bundles)
+    offer_event_add_to_cart(campaign_id=offer.campaign_id, session_key=_session_key(request), quantity=bundles,
+                            experiment_group=group)
     messages.success(request, f"Added the bundle “{offer.campaign.name}” to your cart.")
     return _redirect_back(request, reverse("shop_bundles:cart"))
 
@@ -113,7 +124,7 @@ def bundle_add(request: HttpRequest, campaign_id: int) -> HttpResponse:
 def cart_view(request: HttpRequest) -> HttpResponse:
     """The cart, re-priced from the catalogue with bundles re-formed on every view."""
     cart = SessionCart(request.session)
-    priced = cart_price(cart.quantities())
+    priced = cart_price(cart.quantities(), with_offers=request_group(request) != HOLDOUT)
     return render(request, "shop_bundles/storefront/cart.html", {
         "priced": priced, "checkout_form": CheckoutForm(),
         "can_checkout": bool(priced.rows) and all(row.available for row in priced.rows),
@@ -156,7 +167,10 @@ def checkout(request: HttpRequest) -> HttpResponse:
         customer = None
         if form.cleaned_data["customer_id"]:
             customer = customer_get_or_create(external_id=form.cleaned_data["customer_id"])
-        order = order_place(cart=cart, session_key=_session_key(request), customer=customer)
+        # The group is fixed by the identity the shopper browsed with, so the order is priced as the cart was.
+        group = request_group(request)
+        order = order_place(cart=cart, session_key=_session_key(request), customer=customer,
+                            experiment_group=group)
     except ValidationError as exc:
         for message in exc.messages:
             messages.error(request, message)

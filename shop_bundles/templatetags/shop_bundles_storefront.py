@@ -10,6 +10,7 @@ from decimal import Decimal, InvalidOperation
 from django import template
 from django.conf import settings
 
+from ..selectors.experiment import HOLDOUT, request_group
 from ..selectors.offers import offers_for_product
 from ..storefront.cart import SessionCart
 from ..storefront.pricing import quantize_money
@@ -53,7 +54,10 @@ def bundle_offers(context, product, offers=None):
         offers: already-selected offers (e.g. from the view); None runs
             ``selectors.offers.offers_for_product`` (two queries).
     """
-    if offers is None:
+    request = context.get("request")
+    if request is not None and request_group(request) == HOLDOUT:
+        offers = []  # holdout shoppers never see offers
+    elif offers is None:
         offers = offers_for_product(product) if product.available else []
     return {"product": product, "offers": offers, "request": context.get("request"),
             "csrf_token": context.get("csrf_token")}

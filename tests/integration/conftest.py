@@ -133,3 +133,9 @@ def _reset_connections(app) -> None:
     pools.reset()
     app._pool = None
     app.amqp._producer_pool = None
+
+
+@pytest.fixture(autouse=True)
+def _everyone_in_treatment(settings):
+    """SHOP_BUNDLES_HOLDOUT_SHARE = 0 so the storefront always shows offers in these tests."""
+    settings.SHOP_BUNDLES_HOLDOUT_SHARE = 0.0

@@ -379,3 +379,12 @@ def test_cj_promotions_aggregate_to_product_week():
     none = promo.loc[("9", 3)]
     assert (none["display_stores"], none["display_location"], none["mailer_location"]) == (0, "0", "0")
     assert ("999", 2) not in promo.index  # not in the catalogue
+
+
+def test_letter_prefixed_shop_order_ids_are_not_cancellations(tmp_path):
+    """The C/A invoice convention applies only to exports with numeric invoice numbers."""
+    text = HEADER + "A-1,P1,1,2021-03-01 10:00,1.00\nC100,P2,2,2021-03-01 11:00,2.00\nA200,P1,1,2021-03-02 09:00,1.00\n"
+    result = read_orders_csv(write(tmp_path, text), mapping=SIMPLE_MAP)
+    assert set(result.lines["basket_id"]) == {"A-1", "C100", "A200"}
+    assert result.report.skipped == 0
+    assert result.report.notes["invoice_prefix_rules"].startswith("off")

@@ -45,7 +45,7 @@ def test_model_beats_popularity_on_backtest(trained):
     assert shop["repeat_count"]["queries"] == shop["shopper_model"]["queries"] > 1000
     cold = {r["system"]: r for r in res.metrics["cold_rows"]}
     assert cold["model"]["queries"] == res.metrics["cold_queries"] > 0
-    assert len(res.history["loss"]) == 3 and len(res.history["val_loss"]) == 3
+    assert len(res.history["loss"]) == 2 and len(res.history["val_loss"]) == 2
     fractions = [f for f, _ in calls]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
 

@@ -371,6 +371,11 @@ def test_train_and_score_on_a_complete_journey_slice(cj_slice, tmp_path, setting
     assert 0 <= best.score <= 1 and best.co_purchase_count >= 3 and best.lift > 0 and best.reasons
     assert best.items.count() in (2, 3) and best.items.get(position=0).product == best.anchor
     assert best.signature == "+".join(sorted(best.items.values_list("product__sku", flat=True)))
+    # Issue 5: scoring prices each suggestion for profit with the take-rate fit on the imported lines.
+    econ = best.economics
+    assert len(econ["table"]) == 7 and econ["response"]["source"] in ("shrunk", "prior")
+    assert econ["cost_source"] == "default margin" and econ["regular_price"] > econ["cost"] > 0
+    assert econ["incremental_margin"] == max(r["incremental_margin"] for r in econ["table"] if r["allowed"])
 
     rescored = suggestions_score()
     assert rescored["created"] == 0 and rescored["skipped"] >= scored["created"]

@@ -55,6 +55,9 @@ class Command(BaseCommand):
                 for name in ("weeks", "households"):
                     if opts[name] is not None and opts[name] <= 0:
                         raise CommandError(f"--{name} must be a positive number")
+                if opts["verbosity"] > 0:
+                    self.stderr.write("Loading and preparing the Complete Journey tables (transactions, products"
+                                      + ("" if opts["no_promotions"] else ", 20.9M promotion rows") + ")...")
                 report = orders_import_completejourney(
                     weeks=opts["weeks"], households=opts["households"], promotions=not opts["no_promotions"],
                     default_stock=opts["stock"], progress=progress)

@@ -1,0 +1,122 @@
+"""Bundle economics in the database: department take-rate fit, suggestion economics and the admin panel."""
+from datetime import datetime, timedelta
+from decimal import Decimal as D
+
+import numpy as np
+import pandas as pd
+import pytest
+from django.contrib.auth.models import User
+from django.urls import reverse
+from django.utils import timezone
+
+from bundling_ml.economics import fit_department_responses, optimise_discount, product_week_frame, sigmoid
+from shop_bundles.models import BundleSuggestion, BundleSuggestionItem, Order, OrderLine, Product
+from shop_bundles.services.economics import (
+    bundle_cost,
+    department_responses_fit,
+    suggestions_economics_fill,
+    suggestions_economics_refresh,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def history():
+    """40 products x 3 weeks of imported lines in GROCERY: a plain line and a discounted line per product-week.
+
+    The discounted share of units rises with depth: share = sigmoid(-1 + 6 d) (rounded to whole units of 20).
+    Returns the equivalent raw lines frame for an independent fit.
+    """
+    rng = np.random.default_rng(1)
+    products = Product.objects.bulk_create([Product(sku=f"P{i}", price=D("2.00"), department="GROCERY", stock=10)
+                                            for i in range(40)])
+    start = timezone.make_aware(datetime(2017, 1, 2, 10))
+    orders, lines, raw = [], [], []
+    n = 0
+    for p in products:
+        for week in range(3):
+            depth = float(rng.choice([0.1, 0.2, 0.3, 0.4, 0.5]))
+            disc_units = int(round(20 * sigmoid(-1 + 6 * depth)))
+            for qty, disc in ((20 - disc_units, 0.0), (disc_units, depth)):
+                if qty <= 0:
+                    continue
+                n += 1
+                orders.append(Order(external_id=f"h{n}", placed_at=start + timedelta(weeks=week)))
+                amount = D("2.00") * qty * D(str(disc))
+                lines.append((n, p, qty, amount.quantize(D("0.01"))))
+                raw.append({"department": "GROCERY", "product_id": p.pk, "week": week, "quantity": float(qty),
+                            "shelf_amount": 2.0 * qty, "discount": float(amount.quantize(D("0.01")))})
+    created = {o.external_id: o for o in Order.objects.bulk_create(orders)}
+    OrderLine.objects.bulk_create([OrderLine(order=created[f"h{k}"], product=p, quantity=q, unit_price=D("2.00"),
+                                             discount=d) for k, p, q, d in lines])
+    return pd.DataFrame(raw)
+
+
+def test_department_fit_from_the_database_matches_the_pure_fit(history):
+    responses = department_responses_fit()
+    expected = fit_department_responses(product_week_frame(history))
+    assert responses["GROCERY"].source == "shrunk"
+    assert responses["GROCERY"].n_obs == expected["GROCERY"].n_obs == 120
+    assert responses["GROCERY"].b == pytest.approx(expected["GROCERY"].b, rel=1e-6)
+    assert responses["GROCERY"].b > 3.0  # true slope 6 shrunk towards the prior 3
+
+
+def test_simulated_orders_do_not_feed_the_fit(history):
+    Order.objects.update(source=Order.SOURCE_SIMULATED)
+    responses = department_responses_fit()
+    assert "GROCERY" not in responses and responses["*"].source == "prior" and responses["*"].n_obs == 0
+
+
+def _suggestion(products, confidence=0.2):
+    s = BundleSuggestion.objects.create(anchor=products[0], signature="+".join(sorted(p.sku for p in products)),
+                                        score=0.9, confidence=confidence, expected_attach_rate=confidence)
+    for i, p in enumerate(products):
+        BundleSuggestionItem.objects.create(suggestion=s, product=p, position=i)
+    return s
+
+
+def test_bundle_cost_uses_known_cost_or_the_department_default_margin(settings):
+    settings.SHOP_BUNDLES_DEFAULT_MARGIN_RATES = {"*": 0.30, "DAIRY": 0.20}
+    a = Product.objects.create(sku="A", price=D("10.00"), cost=D("6.00"), department="GROCERY")
+    b = Product.objects.create(sku="B", price=D("5.00"), department="DAIRY")
+    c = Product.objects.create(sku="C", price=D("3.00"), department="PRODUCE")
+    assert bundle_cost([a]) == (D("6.00"), "cost")
+    assert bundle_cost([b, c]) == (D("6.10"), "default margin")  # 5 * 0.8 + 3 * 0.7
+    assert bundle_cost([a, b]) == (D("10.00"), "mixed")
+
+
+def test_suggestion_economics_are_the_optimiser_output_and_set_the_discount(settings):
+    settings.SHOP_BUNDLES_BASE_TAKE_RATE = 0.05
+    settings.SHOP_BUNDLES_MIN_MARGIN_RATE = 0.05
+    a = Product.objects.create(sku="A", price=D("6.00"), cost=D("3.00"), department="GROCERY", stock=5)
+    b = Product.objects.create(sku="B", price=D("4.00"), cost=D("2.00"), department="GROCERY", stock=5)
+    s = _suggestion([a, b], confidence=0.1)
+    from bundling_ml.economics import TakeResponse
+
+    responses = {"*": TakeResponse(a=0.0, b=8.0, n_obs=500, source="shrunk")}
+    assert suggestions_economics_fill(candidates=[(s, [a, b])], responses=responses) == 1
+    expected = optimise_discount(10.0, 5.0, 0.05, 0.1, responses["*"], min_margin_rate=0.05)
+    assert s.economics["discount"] == expected["discount"]
+    assert s.economics["incremental_margin"] == pytest.approx(expected["incremental_margin"])
+    assert s.economics["cost"] == 5.0 and s.economics["cost_source"] == "cost"
+    assert len(s.economics["table"]) == 7
+    assert s.suggested_discount_percent == D(str(expected["discount_percent"])).quantize(D("0.01"))
+
+
+def test_refresh_saves_economics_and_admin_shows_them_with_a_chart(client, history):
+    a = Product.objects.get(sku="P0")
+    b = Product.objects.get(sku="P1")
+    s = _suggestion([a, b], confidence=0.15)
+    assert suggestions_economics_refresh() == 1
+    s.refresh_from_db()
+    assert s.economics["response"]["source"] == "shrunk" and s.economics["cost_source"] == "default margin"
+    assert s.economics["cost"] == pytest.approx(2.80)  # 4.00 * (1 - 0.30)
+    admin = User.objects.create_superuser("boss", "b@example.com", "pw-For-tests-1")
+    client.force_login(admin)
+    page = client.get(reverse("admin:shop_bundles_bundlesuggestion_change", args=[s.pk]))
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert "Chosen discount" in html and "<svg" in html and "incremental margin vs discount" in html
+    changelist = client.get(reverse("admin:shop_bundles_bundlesuggestion_changelist"))
+    assert f"{s.economics['incremental_margin']:.3f}" in changelist.content.decode()

@@ -1,0 +1,265 @@
+"""Holdout experiment: deterministic assignment, holdout storefront, impressions, intervals, SRM, dashboard, replay."""
+import hashlib
+import math
+from datetime import datetime, timedelta
+from decimal import Decimal as D
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.urls import reverse
+from django.utils import timezone
+from scipy import stats
+
+from bundling_ml.abtest import (
+    Z95,
+    difference,
+    mean_estimate,
+    ratio_estimate,
+    relative_uplift,
+    sample_ratio_mismatch,
+)
+from shop_bundles import ml_bridge
+from shop_bundles.models import (
+    BundleCampaign,
+    BundleCampaignItem,
+    Customer,
+    OfferEvent,
+    Order,
+    OrderLine,
+    Product,
+)
+from shop_bundles.selectors.experiment import assignment_bucket, assignment_group
+from shop_bundles.services.experiment import experiment_results, experiment_results_csv
+
+pytestmark = pytest.mark.django_db
+
+
+# --- assignment -------------------------------------------------------------------------------
+
+def test_assignment_is_sha256_of_salt_and_identity_and_deterministic():
+    digest = hashlib.sha256(b"s1:shopper-42").hexdigest()
+    bucket = int(digest[:16], 16) / 2 ** 64
+    assert assignment_bucket("shopper-42", salt="s1") == bucket
+    expected = "holdout" if bucket < 0.5 else "treatment"
+    assert {assignment_group("shopper-42", salt="s1", holdout_share=0.5) for _ in range(5)} == {expected}
+    assert assignment_group("shopper-42", salt="s1", holdout_share=0.0) == "treatment"
+    assert assignment_group("shopper-42", salt="s1", holdout_share=1.0) == "holdout"
+
+
+def test_default_share_is_ten_percent_and_salt_reshuffles(settings):
+    del settings.SHOP_BUNDLES_HOLDOUT_SHARE  # back to the documented default
+    ids = [f"session-{i}" for i in range(20000)]
+    groups = [assignment_group(i, salt="a") for i in ids]
+    share = groups.count("holdout") / len(ids)
+    assert 0.09 < share < 0.11
+    other = [assignment_group(i, salt="b") for i in ids]
+    assert 0.09 < other.count("holdout") / len(ids) < 0.11
+    assert groups != other
+
+
+# --- storefront ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def shop():
+    a = Product.objects.create(sku="A", name="Pasta", price=D("20.00"), stock=50, department="GROCERY")
+    b = Product.objects.create(sku="B", name="Sauce", price=D("5.00"), stock=50, department="GROCERY")
+    campaign = BundleCampaign.objects.create(name="AB", discount_type="percent", discount_value=D("10"),
+                                             starts_at=timezone.now() - timedelta(hours=1))
+    BundleCampaignItem.objects.create(campaign=campaign, product=a, position=0)
+    BundleCampaignItem.objects.create(campaign=campaign, product=b, position=1)
+    return a, b, campaign
+
+
+def _shop_visit(client, a, b):
+    page = client.get(reverse("shop_bundles:product_detail", kwargs={"sku": "A"}))
+    client.post(reverse("shop_bundles:cart_add", kwargs={"sku": "A"}), {"quantity": 1})
+    client.post(reverse("shop_bundles:cart_add", kwargs={"sku": "B"}), {"quantity": 1})
+    cart = client.get(reverse("shop_bundles:cart"))
+    client.post(reverse("shop_bundles:checkout"), {"customer_id": ""})
+    return page, cart
+
+
+def test_holdout_shopper_sees_no_offer_and_pays_full_price(client, settings, shop):
+    settings.SHOP_BUNDLES_HOLDOUT_SHARE = 1.0
+    a, b, campaign = shop
+    page, cart = _shop_visit(client, a, b)
+    assert page.context["offers"] == [] and 'data-campaign=' not in page.content.decode()
+    assert cart.context["priced"].discount_total == D("0.00") and cart.context["priced"].total == D("25.00")
+    order = Order.objects.get(source=Order.SOURCE_STOREFRONT)
+    assert order.experiment_group == "holdout" and order.discount_total == D("0.00") and order.total == D("25.00")
+    impression = OfferEvent.objects.get(kind="impression")
+    assert impression.experiment_group == "holdout" and impression.campaign_id == campaign.pk
+    assert client.post(reverse("shop_bundles:bundle_add", kwargs={"campaign_id": campaign.pk})).status_code == 404
+
+
+def test_treatment_shopper_sees_the_offer_and_gets_the_bundle(client, shop):
+    a, b, campaign = shop
+    page, cart = _shop_visit(client, a, b)
+    assert [o.campaign_id for o in page.context["offers"]] == [campaign.pk]
+    assert cart.context["priced"].discount_total == D("2.50")
+    order = Order.objects.get(source=Order.SOURCE_STOREFRONT)
+    assert order.experiment_group == "treatment" and order.total == D("22.50")
+    assert OfferEvent.objects.get(kind="impression").experiment_group == "treatment"
+
+
+def test_impressions_are_one_insert_per_page_view(client, shop):
+    client.get(reverse("shop_bundles:product_detail", kwargs={"sku": "A"}))  # creates the session
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as ctx:
+        client.get(reverse("shop_bundles:product_detail", kwargs={"sku": "A"}))
+    inserts = [q["sql"] for q in ctx.captured_queries if q["sql"].startswith('INSERT INTO "shop_bundles_offerevent"')]
+    assert len(inserts) == 1
+    assert OfferEvent.objects.filter(kind="impression").count() == 2
+
+
+# --- intervals: known answers ------------------------------------------------------------------
+
+def test_mean_interval_known_answer():
+    x = [1.0, 2.0, 3.0, 4.0, 5.0]
+    e = mean_estimate(x)
+    se = math.sqrt(2.5 / 5)  # sample variance 2.5, n = 5
+    assert e.value == 3.0 and e.se == pytest.approx(se)
+    assert (e.low, e.high) == pytest.approx((3 - 1.959964 * se, 3 + 1.959964 * se), rel=1e-6)
+    assert Z95 == pytest.approx(stats.norm.ppf(0.975))
+
+
+def test_ratio_delta_method_known_answer():
+    revenue = [10.0, 0.0, 30.0, 20.0]
+    orders = [1.0, 0.0, 2.0, 1.0]
+    e = ratio_estimate(revenue, orders)
+    # By hand: ybar = 15, xbar = 1, R = 15; s_y^2 = 500/3, s_x^2 = 2/3, s_xy = 30/3 = 10.
+    r, sy2, sx2, sxy = 15.0, 500 / 3, 2 / 3, 10.0
+    var = (sy2 - 2 * r * sxy + r * r * sx2) / (4 * 1.0 ** 2)
+    assert e.value == pytest.approx(15.0) and e.se == pytest.approx(math.sqrt(var))
+    assert var == pytest.approx(25 / 6)  # (500/3 - 300 + 150) / 4 = (50/3) / 4
+    assert e.high - e.value == pytest.approx(1.959964 * math.sqrt(var), rel=1e-6)
+
+
+def test_uplift_and_relative_uplift_known_answer():
+    t, h = mean_estimate([0, 1, 1, 1]), mean_estimate([0, 0, 1, 1])
+    d = difference(t, h)
+    assert d.value == pytest.approx(0.25)
+    assert d.se == pytest.approx(math.sqrt(t.se ** 2 + h.se ** 2))
+    rel = relative_uplift(t, h)
+    assert rel.value == pytest.approx(0.5)
+    assert rel.se == pytest.approx(1.5 * math.sqrt((t.se / 0.75) ** 2 + (h.se / 0.5) ** 2))
+
+
+def test_sample_ratio_mismatch_warns_only_on_drift():
+    ok = sample_ratio_mismatch({"treatment": 9030, "holdout": 970}, {"treatment": 0.9, "holdout": 0.1})
+    assert ok["mismatch"] is False
+    assert ok["p_value"] == pytest.approx(stats.chisquare([9030, 970], [9000, 1000]).pvalue)
+    bad = sample_ratio_mismatch({"treatment": 8700, "holdout": 1300}, {"treatment": 0.9, "holdout": 0.1})
+    assert bad["mismatch"] is True and bad["p_value"] < 0.001
+    assert bad["statistic"] == pytest.approx((300 ** 2) / 9000 + (300 ** 2) / 1000)
+
+
+# --- results from the tables ---------------------------------------------------------------------
+
+def _visitor(campaign, products, group, session, orders):
+    """An impression of ``campaign`` for a session, and its orders [(total, [(product, qty)])]."""
+    OfferEvent.objects.create(kind="impression", campaign=campaign, session_key=session, experiment_group=group)
+    for k, (total, lines) in enumerate(orders):
+        order = Order.objects.create(external_id=f"{session}-{k}", placed_at=timezone.now(),
+                                     source=Order.SOURCE_STOREFRONT, session_key=session, experiment_group=group,
+                                     total=D(total), subtotal=D(total))
+        for product, qty in lines:
+            OrderLine.objects.create(order=order, product=product, quantity=qty, unit_price=product.price)
+
+
+def test_results_per_visitor_with_known_values(settings, shop):
+    settings.SHOP_BUNDLES_HOLDOUT_SHARE = 0.5
+    a, b, campaign = shop
+    _visitor(campaign, (a, b), "treatment", "t1", [("25.00", [(a, 1), (b, 1)])])
+    _visitor(campaign, (a, b), "treatment", "t2", [("20.00", [(a, 1)])])
+    _visitor(campaign, (a, b), "treatment", "t3", [])
+    _visitor(campaign, (a, b), "holdout", "h1", [("5.00", [(b, 1)])])
+    _visitor(campaign, (a, b), "holdout", "h2", [])
+    res = experiment_results(campaign_id=campaign.pk)
+    assert res["visitors"] == {"treatment": 3, "holdout": 2}
+    assert res["attach_rate"]["treatment"]["value"] == pytest.approx(1 / 3)
+    assert res["attach_rate"]["holdout"]["value"] == 0.0
+    assert res["aov"]["treatment"]["value"] == pytest.approx(22.5)
+    assert res["revenue_per_visitor"]["treatment"]["value"] == pytest.approx(15.0)
+    assert res["revenue_per_visitor"]["uplift"]["value"] == pytest.approx(12.5)
+    # margin with the default 30 % margin rate: 0.3 * revenue (no discounts on these lines)
+    assert res["margin_per_visitor"]["holdout"]["value"] == pytest.approx(0.75)
+    assert res["srm"]["mismatch"] is False
+    assert {d["group"] for d in res["daily"]} == {"treatment", "holdout"}
+    text = experiment_results_csv([res])
+    assert text.splitlines()[0].startswith("data,scope,metric,series,value")
+    assert "live,campaign" in text and "revenue_per_visitor,uplift,12.500000" in text
+
+
+def test_dashboard_page_and_csv_export(client, settings, shop):
+    settings.SHOP_BUNDLES_HOLDOUT_SHARE = 0.5
+    a, b, campaign = shop
+    _visitor(campaign, (a, b), "treatment", "t1", [("25.00", [(a, 1), (b, 1)])])
+    _visitor(campaign, (a, b), "holdout", "h1", [("5.00", [(b, 1)])])
+    client.force_login(User.objects.create_superuser("boss", "b@example.com", "pw-For-tests-1"))
+    index = client.get(reverse("admin:index")).content.decode()
+    url = reverse("admin:shop_bundles_experimentdashboard_changelist")
+    assert url in index
+    page = client.get(url + "?data=live")
+    html = page.content.decode()
+    assert page.status_code == 200 and "<svg" in html and "daily attach rate" in html and "AB" in html
+    assert "SIMULATED" not in html
+    csv_response = client.get(url + "?data=live&format=csv")
+    assert csv_response["Content-Type"] == "text/csv"
+    assert "attach_rate,treatment,1.000000" in csv_response.content.decode()
+
+
+# --- replay ------------------------------------------------------------------------------------
+
+@pytest.fixture
+def history(shop):
+    """Imported baskets of 6 households in the held-out window; some hold A + B, some only A."""
+    a, b, campaign = shop
+    c = Product.objects.create(sku="C", name="Milk", price=D("1.50"), stock=0, department="DAIRY")
+    start = timezone.make_aware(datetime(2017, 11, 1, 12))
+    n = 0
+    for h in range(6):
+        customer = Customer.objects.create(external_id=f"hh{h}")
+        for k, lines in enumerate([[(a, 1), (b, 1), (c, 2)], [(a, 2)]]):
+            n += 1
+            order = Order.objects.create(external_id=f"cj{n}", customer=customer, source=Order.SOURCE_IMPORT,
+                                         placed_at=start + timedelta(days=7 * k + h))
+            for product, qty in lines:
+                OrderLine.objects.create(order=order, product=product, quantity=qty, unit_price=product.price)
+    Order.objects.create(external_id="old", customer=Customer.objects.get(external_id="hh0"),
+                         source=Order.SOURCE_IMPORT, placed_at=start - timedelta(days=60))
+    return campaign
+
+
+def test_simulate_shoppers_replays_baskets_through_the_storefront(settings, history, client):
+    settings.SHOP_BUNDLES_HOLDOUT_SHARE = 0.5
+    settings.SHOP_BUNDLES_EXPERIMENT_SALT = "replay-test"
+    call_command("simulate_shoppers", "--from", "2017-10-30", "--to", "2017-12-31", "--limit", "5",
+                 "--no-progress")
+    simulated = Order.objects.filter(source=Order.SOURCE_SIMULATED).select_related("customer")
+    assert simulated.count() == 10  # 5 households x 2 baskets
+    imported = {(o.customer.external_id, o.placed_at) for o in Order.objects.filter(
+        source=Order.SOURCE_IMPORT, placed_at__year=2017, placed_at__month__gte=11).select_related("customer")}
+    for order in simulated:
+        assert (order.customer.external_id, order.placed_at) in imported
+        group = assignment_group(f"cj-{order.customer.external_id}")
+        assert order.experiment_group == group
+        skus = sorted(order.lines.values_list("product__sku", flat=True))
+        if group == "holdout":
+            assert order.discount_total == D("0.00")
+        elif skus == ["A", "B", "C"]:  # the real basket holds the bundle: accepted
+            assert order.discount_total == D("2.50")
+    assert not Order.objects.filter(source=Order.SOURCE_STOREFRONT).exists()
+    assert OfferEvent.objects.filter(simulated=False).count() == 0
+    assert OfferEvent.objects.filter(kind="impression", simulated=True).count() > 0
+    frame = ml_bridge.lines_frame()
+    assert not set(frame["basket_id"]) & set(simulated.values_list("external_id", flat=True))
+    res = experiment_results(simulated=True)
+    groups = {assignment_group(f"cj-hh{h}") for h in range(5)}
+    assert sum(res["visitors"].values()) == 5 and {g for g, n in res["visitors"].items() if n} == groups
+    client.force_login(User.objects.create_superuser("boss", "b@example.com", "pw-For-tests-1"))
+    html = client.get(reverse("admin:shop_bundles_experimentdashboard_changelist")).content.decode()
+    assert "SIMULATED" in html
