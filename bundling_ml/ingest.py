@@ -110,11 +110,10 @@ from __future__ import annotations
 
 import codecs
 import csv
-import operator
 import datetime as dt
-import os
+import operator
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,6 +128,7 @@ __all__ = [
     "Rejection",
     "apply_cleaning_rules",
     "completejourney_import_frames",
+    "completejourney_promotions",
     "infer_date_format",
     "parse_mapping",
     "read_orders_csv",
@@ -963,6 +963,30 @@ def _aggregate_promotions(pm: pd.DataFrame) -> pd.DataFrame:
     return out[columns]
 
 
+def completejourney_promotions(promotions: pd.DataFrame, product_ids, *, weeks: int | None = None) -> pd.DataFrame:
+    """Aggregate the Complete Journey promotions table to product × week.
+
+    Args:
+        promotions: product_id, store_id (int), display_location,
+            mailer_location (str, ``'0'`` = none), week (int), one row per
+            product × store × week (20.9M rows in the full data).
+        product_ids: the catalogue (str or int ids); other products are dropped.
+        weeks: keep weeks 1..weeks (None: all).
+
+    Returns:
+        product_id (str), week (int64), week_start (date), display_location,
+        mailer_location (str), display_stores, mailer_stores (int64: distinct
+        stores), one row per product-week present in the table, sorted by
+        product_id then week (numerically).
+    """
+    pm = promotions
+    if weeks is not None:
+        pm = pm[pm["week"] <= int(weeks)]
+    ids = pd.to_numeric(pd.Series(product_ids), errors="coerce").dropna().astype("int64")
+    pm = pm[pm["product_id"].isin(ids)]
+    return _aggregate_promotions(pm)
+
+
 def completejourney_import_frames(
     transactions: pd.DataFrame,
     products: pd.DataFrame,
@@ -1069,12 +1093,7 @@ def completejourney_import_frames(
 
     promo = None
     if promotions is not None:
-        pm = promotions
-        if weeks is not None:
-            pm = pm[pm["week"] <= int(weeks)]
-        pm = pm[pm["product_id"].isin(catalogue["product_id"].astype("int64"))]
-        promo = _aggregate_promotions(pm)
-        report.notes["promotion_rows_read"] = int(len(pm))
+        promo = completejourney_promotions(promotions, prod["product_id"], weeks=weeks)
     n_orders = int(lines["basket_id"].nunique())
     report.notes.update({
         "baskets_read": baskets_read,

@@ -304,10 +304,13 @@ def score_bundles(
 
     Raises:
         FileNotFoundError: if the artifact is missing.
+        ValueError: if the artifact was written by the earlier pointwise model.
     """
     prog = _Progress(progress)
     prog(0.0, "loading model")
     model, meta = artifacts.load_model(artifact_dir)
+    if meta.get("model") != "bundle_list_ranker":
+        raise ValueError(f"artifact {artifact_dir} holds a {meta.get('model')!r} model from an older version; retrain it with train_model")
     vocab = ProductVocab.from_json(meta["vocab"])
     cols = rk.feature_columns(meta.get("pair_features", rk.ANON_FEATURES))
     excluded = set(meta.get("excluded_departments", [])) | {str(d).strip().upper() for d in excluded_departments}
