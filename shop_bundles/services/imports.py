@@ -675,6 +675,35 @@ def _bulk(model, objs_iter, total: int, bar) -> int:
     return model.objects.count() - before
 
 
+def _sqlite_insert(model, columns: tuple[str, ...], rows, bar, chunk: int = 50_000) -> int:
+    """Insert plain tuples with ``INSERT OR IGNORE`` and ``executemany`` (SQLite only).
+
+    Skips building a model instance per row, which makes the demo's 1.4M order
+    lines load in seconds rather than minutes. Rows that hit a unique
+    constraint are ignored, as ``bulk_create(ignore_conflicts=True)`` does.
+
+    Returns:
+        Number of rows actually inserted.
+    """
+    table = model._meta.db_table
+    column_list = ", ".join(f'"{c}"' for c in columns)
+    placeholders = ", ".join(["%s"] * len(columns))
+    sql = f'INSERT OR IGNORE INTO "{table}" ({column_list}) VALUES ({placeholders})'
+    before = model.objects.count()
+    with connection.cursor() as cursor:
+        batch = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) >= chunk:
+                cursor.executemany(sql, batch)
+                bar.update(len(batch))
+                batch = []
+        if batch:
+            cursor.executemany(sql, batch)
+            bar.update(len(batch))
+    return model.objects.count() - before
+
+
 def _dec(cents: int):
     from decimal import Decimal
 
@@ -709,11 +738,18 @@ def _write_orm(frames: dict, *, default_stock: int, progress: bool, timings: dic
         prod_ids = _id_map(Product, "sku", lines["sku"].drop_duplicates())
         tick("orders")
         bar.set_description("order lines")
-        created["order_lines"] = _bulk(OrderLine, (
-            OrderLine(order_id=order_ids[b], product_id=prod_ids[s], quantity=int(q), unit_price=_dec(u),
-                      discount=_dec(d))
-            for b, s, q, u, d in zip(lines["basket"], lines["sku"], lines["qty"], lines["unit"], lines["disc"])),
-            len(lines), bar)
+        if connection.vendor == "sqlite":
+            created["order_lines"] = _sqlite_insert(
+                OrderLine, ("order_id", "product_id", "quantity", "unit_price", "discount"),
+                ((order_ids[b], prod_ids[s], int(q), str(_dec(u)), str(_dec(d)))
+                 for b, s, q, u, d in zip(lines["basket"], lines["sku"], lines["qty"], lines["unit"], lines["disc"])),
+                bar)
+        else:
+            created["order_lines"] = _bulk(OrderLine, (
+                OrderLine(order_id=order_ids[b], product_id=prod_ids[s], quantity=int(q), unit_price=_dec(u),
+                          discount=_dec(d))
+                for b, s, q, u, d in zip(lines["basket"], lines["sku"], lines["qty"], lines["unit"], lines["disc"])),
+                len(lines), bar)
         tick("order_lines")
         created["promotions"] = 0
         promo = frames["promotions"]()
@@ -721,12 +757,18 @@ def _write_orm(frames: dict, *, default_stock: int, progress: bool, timings: dic
             _grow(bar, len(promo))
             bar.set_description("promotions")
             promo_ids = _id_map(Product, "sku", promo["sku"].drop_duplicates())
-            created["promotions"] = _bulk(Promotion, (
-                Promotion(product_id=promo_ids[s], week=int(w), week_start=ws, display_location=dl,
-                          mailer_location=ml, display_stores=int(ds), mailer_stores=int(ms))
-                for s, w, ws, dl, ml, ds, ms in zip(promo["sku"], promo["week"], promo["week_start"],
-                                                    promo["display_location"], promo["mailer_location"],
-                                                    promo["display_stores"], promo["mailer_stores"])
-                if s in promo_ids), len(promo), bar)
+            promo_rows = zip(promo["sku"], promo["week"], promo["week_start"], promo["display_location"],
+                             promo["mailer_location"], promo["display_stores"], promo["mailer_stores"])
+            if connection.vendor == "sqlite":
+                created["promotions"] = _sqlite_insert(
+                    Promotion, ("product_id", "week", "week_start", "display_location", "mailer_location",
+                                "display_stores", "mailer_stores"),
+                    ((promo_ids[s], int(w), connection.ops.adapt_datefield_value(ws), dl, ml, int(ds), int(ms))
+                     for s, w, ws, dl, ml, ds, ms in promo_rows if s in promo_ids), bar)
+            else:
+                created["promotions"] = _bulk(Promotion, (
+                    Promotion(product_id=promo_ids[s], week=int(w), week_start=ws, display_location=dl,
+                              mailer_location=ml, display_stores=int(ds), mailer_stores=int(ms))
+                    for s, w, ws, dl, ml, ds, ms in promo_rows if s in promo_ids), len(promo), bar)
             tick("promotions")
     return created
