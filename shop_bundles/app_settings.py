@@ -10,6 +10,8 @@ SHOP_BUNDLES_MIN_ANCHOR_BASKETS  an anchor needs this many training baskets to b
 SHOP_BUNDLES_DEFAULT_DISCOUNT_PERCENT  discount given to a campaign when staff don't change it.
 SHOP_BUNDLES_CAMPAIGN_DAYS       default campaign length in days.
 SHOP_BUNDLES_IMPORT_MAX_BYTES    CSV files larger than this are refused.
+SHOP_BUNDLES_BACKTEST_SAMPLE_BASKETS  test baskets sampled (seed 0) for a retrain's backtest, as in the
+                                 offline protocol (default 3000; None = every test basket).
 SHOP_BUNDLES_DEFAULT_MARGIN_RATES  {department: margin rate} used when a product has no cost:
                                  cost = price * (1 - rate); key "*" is the fallback (default 0.30).
 SHOP_BUNDLES_MIN_MARGIN_RATE     margin floor: a bundle never sells below cost * (1 + rate) (default 0.05).
@@ -31,6 +33,7 @@ DEFAULTS = {
     "DEFAULT_DISCOUNT_PERCENT": Decimal("10.00"),
     "CAMPAIGN_DAYS": 28,
     "IMPORT_MAX_BYTES": 2 * 1024 ** 3,
+    "BACKTEST_SAMPLE_BASKETS": 3000,
     "DEFAULT_MARGIN_RATES": {"*": 0.30},
     "MIN_MARGIN_RATE": 0.05,
     "DISCOUNT_GRID": (0.0, 0.05, 0.10, 0.15, 0.20, 0.25, 0.30),

@@ -33,7 +33,7 @@ from django.db.models import FloatField, QuerySet
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from .models import BundleSuggestion, Order, OrderLine, Product
+from .models import BundleSuggestion, Order, OrderLine, Product, Promotion
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +225,26 @@ def products_frame(products: QuerySet | None = None) -> pd.DataFrame:
     for column in ("product_id", "department", "category", "product_type", "brand"):
         frame[column] = frame[column].fillna("").astype(str)
     frame["price"] = frame["price"].astype("float64")
+    return frame.reset_index(drop=True)
+
+
+def promotions_frame(promotions: QuerySet | None = None) -> pd.DataFrame:
+    """Read weekly promotions into the frame ``bundling_ml.pipeline.train_model`` takes.
+
+    Returns:
+        DataFrame product_id (str, the SKU), week_start (datetime64[ns], first
+        day of the week), display, mailer (float64: number of stores with the
+        product on display / in the mailer that week). Rows without a
+        ``week_start`` are left out. Empty when the shop has no promotions.
+    """
+    qs = (Promotion.objects.all() if promotions is None else promotions).filter(week_start__isnull=False).order_by()
+    frame = _fetch(qs, ["product__sku", "week_start", Cast("display_stores", output_field=FloatField()),
+                        Cast("mailer_stores", output_field=FloatField())],
+                   ["product_id", "week_start", "display", "mailer"], text_columns=("product_id",))
+    frame["product_id"] = frame["product_id"].astype(str)
+    frame["week_start"] = pd.to_datetime(frame["week_start"]).astype("datetime64[ns]")
+    for column in ("display", "mailer"):
+        frame[column] = frame[column].astype("float64")
     return frame.reset_index(drop=True)
 
 

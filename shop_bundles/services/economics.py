@@ -39,9 +39,12 @@ def department_responses_fit(*, orders=None) -> dict:
     """
     from bundling_ml.economics import fit_department_responses, product_week_frame  # pure, no TensorFlow
 
-    orders = Order.objects.filter(source=Order.SOURCE_IMPORT) if orders is None else orders
     money = DecimalField(max_digits=16, decimal_places=2)
-    rows = (OrderLine.objects.filter(order__in=orders.values("pk"), quantity__gt=0, unit_price__gt=0)
+    # A plain join on the order's source, not ``order_id IN (subquery)``: on freshly loaded
+    # tables without statistics PostgreSQL picks a nested loop for the subquery form.
+    lines_qs = (OrderLine.objects.filter(order__source=Order.SOURCE_IMPORT) if orders is None
+                else OrderLine.objects.filter(order__in=orders.values("pk")))
+    rows = (lines_qs.filter(quantity__gt=0, unit_price__gt=0)
             .annotate(week=TruncWeek("order__placed_at"))
             .values("product__department", "product_id", "week")
             .annotate(units=Sum("quantity"),

@@ -124,19 +124,37 @@ def model_version_activate(*, version: ModelVersion, user=None, note: str = "") 
     return version
 
 
-def _activation_decision(new_metrics: dict) -> tuple[bool, str]:
-    """Decide whether a new version replaces the active one. Returns (activate, note)."""
-    active = ModelVersion.objects.filter(is_active=True).first()
-    new_ndcg = _model_ndcg(new_metrics)
-    if active is None:
+def activation_decision(new_metrics: dict, active_metrics: dict | None, *,
+                        active_label: str = "") -> tuple[bool, str]:
+    """Decide whether a new version replaces the active one (pure; no database access).
+
+    Args:
+        new_metrics: backtest metrics of the new version (``{"rows": [{"system": "model", "ndcg@10": ...}, ...]}``).
+        active_metrics: metrics of the active version, or None when there is no active version.
+        active_label: the active version's label, used in the note.
+
+    Returns:
+        ``(activate, note)``: activate unless the new model's NDCG@10 is more than
+        ``MAX_RELATIVE_NDCG_DROP`` below the active one's; the note says why.
+    """
+    if active_metrics is None:
         return True, "activated: first model version"
-    old_ndcg = _model_ndcg(active.metrics)
+    new_ndcg = _model_ndcg(new_metrics)
+    old_ndcg = _model_ndcg(active_metrics)
     if old_ndcg is None or new_ndcg is None:
-        return True, f"activated: the active version {active.label} has no comparable NDCG@10"
+        return True, f"activated: the active version {active_label} has no comparable NDCG@10"
     if new_ndcg >= old_ndcg * (1 - MAX_RELATIVE_NDCG_DROP):
-        return True, f"activated: NDCG@10 {new_ndcg:.4f} vs {old_ndcg:.4f} of {active.label}"
+        return True, f"activated: NDCG@10 {new_ndcg:.4f} vs {old_ndcg:.4f} of {active_label}"
     return False, (f"kept inactive: NDCG@10 {new_ndcg:.4f} is more than {MAX_RELATIVE_NDCG_DROP:.0%} below "
-                   f"{old_ndcg:.4f} of the active version {active.label}")
+                   f"{old_ndcg:.4f} of the active version {active_label}")
+
+
+def _activation_decision(new_metrics: dict) -> tuple[bool, str]:
+    """:func:`activation_decision` against the currently active version. Returns (activate, note)."""
+    active = ModelVersion.objects.filter(is_active=True).first()
+    if active is None:
+        return activation_decision(new_metrics, None)
+    return activation_decision(new_metrics, active.metrics or {}, active_label=active.label)
 
 
 def training_run_execute(*, run_id: int | None = None, trigger: str = "manual", slot: str | None = None,
@@ -234,7 +252,8 @@ def _train(run: TrainingRun, *, attempts: int, trigger: str, split_date, queue_s
         result = train_model(
             lines, products, out_dir=out_dir, split_date=split_date, seed=0, excluded_departments=excluded,
             progress=lambda f, s: report(_LOAD_SHARE + (1 - _LOAD_SHARE) * 0.999 * float(f), s),
-            max_queries=max_queries,
+            max_queries=max_queries, sample_baskets=app_settings.get("BACKTEST_SAMPLE_BASKETS"),
+            promotions=ml_bridge.promotions_frame(),
         )
         metrics = dict(result.metrics)
         history = {k: [float(v) for v in vals] for k, vals in dict(result.history or {}).items()}

@@ -1,10 +1,13 @@
 """The ML seam: database → frames (ml_bridge), training runs, model activation, scoring into suggestions.
 
-Fast tests stub ``bundling_ml.pipeline`` to check the seam's bookkeeping
-(W1 duplicate slots, W2 lost workers, the 2 % activation rule, failures);
-the ``slow`` tests train and score for real on a Complete Journey slice.
+Nothing here replaces the ML pipeline. The 2 % activation rule is a pure
+function tested on metric tables; a failure is a real ``train_model`` refusal;
+the bookkeeping tests (progress, W1 duplicate slots, W2 lost workers, the
+commands) share ONE real training on a tiny Complete Journey slice (class
+``TestOneRealTraining``); the ``slow`` tests train and score a larger slice.
 """
 import threading
+import time
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from decimal import ROUND_HALF_UP, Decimal
@@ -15,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from django.db import connections
+from django.db.models.signals import post_save
 from django.test.utils import override_settings
 from django.utils import timezone
 
@@ -27,11 +31,12 @@ from shop_bundles.models import (
     Order,
     OrderLine,
     Product,
+    StaffAction,
     TrainingRun,
 )
 from shop_bundles.services import training as training_service
 from shop_bundles.services.scoring import suggestions_score
-from shop_bundles.services.training import training_run_execute
+from shop_bundles.services.training import activation_decision, training_run_execute
 
 pytestmark = pytest.mark.django_db
 
@@ -172,120 +177,60 @@ def test_suggestions_from_frame_maps_rows_and_drops_unknown_products():
     assert suggestion.suggested_discount_percent == Decimal("12.35")
 
 
-# --------------------------------------------------------------------------- training seam with a stub pipeline
+# --------------------------------------------------------------------------- the 2 % activation rule (pure)
 
 
-def _metrics(model_ndcg: float) -> dict:
-    return {"split_date": "2017-01-15", "queries": 100, "rows": [
-        {"system": "model", "hr@10": 0.6, "ndcg@10": model_ndcg, "queries": 100, "seconds": 1.0},
-        {"system": "popularity", "hr@10": 0.4, "ndcg@10": 0.1, "queries": 100, "seconds": 0.1},
-        {"system": "cooccurrence_count", "hr@10": 0.5, "ndcg@10": 0.13, "queries": 100, "seconds": 0.2}]}
+def _metrics(model_ndcg: float | None) -> dict:
+    """A backtest table in the shape ``train_model`` reports (model row optional)."""
+    rows = [{"system": "popularity", "hr@10": 0.4, "ndcg@10": 0.1, "queries": 100, "seconds": 0.1},
+            {"system": "cooccurrence_count", "hr@10": 0.5, "ndcg@10": 0.13, "queries": 100, "seconds": 0.2}]
+    if model_ndcg is not None:
+        rows.insert(0, {"system": "model", "hr@10": 0.6, "ndcg@10": model_ndcg, "queries": 100, "seconds": 1.0})
+    return {"split_date": "2017-01-15", "queries": 100, "rows": rows}
 
 
-@pytest.fixture
-def stub_pipeline(monkeypatch, tmp_path, settings):
-    """Replace bundling_ml.pipeline.train_model with a recorder returning a chosen NDCG@10."""
-    import bundling_ml.pipeline
+def test_activation_decision_keeps_a_much_worse_model_inactive_and_activates_a_slightly_worse_one():
+    active = _metrics(0.200)
+    # 2.5 % below the active version: kept inactive, and the note says why.
+    assert activation_decision(_metrics(0.195), active, active_label="v1") == (
+        False, "kept inactive: NDCG@10 0.1950 is more than 2% below 0.2000 of the active version v1")
+    # 1.5 % below: within the tolerance, activated.
+    assert activation_decision(_metrics(0.197), active, active_label="v1") == (
+        True, "activated: NDCG@10 0.1970 vs 0.2000 of v1")
+    # Exactly 2 % below is still activated; better is activated.
+    assert activation_decision(_metrics(0.196), active, active_label="v1")[0] is True
+    assert activation_decision(_metrics(0.250), active, active_label="v1")[0] is True
 
+
+def test_activation_decision_first_version_and_incomparable_tables():
+    assert activation_decision(_metrics(0.01), None) == (True, "activated: first model version")
+    assert activation_decision(_metrics(0.01), _metrics(None), active_label="v1") == (
+        True, "activated: the active version v1 has no comparable NDCG@10")
+    assert activation_decision(_metrics(None), _metrics(0.3), active_label="v1")[0] is True
+
+
+# --------------------------------------------------------------------------- the training seam without a model
+
+
+@override_settings(TIME_ZONE="America/Chicago")
+def test_failed_training_is_marked_failed_with_the_error_and_reraised(settings, tmp_path):
+    # Two baskets on one day: the default split (one week after the first day) leaves no test period,
+    # which bundling_ml.pipeline.train_model refuses.
     settings.SHOP_BUNDLES_ARTIFACT_DIR = str(tmp_path)
-    state = SimpleNamespace(calls=[], ndcg=0.2, fail=None)
-
-    def train_model(lines, products, *, out_dir, split_date=None, seed=0, excluded_departments=(), progress=None,
-                    max_queries=None):
-        state.calls.append({"lines": lines, "products": products, "out_dir": out_dir, "split_date": split_date,
-                            "excluded": excluded_departments})
-        for i in range(5):
-            progress(i / 5, f"epoch {i}")
-        if state.fail:
-            raise state.fail
-        Path(out_dir).mkdir(parents=True)
-        return SimpleNamespace(artifact_dir=Path(out_dir), metadata={"epochs": 5}, metrics=_metrics(state.ndcg),
-                               history={"loss": [0.9, 0.5], "val_loss": [0.95, 0.6]})
-
-    monkeypatch.setattr(bundling_ml.pipeline, "train_model", train_model)
     _tiny_orders()
-    return state
-
-
-def test_training_run_records_version_metrics_history_and_activates_the_first(stub_pipeline, settings,
-                                                                             django_capture_on_commit_callbacks,
-                                                                             monkeypatch):
-    queued = []
-    monkeypatch.setattr("shop_bundles.tasks.score_suggestions.delay", lambda pk: queued.append(pk))
-    with django_capture_on_commit_callbacks(execute=True):
-        result = training_run_execute(trigger="manual")
-    run = TrainingRun.objects.get()
-    version = ModelVersion.objects.get()
-    assert result["status"] == "succeeded" and result["model_version_id"] == version.pk
-    assert (run.status, run.progress, run.stage, run.model_version) == ("succeeded", 1.0, "done", version)
-    assert run.history == {"loss": [0.9, 0.5], "val_loss": [0.95, 0.6]}
-    assert version.is_active and version.activated_at is not None
-    assert [r["system"] for r in version.metrics["rows"]] == ["model", "popularity", "cooccurrence_count"]
-    assert str(version.split_date) == "2017-01-15"
-    assert Path(version.artifact_path).parent == Path(settings.SHOP_BUNDLES_ARTIFACT_DIR)
-    assert version.data_start < version.data_end
-    call = stub_pipeline.calls[0]
-    assert len(call["lines"]) == 3 and "FUEL" in call["excluded"]
-    assert queued == [version.pk]  # scoring queued on commit
-
-
-def test_a_much_worse_model_is_kept_inactive_and_a_slightly_worse_one_activated(stub_pipeline):
-    stub_pipeline.ndcg = 0.200
-    training_run_execute(queue_scoring=False)
-    first = ModelVersion.objects.get(is_active=True)
-    stub_pipeline.ndcg = 0.195  # 2.5 % below: kept inactive
-    result = training_run_execute(queue_scoring=False)
-    worse = ModelVersion.objects.get(pk=result["model_version_id"])
-    assert not worse.is_active and "more than 2% below" in worse.notes and not result["activated"]
-    assert ModelVersion.objects.get(is_active=True) == first
-    stub_pipeline.ndcg = 0.197  # 1.5 % below: activated
-    result = training_run_execute(queue_scoring=False)
-    assert ModelVersion.objects.get(is_active=True).pk == result["model_version_id"]
-
-
-def test_failed_training_is_marked_failed_with_the_error_and_reraised(stub_pipeline):
-    stub_pipeline.fail = MemoryError("out of memory in epoch 3")
-    with pytest.raises(MemoryError):
+    with pytest.raises(ValueError, match="split date 2017-01-08 leaves 3 training and 0 test lines"):
         training_run_execute(slot="nightly:2026-11-30")
     run = TrainingRun.objects.get()
-    assert run.status == "failed" and run.error.startswith("MemoryError: out of memory in epoch 3")
+    assert run.status == "failed"
+    assert run.error.startswith("ValueError: split date 2017-01-08 leaves 3 training and 0 test lines")
     assert run.finished_at is not None and not ModelVersion.objects.exists()
+    assert run.data_start is not None and list(tmp_path.iterdir()) == []  # nothing written
+
+    again = training_run_execute(slot="nightly:2026-11-30")  # a failed slot is not retried
+    assert again["status"] == "duplicate" and "already failed" in again["message"]
 
 
-def test_progress_is_throttled_but_reaches_the_database(stub_pipeline, monkeypatch):
-    saved = []
-    original = TrainingRun.save
-
-    def spy(self, *args, **kwargs):
-        if kwargs.get("update_fields") == ["progress", "stage"]:
-            saved.append((self.progress, self.stage))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(TrainingRun, "save", spy)
-    training_run_execute(queue_scoring=False)
-    stages = [s for _, s in saved]
-    assert "epoch 0" in stages and "epoch 4" in stages  # every stage change is written
-    assert all(0 <= p <= 1 for p, _ in saved)
-    assert [p for p, _ in saved] == sorted(p for p, _ in saved)
-
-
-def test_w1_second_delivery_for_the_same_slot_exits_early(stub_pipeline):
-    first = training_run_execute(trigger="schedule", slot="nightly:2026-11-30", queue_scoring=False)
-    second = training_run_execute(trigger="schedule", slot="nightly:2026-11-30", queue_scoring=False)
-    assert first["status"] == "succeeded"
-    assert second["status"] == "duplicate" and second["run_id"] == first["run_id"]
-    assert "already succeeded" in second["message"]
-    assert len(stub_pipeline.calls) == 1 and TrainingRun.objects.count() == 1
-
-
-def test_scheduled_runs_without_a_slot_share_the_day_slot(stub_pipeline):
-    training_run_execute(trigger="schedule", queue_scoring=False)
-    again = training_run_execute(trigger="schedule", queue_scoring=False)
-    assert again["status"] == "duplicate"
-    assert TrainingRun.objects.get().slot == f"schedule:{timezone.localdate().isoformat()}"
-
-
-def test_w1_delivery_while_another_worker_trains_the_slot_exits_early(stub_pipeline):
+def test_w1_delivery_while_another_worker_trains_the_slot_exits_early():
     run = TrainingRun.objects.create(slot="nightly:x", status="running", params={"attempts": 1})
     holding, release = threading.Event(), threading.Event()
 
@@ -306,22 +251,235 @@ def test_w1_delivery_while_another_worker_trains_the_slot_exits_early(stub_pipel
         release.set()
         thread.join(10)
     assert result["status"] == "duplicate" and "being trained by another worker" in result["message"]
-    assert stub_pipeline.calls == []
+    # Not touched: no attempt counted, nothing trained (there are no orders, so training would have failed).
+    run.refresh_from_db()
+    assert (run.status, run.params, run.error) == ("running", {"attempts": 1}, "")
+    assert not ModelVersion.objects.exists()
 
 
-def test_w2_redelivery_after_a_lost_worker_retrains_then_gives_up(stub_pipeline):
-    # The run is "running" but nobody holds its lock: the worker that ran it died.
-    run = TrainingRun.objects.create(slot="nightly:y", status="running", params={"attempts": 1})
-    result = training_run_execute(trigger="schedule", slot="nightly:y", queue_scoring=False)
-    assert result["status"] == "succeeded" and TrainingRun.objects.get(pk=run.pk).params["attempts"] == 2
+# --------------------------------------------------------------------------- one real training, shared
 
-    lost = TrainingRun.objects.create(slot="nightly:z", status="running",
-                                      params={"attempts": training_service.MAX_ATTEMPTS})
-    result = training_run_execute(trigger="schedule", slot="nightly:z")
-    lost.refresh_from_db()
-    assert result["status"] == "failed" and lost.status == "failed"
-    assert "worker was lost during training 3 times" in lost.error
-    assert len(stub_pipeline.calls) == 1
+
+#: Stages bundling_ml.pipeline.train_model (and the service around it) really report, in order.
+PIPELINE_STAGES = ["preparing lines", "counting co-purchases", "training statistics", "training anonymous ranker",
+                   "training shopper ranker", "backtest", "saving artifact", "done"]
+MAX_QUERIES = 300
+
+
+def tiny_cj_slice(cj_slice: dict, *, households: int = 40, weeks: int = 10) -> dict:
+    """Cut the session's CJ slice further: ``households`` of its households (seeded) over its first ``weeks``."""
+    tx = cj_slice["transactions"]
+    keep = tx["household_id"].drop_duplicates().sample(n=households, random_state=1)
+    part = tx[tx["household_id"].isin(keep) & (tx["week"] <= weeks)].reset_index(drop=True)
+    products = cj_slice["products"]
+    return {"transactions": part, "products": products[products["product_id"].isin(part["product_id"])]}
+
+
+def _flush_shop_tables():
+    from django.apps import apps
+    from django.core.management.color import no_style
+
+    tables = [m._meta.db_table for m in apps.get_app_config("shop_bundles").get_models(include_auto_created=True)
+              if not m._meta.proxy and m._meta.managed]
+    connections["default"].ops.execute_sql_flush(
+        connections["default"].ops.sql_flush(no_style(), tables, allow_cascade=True))
+
+
+@pytest.fixture(scope="class")
+def trained(request, django_db_setup, django_db_blocker, cj_slice, tmp_path_factory):
+    """Load a tiny CJ slice and train ONE real model, committed for the whole class.
+
+    The training is a W2 redelivery: today's scheduled run was left ``running`` (attempt 1) by a
+    worker that died, so the scheduled delivery retrains it for real (attempt 2). Records every
+    progress callback and every progress write of the run (via ``post_save``).
+    The class's tests run in their own rolled-back transactions on top of this state; the
+    tables are flushed afterwards so the rest of the module starts from an empty database.
+    """
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    settings_override = override_settings(SHOP_BUNDLES_ARTIFACT_DIR=str(artifacts))
+    settings_override.enable()
+    callbacks, writes = [], []
+
+    def on_write(sender, instance, update_fields=None, **kwargs):
+        if update_fields is not None and set(update_fields) == {"progress", "stage"}:
+            writes.append((instance.progress, instance.stage, time.monotonic()))
+
+    with django_db_blocker.unblock():
+        counts = load_cj_slice(tiny_cj_slice(cj_slice))
+        lost = TrainingRun.objects.create(slot=training_service.schedule_slot("schedule", None), status="running",
+                                          params={"trigger": "schedule", "attempts": 1})
+        post_save.connect(on_write, sender=TrainingRun, dispatch_uid="test_training.on_write")
+        try:
+            result = training_run_execute(trigger="schedule", queue_scoring=False, max_queries=MAX_QUERIES,
+                                          on_progress=lambda f, s: callbacks.append((f, s)))
+        finally:
+            post_save.disconnect(sender=TrainingRun, dispatch_uid="test_training.on_write")
+        state = SimpleNamespace(result=result, counts=counts, lost_run_id=lost.pk, callbacks=callbacks, writes=writes,
+                                artifacts=artifacts, run=TrainingRun.objects.get(pk=result["run_id"]),
+                                version=ModelVersion.objects.get(pk=result["model_version_id"]))
+    try:
+        yield state
+    finally:
+        with django_db_blocker.unblock():
+            _flush_shop_tables()
+        settings_override.disable()
+
+
+@pytest.mark.usefixtures("trained")
+class TestOneRealTraining:
+    """Everything that needs a trained model shares the one real training of ``trained``."""
+
+    def test_training_run_records_version_metrics_history_and_activates_the_first(self, trained):
+        run, version, result = TrainingRun.objects.get(), ModelVersion.objects.get(), trained.result
+        assert result["status"] == "succeeded" and result["model_version_id"] == version.pk
+        assert result["activated"] and result["message"] == "activated: first model version"
+        assert (run.status, run.progress, run.stage, run.model_version) == ("succeeded", 1.0, "done", version)
+        assert version.is_active and version.activated_at is not None
+        assert version.notes == "activated: first model version"
+        # The backtest table of the real pipeline, capped at MAX_QUERIES queries.
+        rows = {r["system"]: r for r in version.metrics["rows"]}
+        assert {"model", "popularity", "cooccurrence_count"} <= set(rows)
+        assert 0 < version.metrics["queries"] <= MAX_QUERIES
+        assert rows["model"]["queries"] == rows["popularity"]["queries"] == version.metrics["queries"]
+        assert all(0 <= r["ndcg@10"] <= r["hr@10"] <= 1 for r in rows.values())
+        assert run.metrics == version.metrics and str(version.split_date) == version.metrics["split_date"]
+        assert version.data_start.date() < version.split_date < version.data_end.date()
+        # Two epochs (train_model's default), one loss per epoch.
+        assert len(run.history["loss"]) == len(run.history["val_loss"]) == 2
+        assert Path(version.artifact_path).parent == trained.artifacts
+        assert (Path(version.artifact_path) / "model.keras").exists()
+        assert version.metadata["training_run"] == run.pk and version.metadata["lines"] == trained.counts["lines"]
+        assert "FUEL" in run.params["excluded_departments"] and run.params["max_queries"] == MAX_QUERIES
+        assert "FUEL" in version.metadata["excluded_departments"]
+
+    def test_progress_is_throttled_but_reaches_the_database(self, trained):
+        assert TrainingRun.objects.get().progress == 1.0
+        written = [(p, s) for p, s, _ in trained.writes]
+        stages = [s for _, s in written]
+        # Every stage the pipeline reported was written (stage changes are never throttled) ...
+        assert [s for s in dict.fromkeys(s for _, s in trained.callbacks)] == list(dict.fromkeys(stages))
+        assert stages[0] == f"loaded {trained.counts['lines']:,} order lines" and stages[-1] == "done"
+        reported = set(stages)
+        assert all(any(s == stage or s.startswith(stage) or stage in s for s in reported) for stage in PIPELINE_STAGES)
+        assert "anonymous training epoch 1/2" in reported and "anonymous training epoch 2/2" in reported
+        # ... while repeats of one stage are written at most once per PROGRESS_INTERVAL.
+        assert len(written) <= len(trained.callbacks)
+        for (_, s1, t1), (_, s2, t2) in zip(trained.writes, trained.writes[1:]):
+            assert s1 != s2 or t2 - t1 >= training_service.PROGRESS_INTERVAL
+        assert all(0 <= p <= 1 for p, _ in written)
+        assert [p for p, _ in written] == sorted(p for p, _ in written)
+
+    def test_w1_second_delivery_for_the_same_slot_exits_early(self, trained):
+        second = training_run_execute(trigger="schedule", slot=trained.run.slot, queue_scoring=False)
+        assert second["status"] == "duplicate" and second["run_id"] == trained.run.pk
+        assert second["model_version_id"] == trained.version.pk
+        assert f"slot {trained.run.slot} already succeeded" in second["message"]
+        assert TrainingRun.objects.count() == 1 and ModelVersion.objects.count() == 1
+
+    def test_scheduled_runs_without_a_slot_share_the_day_slot(self, trained):
+        assert TrainingRun.objects.get().slot == f"schedule:{timezone.localdate().isoformat()}"
+        again = training_run_execute(trigger="schedule", queue_scoring=False)
+        assert again["status"] == "duplicate" and again["run_id"] == trained.run.pk
+        assert TrainingRun.objects.count() == 1
+
+    def test_w2_redelivery_after_a_lost_worker_retrains_then_gives_up(self, trained):
+        # The shared training was the redelivery of a run whose worker died: same run, attempt 2, succeeded.
+        run = TrainingRun.objects.get()
+        assert (run.pk, run.status, run.params["attempts"]) == (trained.lost_run_id, "succeeded", 2)
+
+        lost = TrainingRun.objects.create(slot="nightly:z", status="running",
+                                          params={"attempts": training_service.MAX_ATTEMPTS})
+        result = training_run_execute(trigger="schedule", slot="nightly:z")
+        lost.refresh_from_db()
+        assert result["status"] == "failed" and lost.status == "failed"
+        assert "worker was lost during training 3 times" in lost.error
+        assert ModelVersion.objects.count() == 1  # the give-up did not train
+        assert ModelVersion.objects.get(is_active=True) == trained.version  # the active model stays active
+
+    def test_the_2_percent_rule_on_the_real_backtest_table(self, trained):
+        first = trained.version
+        real = first.metrics
+        ndcg = next(r["ndcg@10"] for r in real["rows"] if r["system"] == "model")
+        assert ndcg > 0
+
+        def scaled(factor: float) -> dict:
+            return {**real, "rows": [{**r, "ndcg@10": r["ndcg@10"] * factor} if r["system"] == "model" else r
+                                     for r in real["rows"]]}
+
+        assert activation_decision(scaled(0.975), real, active_label=first.label) == (
+            False, f"kept inactive: NDCG@10 {ndcg * 0.975:.4f} is more than 2% below {ndcg:.4f} of the active "
+                   f"version {first.label}")
+        assert activation_decision(scaled(0.985), real, active_label=first.label) == (
+            True, f"activated: NDCG@10 {ndcg * 0.985:.4f} vs {ndcg:.4f} of {first.label}")
+        assert activation_decision(real, real, active_label=first.label)[0] is True  # a retrain on the same data
+
+    def test_model_version_activate_switches_the_active_version(self, trained, django_user_model):
+        first = trained.version
+        staff = django_user_model.objects.create_user("staff", is_staff=True)
+        second = ModelVersion.objects.create(label="v-second", artifact_path=first.artifact_path,
+                                             data_start=first.data_start, data_end=first.data_end,
+                                             split_date=first.split_date, metrics=first.metrics)
+        training_service.model_version_activate(version=second, user=staff, note="rolled forward by staff")
+        first.refresh_from_db()
+        assert not first.is_active and list(ModelVersion.objects.filter(is_active=True)) == [second]
+        assert second.activated_at is not None and second.notes == "rolled forward by staff"
+        action = StaffAction.objects.get()
+        assert (action.user, action.action) == (staff, "activate_model")
+        assert action.detail == f"model version v-second (id {second.pk})"
+
+    def test_train_bundles_command_prints_the_backtest_table(self, trained):
+        """The second (and last) real training of the class; its version goes through the 2 % rule."""
+        from io import StringIO
+
+        from django.core.management import call_command
+
+        out = StringIO()
+        call_command("train_bundles", "--split-date", "2017-02-26", "--slot", "s1", "--max-queries",
+                     str(MAX_QUERIES), "--no-score", stdout=out, verbosity=0)
+        text = out.getvalue()
+        first = trained.version
+        version = ModelVersion.objects.exclude(pk=first.pk).get()
+        assert str(version.split_date) == version.metrics["split_date"] == "2017-02-26"
+        assert TrainingRun.objects.get(slot="s1").params["split_date"] == "2017-02-26"
+        assert f"Backtest (split date 2017-02-26, {version.metrics['queries']} queries)" in text
+        for row in version.metrics["rows"]:
+            assert f"{row['system']:<22}{row['hr@10']:>8.4f}{row['ndcg@10']:>10.4f}" in text
+        # The 2 % rule against the first version, as the pure function decides it on the two real tables.
+        activate, note = activation_decision(version.metrics, first.metrics, active_label=first.label)
+        assert version.notes == note and note in text
+        assert ModelVersion.objects.get(is_active=True) == (version if activate else first)
+
+        call_command("train_bundles", "--slot", "s1", "--no-score", stdout=out, verbosity=0)
+        call_command("train_bundles", "--slot", trained.run.slot, "--no-score", stdout=out, verbosity=0)
+        text = out.getvalue()
+        assert "Not trained: slot s1 already succeeded" in text
+        assert f"Not trained: slot {trained.run.slot} already succeeded" in text
+        assert ModelVersion.objects.count() == 2 and TrainingRun.objects.count() == 2
+
+    def test_score_bundles_command_writes_and_counts(self, trained):
+        from io import StringIO
+
+        from django.core.management import call_command
+
+        Product.objects.update(stock=5)
+        out = StringIO()
+        call_command("score_bundles", stdout=out, verbosity=0)
+        suggestions = BundleSuggestion.objects.filter(status="pending", model_version=trained.version)
+        created = suggestions.count()
+        assert created > 0 and f"{created} new pending suggestions" in out.getvalue()
+        assert BundleSuggestion.objects.count() == created
+        # The real scorer applied the service's settings: anchors bought in >= 20 baskets, no FUEL items.
+        for suggestion in suggestions:
+            assert suggestion.anchor.order_lines.values("order").distinct().count() >= 20
+            assert suggestion.co_purchase_count >= 3 and suggestion.items.count() in (2, 3)
+            assert not suggestion.items.filter(product__department="FUEL").exists()
+
+        call_command("demo_approve", "--top", "5", stdout=out, verbosity=0)
+        text = out.getvalue()
+        approved = min(5, created)
+        assert "created staff user 'demo-staff' with password" in text and f"approved {approved} suggestions" in text
+        assert BundleCampaign.objects.count() == approved
+        assert {c.approved_by.username for c in BundleCampaign.objects.all()} == {"demo-staff"}
 
 
 def test_tensorflow_is_not_imported_by_the_seam_modules():
@@ -405,54 +563,3 @@ def test_scoring_skips_unavailable_products_and_live_campaigns(cj_slice, tmp_pat
     assert approved.signature not in signatures and dropped.signature not in signatures
     assert second["skipped_reasons"].get("product inactive or out of stock", 0) >= 1
     assert second["created"] < first["created"]
-
-
-# --------------------------------------------------------------------------- management commands
-
-
-def test_train_bundles_command_prints_the_backtest_table(stub_pipeline):
-    from io import StringIO
-
-    from django.core.management import call_command
-
-    out = StringIO()
-    call_command("train_bundles", "--split-date", "2017-01-15", "--no-score", stdout=out, verbosity=0)
-    text = out.getvalue()
-    assert "Backtest (split date 2017-01-15, 100 queries)" in text
-    assert "cooccurrence_count" in text and "0.2000" in text and "activated: first model version" in text
-    assert str(stub_pipeline.calls[0]["split_date"]) == "2017-01-15"
-
-    call_command("train_bundles", "--slot", "s1", "--no-score", stdout=out, verbosity=0)
-    call_command("train_bundles", "--slot", "s1", "--no-score", stdout=out, verbosity=0)
-    assert "Not trained: slot s1 already succeeded" in out.getvalue()
-
-
-def test_score_bundles_command_writes_and_counts(stub_pipeline, monkeypatch):
-    from io import StringIO
-
-    import bundling_ml.pipeline
-    from django.core.management import call_command
-
-    training_run_execute(queue_scoring=False)
-    frame = pd.DataFrame([{"anchor": "007", "items": ("007", "22001"), "score": 0.8, "co_purchase_count": 12,
-                           "support": 0.01, "confidence": 0.3, "lift": 2.0, "expected_attach_rate": 0.3,
-                           "suggested_discount_percent": 10.0, "reasons": "Bought together in 12 baskets"}])
-    seen = {}
-
-    def score_bundles(artifact_dir, lines, products, **kwargs):
-        seen.update(kwargs, artifact_dir=artifact_dir)
-        return frame
-
-    monkeypatch.setattr(bundling_ml.pipeline, "score_bundles", score_bundles)
-    Product.objects.update(stock=5)
-    out = StringIO()
-    call_command("score_bundles", stdout=out, verbosity=0)
-    assert "1 new pending suggestions" in out.getvalue()
-    assert seen["min_anchor_baskets"] == 20 and seen["max_bundles"] == 5000 and "FUEL" in seen["excluded_departments"]
-    suggestion = BundleSuggestion.objects.get()
-    assert (suggestion.status, suggestion.signature, suggestion.co_purchase_count) == ("pending", "007+22001", 12)
-
-    call_command("demo_approve", "--top", "5", stdout=out, verbosity=0)
-    text = out.getvalue()
-    assert "created staff user 'demo-staff' with password" in text and "approved 1 suggestions" in text
-    assert BundleCampaign.objects.get().approved_by.username == "demo-staff"
