@@ -1,4 +1,4 @@
-"""Product features (categorical vocabularies with OOV buckets) and pair features.
+"""Product features: categorical vocabularies with OOV buckets, and the encoded product table.
 
 Product features: department, category, product_type, brand are mapped to
 integer ids for Keras ``Embedding`` layers. Id layout per field:
@@ -7,20 +7,8 @@ integer ids for Keras ``Embedding`` layers. Id layout per field:
 ``n_oov + i`` is the i-th vocabulary value. Vocabularies are stored in the
 artifact metadata, so encoding is identical at training and scoring time.
 
-Pair features (one row per (anchor, candidate) pair), in this column order
-(:data:`PAIR_FEATURES`):
-
-0. ``log1p_count``   log(1 + n_ab * 100000 / N): co-purchase count per
-   100k baskets, so that windows of different length are comparable
-1. ``log_lift``      log((n_ab + 1) / (n_a * n_b / N + 1)), an add-one
-   smoothed lift (defined at n_ab = 0)
-2. ``confidence``    n_ab / n_a
-3. ``jaccard``       n_ab / (n_a + n_b - n_ab)
-4. ``cand_log_pop``  log(1 + n_b * 100000 / N)
-5. ``anchor_log_pop`` log(1 + n_a * 100000 / N)
-6. ``same_category`` 1.0 if both have the same non-empty category
-7. ``same_department`` 1.0 if both have the same non-empty department
-8. ``reverse_confidence`` n_ab / n_b
+Pair features of the ranker live in :mod:`bundling_ml.ranking`
+(``ANON_FEATURES``, ``SHOPPER_FEATURES``).
 """
 from __future__ import annotations
 
@@ -30,20 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bundling_ml.stats import PairStats
 
 CATEGORICAL_FIELDS = ("department", "category", "product_type", "brand")
-PAIR_FEATURES = (
-    "log1p_count",
-    "log_lift",
-    "confidence",
-    "jaccard",
-    "cand_log_pop",
-    "anchor_log_pop",
-    "same_category",
-    "same_department",
-    "reverse_confidence",
-)
 COUNT_SCALE = 100_000.0
 
 
@@ -164,59 +140,3 @@ class ProductTable:
             category=raw_codes("category"),
             department=raw_codes("department"),
         )
-
-
-def pair_features(stats: PairStats, table: ProductTable, anchors: np.ndarray, cands: np.ndarray) -> np.ndarray:
-    """Pair features of (anchor, candidate) index pairs.
-
-    Args:
-        stats: co-purchase statistics (same product index as ``table``).
-        table: encoded products.
-        anchors: (n,) int product indices.
-        cands: (n,) int product indices.
-
-    Returns:
-        (n, len(PAIR_FEATURES)) float32 matrix; columns as documented in the
-        module docstring.
-    """
-    a = np.asarray(anchors, dtype=np.int64)
-    c = np.asarray(cands, dtype=np.int64)
-    N = float(max(stats.n_baskets, 1))
-    nab = stats.count(a, c).astype(np.float64)
-    na = stats.item_counts[a].astype(np.float64)
-    nb = stats.item_counts[c].astype(np.float64)
-    scale = COUNT_SCALE / N
-    out = np.empty((len(a), len(PAIR_FEATURES)), dtype=np.float32)
-    out[:, 0] = np.log1p(nab * scale)
-    out[:, 1] = np.log((nab + 1.0) / (na * nb / N + 1.0))
-    out[:, 2] = np.divide(nab, na, out=np.zeros(len(a)), where=na > 0)
-    den = na + nb - nab
-    out[:, 3] = np.divide(nab, den, out=np.zeros(len(a)), where=den > 0)
-    out[:, 4] = np.log1p(nb * scale)
-    out[:, 5] = np.log1p(na * scale)
-    ca, cc = table.category[a], table.category[c]
-    out[:, 6] = ((ca == cc) & (ca >= 0)).astype(np.float32)
-    da, dc = table.department[a], table.department[c]
-    out[:, 7] = ((da == dc) & (da >= 0)).astype(np.float32)
-    out[:, 8] = np.divide(nab, nb, out=np.zeros(len(a)), where=nb > 0)
-    return out
-
-
-def model_inputs(stats: PairStats, table: ProductTable, anchors: np.ndarray, cands: np.ndarray) -> dict:
-    """Keras input dict for (anchor, candidate) pairs.
-
-    Returns:
-        dict with ``a_<field>`` and ``c_<field>`` (n,) int32 ids for each
-        categorical field, ``a_log_price`` / ``c_log_price`` (n, 1) float32,
-        and ``pair`` (n, len(PAIR_FEATURES)) float32.
-    """
-    a = np.asarray(anchors, dtype=np.int64)
-    c = np.asarray(cands, dtype=np.int64)
-    x = {}
-    for f in CATEGORICAL_FIELDS:
-        x[f"a_{f}"] = table.codes[f][a]
-        x[f"c_{f}"] = table.codes[f][c]
-    x["a_log_price"] = table.log_price[a].reshape(-1, 1)
-    x["c_log_price"] = table.log_price[c].reshape(-1, 1)
-    x["pair"] = pair_features(stats, table, a, c)
-    return x

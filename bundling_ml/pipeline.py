@@ -42,7 +42,7 @@ from bundling_ml.data import (
     temporal_split,
 )
 from bundling_ml.evaluation import cooccurrence_ranker, evaluate_system, popularity_ranker
-from bundling_ml.features import CATEGORICAL_FIELDS, COUNT_SCALE, PAIR_FEATURES, ProductTable, ProductVocab
+from bundling_ml.features import CATEGORICAL_FIELDS, COUNT_SCALE, ProductTable, ProductVocab
 from bundling_ml.pricing import suggested_discount_percent
 from bundling_ml.stats import PairStats
 

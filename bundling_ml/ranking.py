@@ -45,6 +45,9 @@ from bundling_ml.data import basket_matrix
 from bundling_ml.features import CATEGORICAL_FIELDS, COUNT_SCALE, ProductTable
 from bundling_ml.stats import PairStats
 
+#: Embedding width per categorical field (shared by anchor and candidate).
+EMBED_DIMS = {"department": 4, "category": 12, "product_type": 16, "brand": 2}
+
 ANON_FEATURES = (
     "log1p_count", "log_lift", "confidence", "jaccard", "cand_log_pop", "anchor_log_pop",
     "same_category", "same_department", "reverse_confidence",
@@ -549,7 +552,6 @@ def build_listwise_model(vocab, n_features: int, *, mean=None, var=None, seed: i
     import keras
     from keras import layers
 
-    from bundling_ml.model import EMBED_DIMS
 
     keras.utils.set_random_seed(seed)
     inputs, parts = {}, []
