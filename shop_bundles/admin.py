@@ -126,11 +126,8 @@ def svg_line_chart(series: dict[str, list[float]], *, width: int = 420, height: 
     return mark_safe("".join(str(p) for p in parts))  # noqa: S308 - every interpolated value is numeric or escaped
 
 
-def backtest_table(metrics: dict | None) -> str:
-    """Render a backtest table (``ModelVersion.metrics``) as an HTML table: system, HR@10, NDCG@10, queries, seconds."""
-    rows = (metrics or {}).get("rows") or []
-    if not rows:
-        return format_html("<span>{}</span>", "No backtest recorded.")
+def _backtest_rows_html(rows: list, caption: str) -> str:
+    """One backtest table as HTML: system, HR@10, NDCG@10, queries, seconds."""
 
     def fmt(value, pattern):
         return "" if value is None else pattern.format(value)
@@ -138,10 +135,29 @@ def backtest_table(metrics: dict | None) -> str:
     body = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", (
         (row.get("system", ""), fmt(row.get("hr@10"), "{:.4f}"), fmt(row.get("ndcg@10"), "{:.4f}"),
          fmt(row.get("queries"), "{:,}"), fmt(row.get("seconds"), "{:.1f}")) for row in rows))
-    caption = f"split date {metrics.get('split_date', '?')}, {metrics.get('queries', '?')} queries"
-    return format_html('<table class="backtest"><caption style="caption-side:bottom;text-align:left">{}</caption>'
+    return format_html('<table class="backtest"><caption style="caption-side:top;text-align:left">{}</caption>'
                        "<thead><tr><th>system</th><th>HR@10</th><th>NDCG@10</th><th>queries</th><th>seconds</th>"
                        "</tr></thead><tbody>{}</tbody></table>", caption, body)
+
+
+def backtest_table(metrics: dict | None) -> str:
+    """Render the backtest tables of ``ModelVersion.metrics`` as HTML.
+
+    ``rows`` is the anonymous (product page) table; ``shopper_rows`` (known
+    shopper: the query carries the customer id) and ``cold_rows`` (anchors
+    with fewer than 5 training baskets) follow when the model reported them.
+    """
+    metrics = metrics or {}
+    rows = metrics.get("rows") or []
+    if not rows:
+        return format_html("<span>{}</span>", "No backtest recorded.")
+    head = f"split date {metrics.get('split_date', '?')}, {metrics.get('queries', '?')} queries"
+    parts = [_backtest_rows_html(rows, f"Anonymous shopper (product page): {head}")]
+    if metrics.get("shopper_rows"):
+        parts.append(_backtest_rows_html(metrics["shopper_rows"], "Known shopper (query carries the customer id)"))
+    if metrics.get("cold_rows"):
+        parts.append(_backtest_rows_html(metrics["cold_rows"], "Cold start: anchors with fewer than 5 training baskets"))
+    return format_html_join("", "<div style='margin-bottom:1em'>{}</div>", ((p,) for p in parts))
 
 
 def economics_html(economics: dict | None) -> str:

@@ -226,4 +226,10 @@ def test_svg_chart_and_backtest_table_escape_and_render():
     assert "No training curve" in svg_line_chart({})
     table = backtest_table(METRICS)
     assert table.count("<tr>") == 4 and "1,234" in table
+    with_personal = backtest_table({**METRICS, "shopper_rows": [
+        {"system": "shopper_model", "hr@10": 0.78, "ndcg@10": 0.2776, "queries": 1200, "seconds": 9.0},
+        {"system": "repeat_count", "hr@10": 0.73, "ndcg@10": 0.2403, "queries": 1200, "seconds": 1.0}],
+        "cold_rows": [{"system": "model", "hr@10": 0.46, "ndcg@10": 0.1008, "queries": 80, "seconds": 0.2}]})
+    assert with_personal.count("<tr>") == 4 + 3 + 2
+    assert "Known shopper" in with_personal and "0.2776" in with_personal and "Cold start" in with_personal
 
