@@ -259,6 +259,30 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
 
+    if args.command != "score" and not _is_iso_date(getattr(args, "train_until", None) or getattr(args, "split_date", None)):
+        ap.error("dates must be given as YYYY-MM-DD")
+    try:
+        return _run(args)
+    except (KeyError, ValueError, OSError) as exc:  # bad input files, columns or paths: say which, no traceback
+        import pandas as pd
+
+        kind = "file could not be parsed" if isinstance(exc, pd.errors.ParserError) else type(exc).__name__
+        print(f"python -m bundling_ml {args.command}: {kind}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _is_iso_date(value) -> bool:
+    """True for None or a ``YYYY-MM-DD`` string (the CLI never guesses day/month order)."""
+    if value is None:
+        return True
+    try:
+        return time.strptime(str(value), "%Y-%m-%d") is not None
+    except ValueError:
+        return False
+
+
+def _run(args) -> int:
+    """Body of :func:`main` once the arguments are parsed."""
     import pandas as pd
 
     from bundling_ml import pipeline

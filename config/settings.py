@@ -11,6 +11,13 @@ DJANGO_DEBUG          ``1`` to turn DEBUG on. Off by default; ``make demo`` sets
 DJANGO_ALLOWED_HOSTS  comma-separated host names (default ``127.0.0.1,localhost``
                       in development).
 DJANGO_TIME_ZONE      IANA zone for campaign windows and imports (default UTC).
+DJANGO_CSRF_TRUSTED_ORIGINS  comma-separated origins (``https://shop.example.com``) behind a proxy.
+DJANGO_SECURE_SSL_REDIRECT / DJANGO_SECURE_HSTS_SECONDS / DJANGO_SECURE_COOKIES
+                      production HTTPS settings (defaults 1 / 31536000 / 1).
+DATABASE_CONN_MAX_AGE seconds to keep database connections open (default 0).
+CELERY_RESULT_BACKEND optional result backend (unset: results are not stored).
+SHOP_BUNDLES_VAR_DIR  where the SQLite file, static files and models go (default ``var/``).
+SHOP_BUNDLES_LOG_LEVEL  log level of the plugin's loggers (default INFO).
 DATABASE_URL          e.g. ``postgres://postgres@127.0.0.1:5432/shop_bundles``.
                       Unset: a local SQLite file ``var/db.sqlite3`` (demo only).
 CELERY_BROKER_URL     e.g. ``redis://127.0.0.1:6379/0``. Unset: tasks run eagerly
@@ -41,6 +48,8 @@ def env_list(name: str, default: str = "") -> list[str]:
 
 
 ENVIRONMENT = os.environ.get("DJANGO_ENV", "development").strip().lower()
+if ENVIRONMENT not in {"development", "production"}:
+    raise ImproperlyConfigured(f"DJANGO_ENV must be 'development' or 'production', not {ENVIRONMENT!r}.")
 PRODUCTION = ENVIRONMENT == "production"
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
@@ -50,6 +59,8 @@ if not SECRET_KEY:
     SECRET_KEY = "django-insecure-development-only-key-do-not-use-in-production"
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("DJANGO_DEBUG must be off when DJANGO_ENV=production.")
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "" if PRODUCTION else "127.0.0.1,localhost,testserver")
 if PRODUCTION and not ALLOWED_HOSTS:
@@ -165,8 +176,8 @@ SHOP_BUNDLES_CURRENCY = os.environ.get("SHOP_BUNDLES_CURRENCY", "USD")
 if PRODUCTION:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
-    SESSION_COOKIE_SECURE = True
-    CSRF_COOKIE_SECURE = True
+    # Off only for a local plain-HTTP trial of the production image (docker-compose.yml).
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", True)
     SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_SECURE_HSTS_SECONDS", "31536000"))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True

@@ -194,6 +194,12 @@ def economics_html(economics: dict | None) -> str:
                             "incremental revenue": [r["incremental_revenue"] for r in grid]},
                            x_labels=(f"{100 * grid[0]['discount']:g}% off", f"{100 * grid[-1]['discount']:g}% off"),
                            label="incremental margin vs discount")
+    offer = economics.get("offer")
+    if offer:
+        summary = format_html("{}<p>Default campaign discount <strong>{}%</strong> ({}): take rate {}, incremental "
+                              "margin <strong>{}</strong> per offer shown.</p>", summary,
+                              f"{100 * offer['discount']:g}", offer.get("note", ""), f"{offer['take_rate']:.2%}",
+                              f"{offer['incremental_margin']:.4f}")
     return format_html("{}{}<div>{}</div>", summary, table, chart)
 
 
@@ -317,7 +323,8 @@ class BundleSuggestionAdmin(admin.ModelAdmin):
 
     @admin.display(description="exp. margin / offer")
     def margin_display(self, obj):
-        value = (obj.economics or {}).get("incremental_margin")
+        economics = obj.economics or {}
+        value = (economics.get("offer") or economics).get("incremental_margin")
         return "—" if value is None else f"{value:.3f}"
 
     @admin.display(description="reasons")

@@ -57,6 +57,16 @@ def test_production_refuses_to_start_without_secret_key():
     assert "DJANGO_SECRET_KEY must be set" in result.stderr
 
 
+def test_unknown_environment_and_debug_in_production_are_refused():
+    typo = _run("import django, os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings'; django.setup()",
+                DJANGO_ENV="prod")
+    assert typo.returncode != 0 and "DJANGO_ENV must be 'development' or 'production'" in typo.stderr
+    debug = _run("import django, os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings'; django.setup()",
+                 DJANGO_ENV="production", DJANGO_SECRET_KEY="s" * 60, DJANGO_ALLOWED_HOSTS="shop.example.com",
+                 DJANGO_DEBUG="1")
+    assert debug.returncode != 0 and "DJANGO_DEBUG must be off" in debug.stderr
+
+
 def test_deploy_check_is_clean_with_production_settings():
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
     env.update(DJANGO_ENV="production", DJANGO_SECRET_KEY="x" * 20 + "-production-secret-" + "Yz9!kQ" * 8,

@@ -66,6 +66,9 @@ class BundleSuggestionItem(models.Model):
         ordering = ["position"]
         constraints = [models.UniqueConstraint(fields=["suggestion", "product"], name="suggestionitem_unique")]
 
+    def __str__(self):
+        return str(self.product)
+
 
 class BundleCampaign(models.Model):
     """An approved bundle offer shown to shoppers between ``starts_at`` and ``ends_at``.
@@ -128,6 +131,9 @@ class BundleCampaignItem(models.Model):
     class Meta:
         ordering = ["position"]
         constraints = [models.UniqueConstraint(fields=["campaign", "product"], name="campaignitem_unique")]
+
+    def __str__(self):
+        return f"{self.quantity} x {self.product}"
 
 
 class StaffAction(models.Model):

@@ -122,9 +122,11 @@ def suggestions_economics_fill(*, candidates: Sequence[tuple[BundleSuggestion, S
     """Set ``economics`` (and the suggested discount) on unsaved or saved suggestions, in memory.
 
     The natural attach rate is the suggestion's ``confidence`` (share of anchor
-    baskets already holding the companions). When the optimiser picks a
-    feasible discount above 0 it becomes ``suggested_discount_percent``, so an
-    approval with the defaults prices the campaign for profit.
+    baskets already holding the companions). The default offer discount
+    (:func:`offer_row`: the optimiser's choice, or the positive discount that
+    loses least when no discount pays) becomes ``suggested_discount_percent``
+    and is stored as ``economics["offer"]``, so an approval with the defaults
+    uses the discount the economics panel shows.
 
     Args:
         candidates: ``[(suggestion, [anchor, companion, ...]), ...]``.
@@ -139,11 +141,42 @@ def suggestions_economics_fill(*, candidates: Sequence[tuple[BundleSuggestion, S
     for suggestion, products in candidates:
         economics = suggestion_economics(products=list(products), natural_attach_rate=suggestion.confidence,
                                          responses=responses)
-        suggestion.economics = economics
-        if economics["feasible"] and economics["discount"] > 0:
-            suggestion.suggested_discount_percent = Decimal(str(economics["discount_percent"])).quantize(
+        offer = offer_row(economics)
+        if offer is not None:
+            economics["offer"] = offer
+            suggestion.suggested_discount_percent = Decimal(str(round(offer["discount"] * 100, 2))).quantize(
                 Decimal("0.01"))
+        suggestion.economics = economics
     return len(candidates)
+
+
+def offer_row(economics: dict) -> dict | None:
+    """The grid row a campaign should use by default: the optimiser's choice, or the best positive discount.
+
+    A bundle offer needs a discount, so when the optimiser's best is 0 % (no
+    discount on the grid earns more margin than it gives away) the offer uses
+    the positive, floor-respecting discount that loses least, and says so in
+    ``note``. Returns None when no positive discount respects the margin floor.
+
+    Returns:
+        ``{"discount": float fraction, "take_rate", "incremental_revenue",
+        "incremental_margin": float per offer shown, "note": str}`` or None.
+    """
+    rows = [r for r in economics.get("table") or [] if r.get("allowed") and r["discount"] > 0]
+    if not rows:
+        return None
+    if economics.get("feasible") and economics["discount"] > 0:
+        best = next((r for r in rows if r["discount"] == economics["discount"]), None)
+        note = "the optimiser's choice"
+    else:
+        best = None
+    if best is None:
+        best = max(rows, key=lambda r: (r["incremental_margin"], -r["discount"]))
+        note = (f"no discount earns more than it gives away; {100 * best['discount']:g}% is the positive "
+                "discount that loses least")
+    return {"discount": best["discount"], "take_rate": best["take_rate"],
+            "incremental_revenue": best["incremental_revenue"], "incremental_margin": best["incremental_margin"],
+            "note": note}
 
 
 def suggestions_economics_refresh(*, queryset=None) -> int:

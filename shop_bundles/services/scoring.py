@@ -48,8 +48,9 @@ def suggestions_score(*, model_version_id: int | None = None, progress=None) -> 
     queue up): when scoring the active version, expire pending suggestions of
     older versions; skip item sets that already have a pending, approved or
     rejected suggestion, a suggestion of this version, or a live campaign, and
-    bundles with an inactive or out-of-stock product; ``bulk_create`` the rest
-    with their items (anchor at position 0).
+    bundles with an inactive or out-of-stock product; keep the pending queue at
+    most SHOP_BUNDLES_MAX_SUGGESTIONS long (best scores first); ``bulk_create``
+    the rest with their items (anchor at position 0).
 
     Returns:
         ``{"model_version_id": int | None, "created": int, "skipped": int,
@@ -93,9 +94,15 @@ def suggestions_score(*, model_version_id: int | None = None, progress=None) -> 
             Q(status__in=[BundleSuggestion.PENDING, BundleSuggestion.APPROVED, BundleSuggestion.REJECTED])
             | Q(model_version=version)).values_list("signature", flat=True))
         live = live_signatures(now=now)
+        # The review queue never grows past SHOP_BUNDLES_MAX_SUGGESTIONS pending: a rescoring after
+        # approvals would otherwise refill it with ever weaker bundles every hour.
+        room = max(int(app_settings.get("MAX_SUGGESTIONS"))
+                   - BundleSuggestion.objects.filter(status=BundleSuggestion.PENDING).count(), 0)
         new: list[tuple[BundleSuggestion, list[Product]]] = []
         for suggestion, items in candidates:
-            if suggestion.signature in live:
+            if len(new) >= room:
+                reasons["review queue full"] += 1
+            elif suggestion.signature in live:
                 reasons["live campaign"] += 1
             elif suggestion.signature in taken:
                 reasons["already suggested or decided"] += 1

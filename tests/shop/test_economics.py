@@ -104,6 +104,24 @@ def test_suggestion_economics_are_the_optimiser_output_and_set_the_discount(sett
     assert s.suggested_discount_percent == D(str(expected["discount_percent"])).quantize(D("0.01"))
 
 
+def test_when_no_discount_pays_the_offer_uses_the_positive_discount_that_loses_least(settings):
+    settings.SHOP_BUNDLES_BASE_TAKE_RATE = 0.02
+    settings.SHOP_BUNDLES_MIN_MARGIN_RATE = 0.05
+    a = Product.objects.create(sku="A", price=D("6.00"), cost=D("3.00"), department="GROCERY", stock=5)
+    b = Product.objects.create(sku="B", price=D("4.00"), cost=D("2.00"), department="GROCERY", stock=5)
+    s = _suggestion([a, b], confidence=0.4)  # shoppers already buy them together: discounts mostly give away
+    from bundling_ml.economics import TakeResponse
+
+    responses = {"*": TakeResponse(a=0.0, b=1.0, n_obs=500, source="shrunk")}
+    suggestions_economics_fill(candidates=[(s, [a, b])], responses=responses)
+    assert s.economics["discount"] == 0.0  # the optimiser would give no discount at all
+    positive = [r for r in s.economics["table"] if r["discount"] > 0 and r["allowed"]]
+    least_loss = max(positive, key=lambda r: r["incremental_margin"])
+    assert least_loss["discount"] == 0.05 and least_loss["incremental_margin"] < 0
+    assert s.economics["offer"]["discount"] == 0.05 and "loses least" in s.economics["offer"]["note"]
+    assert s.suggested_discount_percent == D("5.00")
+
+
 def test_refresh_saves_economics_and_admin_shows_them_with_a_chart(client, history):
     a = Product.objects.get(sku="P0")
     b = Product.objects.get(sku="P1")
@@ -119,4 +137,5 @@ def test_refresh_saves_economics_and_admin_shows_them_with_a_chart(client, histo
     assert page.status_code == 200
     assert "Chosen discount" in html and "<svg" in html and "incremental margin vs discount" in html
     changelist = client.get(reverse("admin:shop_bundles_bundlesuggestion_changelist"))
-    assert f"{s.economics['incremental_margin']:.3f}" in changelist.content.decode()
+    shown = (s.economics.get("offer") or s.economics)["incremental_margin"]
+    assert f"{shown:.3f}" in changelist.content.decode()

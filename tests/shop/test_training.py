@@ -456,7 +456,7 @@ class TestOneRealTraining:
         assert f"Not trained: slot {trained.run.slot} already succeeded" in text
         assert ModelVersion.objects.count() == 2 and TrainingRun.objects.count() == 2
 
-    def test_score_bundles_command_writes_and_counts(self, trained):
+    def test_score_bundles_command_writes_and_counts(self, trained, settings):
         from io import StringIO
 
         from django.core.management import call_command
@@ -480,6 +480,17 @@ class TestOneRealTraining:
         assert "created staff user 'demo-staff' with password" in text and f"approved {approved} suggestions" in text
         assert BundleCampaign.objects.count() == approved
         assert {c.approved_by.username for c in BundleCampaign.objects.all()} == {"demo-staff"}
+        # demo_approve spreads the offers: no product is in two of the bundles it approved.
+        skus = [i.product.sku for c in BundleCampaign.objects.all() for i in c.items.select_related("product")]
+        assert len(skus) == len(set(skus))
+
+        # Rescoring after approvals never grows the review queue past SHOP_BUNDLES_MAX_SUGGESTIONS.
+        pending = BundleSuggestion.objects.filter(status="pending").count()
+        settings.SHOP_BUNDLES_MAX_SUGGESTIONS = pending
+        result = suggestions_score()
+        assert result["created"] == 0 and BundleSuggestion.objects.filter(status="pending").count() == pending
+        if result["scored"]:
+            assert result["skipped_reasons"].get("review queue full", 0) > 0
 
 
 def test_tensorflow_is_not_imported_by_the_seam_modules():

@@ -3,7 +3,9 @@
 Creates the staff user (with the approve and manage permissions and a printed
 random password) when missing, then approves the best-scored pending
 suggestions whose products are all active and in stock, each with its
-suggested discount, through the same service the admin uses.
+suggested discount, through the same service the admin uses. To spread the demo's
+offers over the catalogue, a suggestion sharing a product with one already
+approved in this run is passed over.
 """
 import secrets
 
@@ -33,9 +35,13 @@ class Command(BaseCommand):
         queue = (BundleSuggestion.objects.filter(status=BundleSuggestion.PENDING)
                  .filter(~Exists(unavailable)).order_by("-score", "pk").prefetch_related("items__product"))
         approved = refused = 0
+        used: set[int] = set()  # spread the demo's offers: no product in two of the approved bundles
         for suggestion in queue.iterator(chunk_size=100):
             if approved >= options["top"]:
                 break
+            product_ids = {i.product_id for i in suggestion.items.all()}
+            if product_ids & used:
+                continue
             names = " + ".join((i.product.name or i.product.sku) for i in suggestion.items.all())
             try:
                 campaign = suggestion_approve(suggestion=suggestion, user=user)
@@ -44,6 +50,7 @@ class Command(BaseCommand):
                 self.stdout.write(self.style.WARNING(f"  refused {names}: {' '.join(getattr(exc, 'messages', [str(exc)]))}"))
                 continue
             approved += 1
+            used |= product_ids
             self.stdout.write(f"{approved:>3}. {names}  score {suggestion.score:.3f}  lift {suggestion.lift:.2f}  "
                               f"{campaign.discount_value} % off until {campaign.ends_at:%Y-%m-%d}")
         self.stdout.write(self.style.SUCCESS(f"approved {approved} suggestions as {user.get_username()}"
