@@ -11,25 +11,15 @@ class Command(BaseCommand):
         parser.add_argument("--model-version", type=int, default=None, help="ModelVersion id (default: active)")
 
     def handle(self, *args, **options):
-        from tqdm import tqdm
-
         from ...models import ModelVersion
         from ...services.scoring import suggestions_score
+        from ..progress import progress_bar
 
         version_id = options["model_version"]
         if version_id is not None and not ModelVersion.objects.filter(pk=version_id).exists():
             raise CommandError(f"There is no model version {version_id}.")
-        bar = tqdm(total=100, unit="%", desc="scoring", disable=options["verbosity"] == 0,
-                   bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}]")
-
-        def progress(fraction: float, stage: str) -> None:
-            bar.set_description_str(str(stage)[:40].ljust(40))
-            bar.update(max(0.0, 100 * fraction - bar.n))
-
-        try:
+        with progress_bar("scoring", verbosity=options["verbosity"]) as progress:
             result = suggestions_score(model_version_id=version_id, progress=progress)
-        finally:
-            bar.close()
         if result["model_version_id"] is None:
             raise CommandError(result["message"])
         self.stdout.write(self.style.SUCCESS(

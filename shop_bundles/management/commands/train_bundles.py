@@ -9,6 +9,7 @@ import logging
 import time
 from datetime import date
 
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 
@@ -34,29 +35,21 @@ class Command(BaseCommand):
         parser.add_argument("--slot", default=None, help="slot key; a second run for the same slot exits early")
 
     def handle(self, *args, **options):
-        from tqdm import tqdm
-
         from ...services.training import training_run_execute
+        from ..progress import progress_bar
 
         started = time.monotonic()
-        bar = tqdm(total=100, unit="%", desc="training", disable=options["verbosity"] == 0,
-                   bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")
-
-        def progress(fraction: float, stage: str) -> None:
-            bar.set_description_str(str(stage)[:40].ljust(40))
-            bar.update(max(0.0, 100 * fraction - bar.n))
-
         # The progress bar replaces bundling_ml's per-stage INFO log lines (shown again with -v 2).
         ml_logger = logging.getLogger("bundling_ml")
         saved_level = ml_logger.level
         if options["verbosity"] < 2:
             ml_logger.setLevel(logging.WARNING)
         try:
-            result = training_run_execute(trigger="manual", slot=options["slot"], split_date=options["split_date"],
-                                          queue_scoring=False, max_queries=options["max_queries"],
-                                          on_progress=progress)
+            with progress_bar("training", verbosity=options["verbosity"], remaining=True) as progress:
+                result = training_run_execute(trigger="manual", slot=options["slot"],
+                                              split_date=options["split_date"], queue_scoring=False,
+                                              max_queries=options["max_queries"], on_progress=progress)
         finally:
-            bar.close()
             ml_logger.setLevel(saved_level)
         if result["status"] == "duplicate":
             self.stdout.write(self.style.WARNING(f"Not trained: {result['message']}"))
@@ -83,27 +76,12 @@ class Command(BaseCommand):
         self.stdout.write("")
 
     def _score(self, version_id: int, options) -> None:
-        """Score with the new version now (eager/demo) or queue it (real broker)."""
+        """Score with the new version now (eager/demo: the ``score_bundles`` command) or queue it (real broker)."""
         from ...tasks import score_suggestions
 
         if score_suggestions.app.conf.task_always_eager:
-            from tqdm import tqdm
-
-            from ...services.scoring import suggestions_score
-
-            bar = tqdm(total=100, unit="%", desc="scoring", disable=options["verbosity"] == 0,
-                       bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}]")
-
-            def progress(fraction: float, stage: str) -> None:
-                bar.set_description_str(str(stage)[:40].ljust(40))
-                bar.update(max(0.0, 100 * fraction - bar.n))
-
-            try:
-                result = suggestions_score(model_version_id=version_id, progress=progress)
-            finally:
-                bar.close()
-            self.stdout.write(f"{result['created']} new pending suggestions ({result['skipped']} skipped: "
-                              f"{result['skipped_reasons']}) in {result['seconds']:.1f} s")
+            call_command("score_bundles", model_version=version_id, stdout=self.stdout, stderr=self.stderr,
+                         verbosity=options["verbosity"])
         else:
             score_suggestions.delay(version_id)
             self.stdout.write(f"scoring of model version {version_id} queued on the ml queue")
