@@ -211,10 +211,20 @@ def _metric(metrics: dict | None, system: str, key: str = "ndcg@10"):
     return None
 
 
+class ReadOnlyMixin:
+    """Admin mixin: rows are shown, never added or edited by hand (history, events, audit, runs)."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 # --------------------------------------------------------------------------- suggestions (review queue)
 
 
-class BundleSuggestionItemInline(admin.TabularInline):
+class BundleSuggestionItemInline(ReadOnlyMixin, admin.TabularInline):
     """The products of a suggestion, read-only (anchor first)."""
 
     model = BundleSuggestionItem
@@ -225,12 +235,6 @@ class BundleSuggestionItemInline(admin.TabularInline):
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("product")
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="price")
     def product_price(self, obj):
@@ -507,7 +511,7 @@ class BundleCampaignAdmin(admin.ModelAdmin):
 
 
 @admin.register(StaffAction)
-class StaffActionAdmin(admin.ModelAdmin):
+class StaffActionAdmin(ReadOnlyMixin, admin.ModelAdmin):
     """The audit trail, read-only."""
 
     list_display = ("created_at", "user", "action", "suggestion", "campaign", "detail")
@@ -517,12 +521,6 @@ class StaffActionAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     show_full_result_count = False
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
     def has_delete_permission(self, request, obj=None):
         return False
 
@@ -531,7 +529,7 @@ class StaffActionAdmin(admin.ModelAdmin):
 
 
 @admin.register(TrainingRun)
-class TrainingRunAdmin(admin.ModelAdmin):
+class TrainingRunAdmin(ReadOnlyMixin, admin.ModelAdmin):
     """Training runs with live progress, timings, errors and the training curve; "Retrain now" queues a run."""
 
     change_list_template = "admin/shop_bundles/trainingrun/change_list.html"
@@ -549,12 +547,6 @@ class TrainingRunAdmin(admin.ModelAdmin):
         ("Data", {"fields": ("data_start", "data_end", "split_date", "params")}),
         ("Result", {"fields": ("backtest", "training_curve", "error_text")}),
     )
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def has_retrain_permission(self, request) -> bool:
         """Queuing a retrain needs shop_bundles.add_trainingrun."""
@@ -702,7 +694,7 @@ class CustomerAdmin(admin.ModelAdmin):
     show_full_result_count = False
 
 
-class OrderLineInline(admin.TabularInline):
+class OrderLineInline(ReadOnlyMixin, admin.TabularInline):
     """Lines of an order, read-only."""
 
     model = OrderLine
@@ -714,15 +706,9 @@ class OrderLineInline(admin.TabularInline):
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("product", "campaign")
 
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(Order)
-class OrderAdmin(admin.ModelAdmin):
+class OrderAdmin(ReadOnlyMixin, admin.ModelAdmin):
     """Orders (imported history and storefront), read-only with their lines."""
 
     list_display = ("external_id", "placed_at", "customer", "source", "experiment_group", "subtotal",
@@ -734,12 +720,6 @@ class OrderAdmin(admin.ModelAdmin):
     inlines = (OrderLineInline,)
     readonly_fields = ("external_id", "customer", "placed_at", "source", "store_id", "session_key", "subtotal",
                        "discount_total", "total", "campaigns", "created_at")
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Promotion)
@@ -756,7 +736,7 @@ class PromotionAdmin(admin.ModelAdmin):
 
 
 @admin.register(OrderEvent)
-class OrderEventAdmin(admin.ModelAdmin):
+class OrderEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
     """Placed storefront orders as recorded by the worker."""
 
     list_display = ("order", "recorded_at", "revenue", "bundle_discount", "bundles_used")
@@ -765,15 +745,9 @@ class OrderEventAdmin(admin.ModelAdmin):
     raw_id_fields = ("order",)
     show_full_result_count = False
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(OfferEvent)
-class OfferEventAdmin(admin.ModelAdmin):
+class OfferEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
     """Impressions, clicks, add-to-carts and purchases of bundle offers."""
 
     list_display = ("created_at", "kind", "campaign", "experiment_group", "simulated", "customer", "session_key",
@@ -784,26 +758,14 @@ class OfferEventAdmin(admin.ModelAdmin):
     raw_id_fields = ("campaign", "customer", "order")
     show_full_result_count = False
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(ImportRun)
-class ImportRunAdmin(admin.ModelAdmin):
+class ImportRunAdmin(ReadOnlyMixin, admin.ModelAdmin):
     """Imports and their reports (counts and rejected lines)."""
 
     list_display = ("source", "started_at", "finished_at", "imported", "rejected", "skipped", "duplicates")
     search_fields = ("source",)
     readonly_fields = ("source", "started_at", "finished_at", "report_summary", "rejections", "report")
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def _count(self, obj, key):
         value = (obj.report or {}).get(key)
@@ -855,7 +817,7 @@ def _fmt_estimate(e: dict, pattern: str) -> str:
 
 
 @admin.register(ExperimentDashboard)
-class ExperimentDashboardAdmin(admin.ModelAdmin):
+class ExperimentDashboardAdmin(ReadOnlyMixin, admin.ModelAdmin):
     """Treatment vs holdout: attach rate, AOV, revenue and margin per visitor with 95 % intervals and uplift,
     a sample-ratio-mismatch warning, daily charts and a CSV export (``?format=csv``).
 
@@ -867,12 +829,6 @@ class ExperimentDashboardAdmin(admin.ModelAdmin):
     METRICS = (("attach_rate", "attach rate", "{:.2%}"), ("aov", "AOV", "{:.2f}"),
                ("revenue_per_visitor", "revenue / visitor", "{:.2f}"),
                ("margin_per_visitor", "margin / visitor", "{:.2f}"))
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def has_delete_permission(self, request, obj=None):
         return False
