@@ -431,7 +431,7 @@ class BundleCampaignAdmin(admin.ModelAdmin):
     """Approved bundle offers: edit discount and dates, pause or resume; every change is recorded."""
 
     form = BundleCampaignForm
-    list_display = ("name", "status", "discount_type", "discount_value", "starts_at", "ends_at",
+    list_display = ("name", "status", "status_reason", "discount_type", "discount_value", "starts_at", "ends_at",
                     "approved_by", "approved_at", "created_by")
     list_filter = ("status", "discount_type")
     search_fields = ("name", "items__product__sku", "items__product__name")

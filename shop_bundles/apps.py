@@ -2,7 +2,7 @@ from django.apps import AppConfig
 
 
 class ShopBundlesConfig(AppConfig):
-    """App config; connects signal handlers (beat schedule set-up after migrate)."""
+    """App config; connects signal handlers (beat schedule set-up after migrate, campaign sync on product save)."""
 
     name = "shop_bundles"
     verbose_name = "Shop bundles"

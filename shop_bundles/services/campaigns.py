@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
@@ -352,11 +352,112 @@ def live_signatures(*, now: datetime | None = None) -> set[str]:
     return {signature_of(v) for v in skus.values()}
 
 
+AUTO_PREFIX = "auto: "
+
+
+def _campaign_problem(campaign: BundleCampaign, items) -> str | None:
+    """Why ``campaign`` must not be offered (an ``"auto: ..."`` reason), or None when all items are fine.
+
+    Checks each item (inactive, then out of stock), then the margin floor:
+    the discounted bundle price must be at least the bundle cost ×
+    (1 + ``MIN_MARGIN_RATE``). The margin check runs only when every item has
+    a known ``cost``. The product blamed for a margin break is the item with
+    the highest cost share (the first item when tied).
+    """
+    from ..storefront.pricing import bundle_price
+    from .economics import bundle_cost
+
+    for item in items:
+        product = item.product
+        if not product.active:
+            return f"{AUTO_PREFIX}{product} is inactive"
+        if product.stock <= 0:
+            return f"{AUTO_PREFIX}{product} is out of stock"
+    if not items or any(item.product.cost is None for item in items):
+        return None
+    units = [item.product for item in items for _ in range(max(item.quantity, 1))]
+    regular = bundle_regular_price(units)
+    price, _saving = bundle_price(campaign.discount_type, campaign.discount_value, regular)
+    cost, _source = bundle_cost(units)
+    rate = float(app_settings.get("MIN_MARGIN_RATE"))
+    floor = (cost * (Decimal("1") + Decimal(str(rate)))).quantize(CENT, rounding=ROUND_HALF_UP)
+    if price < floor:
+        culprit = max(items, key=lambda i: (i.product.cost * max(i.quantity, 1), -i.position))
+        return (f"{AUTO_PREFIX}{culprit.product} breaks the margin floor: bundle price {price} is below "
+                f"cost {cost} + {rate * 100:g}% = {floor}")[:255]
+    return None
+
+
+@transaction.atomic
+def campaigns_sync_product(*, product) -> dict:
+    """Pause or resume the campaigns containing ``product`` after its stock, price, cost or status changed.
+
+    Active campaigns holding the product are paused (status ``paused``,
+    ``status_reason`` ``"auto: <product> is out of stock"`` / ``is inactive`` /
+    ``breaks the margin floor: ...``) when any of their items is inactive, out
+    of stock (``stock <= 0``), or the discounted bundle price falls below the
+    bundle cost × (1 + ``SHOP_BUNDLES_MIN_MARGIN_RATE``) — the margin check
+    only when every item has a known ``cost``. Paused campaigns whose reason
+    starts with ``"auto: "`` are resumed (reason cleared) once every item is
+    fine again and their end time has not passed; campaigns paused by staff
+    are never resumed here. Each change records a ``StaffAction`` (user None,
+    action ``auto_pause`` or ``auto_resume``, detail = the reason).
+
+    Args:
+        product: a ``Product`` or its primary key; its current row is read from the database.
+
+    Returns:
+        ``{"paused": int, "resumed": int}``.
+    """
+    product_id = getattr(product, "pk", product)
+    now = timezone.now()
+    campaign_ids = BundleCampaignItem.objects.filter(product_id=product_id).values("campaign_id")
+    candidates = (BundleCampaign.objects.select_for_update(of=("self",))
+                  .filter(id__in=campaign_ids)
+                  .filter(Q(status=BundleCampaign.ACTIVE)
+                          | Q(status=BundleCampaign.PAUSED, status_reason__startswith=AUTO_PREFIX))
+                  .order_by("pk"))
+    paused = resumed = 0
+    for campaign in candidates:
+        items = list(campaign.items.select_related("product").order_by("position", "pk"))
+        problem = _campaign_problem(campaign, items)
+        if campaign.status == BundleCampaign.ACTIVE and problem:
+            campaign.status, campaign.status_reason = BundleCampaign.PAUSED, problem
+            campaign.save(update_fields=["status", "status_reason", "updated_at"])
+            StaffAction.objects.create(user=None, action="auto_pause", campaign=campaign,
+                                       suggestion_id=campaign.suggestion_id, detail=problem, created_at=now)
+            paused += 1
+            logger.info("campaign %s auto-paused: %s", campaign.pk, problem)
+        elif campaign.status == BundleCampaign.PAUSED and problem is None:
+            if campaign.ends_at is not None and campaign.ends_at <= now:
+                continue
+            old_reason = campaign.status_reason
+            campaign.status, campaign.status_reason = BundleCampaign.ACTIVE, ""
+            campaign.save(update_fields=["status", "status_reason", "updated_at"])
+            StaffAction.objects.create(user=None, action="auto_resume", campaign=campaign,
+                                       suggestion_id=campaign.suggestion_id,
+                                       detail=f"resolved: {old_reason[len(AUTO_PREFIX):]}", created_at=now)
+            resumed += 1
+            logger.info("campaign %s auto-resumed", campaign.pk)
+        elif campaign.status == BundleCampaign.PAUSED and problem != campaign.status_reason:
+            campaign.status_reason = problem  # still broken, for another reason now: keep staff informed
+            campaign.save(update_fields=["status_reason", "updated_at"])
+    return {"paused": paused, "resumed": resumed}
+
+
+def campaigns_sync_product_on_commit(product_ids) -> None:
+    """Schedule ``campaigns_sync_product`` for each product id once the current transaction commits."""
+    for pid in sorted(set(product_ids)):
+        transaction.on_commit(lambda pid=pid: campaigns_sync_product(product=pid))
+
+
 __all__ = [
     "bundle_regular_price",
     "campaign_pause",
     "campaign_resume",
     "campaigns_expire",
+    "campaigns_sync_product",
+    "campaigns_sync_product_on_commit",
     "discount_validate",
     "live_signatures",
     "suggestion_approve",

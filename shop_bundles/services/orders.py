@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from ..models import Customer, Order, OrderLine, OutboxEvent, Product
 from ..storefront.cart import cart_price
+from .campaigns import campaigns_sync_product_on_commit
 from .outbox import outbox_dispatch_on_commit, outbox_event_add
 
 CUSTOMER_ID_MAX_LENGTH = 64
@@ -68,7 +69,9 @@ def order_place(*, cart, session_key: str | None, customer: Customer | None = No
     ``total`` (Decimal); each ``OrderLine`` stores the catalogue
     ``unit_price``, its share of the bundle discounts (the shares sum exactly
     to ``discount_total``) and the campaign that took most of its units.
-    ``Order.campaigns`` lists every campaign used. Stock is decremented.
+    ``Order.campaigns`` lists every campaign used. Stock is decremented; on
+    commit, the campaigns of products that sold out are auto-paused
+    (``services.campaigns.campaigns_sync_product``).
     An ``order_placed`` ``OutboxEvent`` (payload ``{"order_id", "external_id"}``)
     is written in the same transaction, so it exists exactly when the order
     does. On commit only, the event is offered to the broker once
@@ -144,6 +147,10 @@ def order_place(*, cart, session_key: str | None, customer: Customer | None = No
             products[pid].stock -= qty
             products[pid].updated_at = now
         Product.objects.bulk_update(list(products.values()), ["stock", "updated_at"])
+        # bulk_update sends no post_save: pause the campaigns of products that just sold out, on commit.
+        sold_out = [pid for pid in quantities if products[pid].stock <= 0]
+        if sold_out:
+            campaigns_sync_product_on_commit(sold_out)
 
         event = outbox_event_add(kind=OutboxEvent.ORDER_PLACED,
                                  payload={"order_id": order.pk, "external_id": order.external_id})
