@@ -26,25 +26,20 @@ from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from bundling_ml import artifacts
 from bundling_ml import ranking as rk
 from bundling_ml.candidates import candidate_companions
 from bundling_ml.data import (
-    Queries,
-    build_queries,
     default_split_date,
     exclude_departments,
     prepare_lines,
     prepare_products,
     temporal_split,
 )
-from bundling_ml.evaluation import cooccurrence_ranker, evaluate_system, popularity_ranker
 from bundling_ml.features import CATEGORICAL_FIELDS, COUNT_SCALE, ProductTable, ProductVocab
 from bundling_ml.pricing import suggested_discount_percent
-from bundling_ml.stats import PairStats
 
 log = logging.getLogger("bundling_ml")
 
@@ -87,15 +82,6 @@ class _Progress:
 
     def span(self, lo: float, hi: float) -> ProgressFn:
         return lambda f, stage: self(lo + (hi - lo) * f, stage)
-
-
-def _remap_queries(q: Queries, cols: pd.Index, target: pd.Index) -> Queries:
-    """Re-express queries built on column index ``cols`` in index ``target``."""
-    remap = target.get_indexer(cols).astype(np.int64)
-    B = q.baskets
-    B2 = sp.csr_matrix((B.data, remap[B.indices], B.indptr), shape=(B.shape[0], len(target)))
-    B2.sort_indices()
-    return Queries(baskets=B2, basket_ids=q.basket_ids, query_basket=q.query_basket, anchor=remap[q.anchor])
 
 
 def train_model(

@@ -1,5 +1,4 @@
 """bundling_ml.economics: the discount optimiser, the margin floor and the take-rate fit (no Django)."""
-import sys
 
 import numpy as np
 import pandas as pd

@@ -57,7 +57,7 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS("\nDemo ready."))
         for name, seconds in timings.items():
             self.stdout.write(f"  {name:<8} {seconds:>8.1f} s")
-        self.stdout.write(f"  Storefront: http://127.0.0.1:8000/")
+        self.stdout.write("  Storefront: http://127.0.0.1:8000/")
         self.stdout.write(f"  Admin:      http://127.0.0.1:8000/admin/  user: admin  password: {password}")
 
     @staticmethod
