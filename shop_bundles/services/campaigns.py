@@ -73,8 +73,16 @@ def _money(value) -> Decimal:
 
 
 def bundle_regular_price(products) -> Decimal:
-    """Sum of the products' shelf prices (one unit each), Decimal with 2 places."""
-    return sum((p.price for p in products), Decimal("0.00")).quantize(CENT)
+    """Regular price of one unit of each product given (repeat a product for more units), Decimal to cents.
+
+    Uses the storefront pricing engine's rule (``storefront.pricing.bundle_regular_price``),
+    so approval checks and the cart can never disagree on a bundle's price.
+    """
+    from ..storefront.pricing import bundle_regular_price as engine_regular_price
+
+    units = list(products)
+    return engine_regular_price(((i, 1) for i in range(len(units))),
+                                {i: p.price for i, p in enumerate(units)}).quantize(CENT)
 
 
 def discount_validate(*, discount_type: str, discount_value: Decimal, regular_price: Decimal) -> None:
