@@ -666,7 +666,14 @@ class ModelVersionAdmin(admin.ModelAdmin):
             self.message_user(request, "Select exactly one model version to activate.", messages.WARNING)
             return
         version = queryset.get()
-        model_version_activate(version=version, user=request.user, note=f"activated by {request.user} in the admin")
+        from bundling_ml.artifacts import ArtifactCorruptError
+
+        try:
+            model_version_activate(version=version, user=request.user,
+                                   note=f"activated by {request.user} in the admin")
+        except ArtifactCorruptError as exc:
+            self.message_user(request, f"{version.label} was not activated: {exc}", messages.ERROR)
+            return
         self.message_user(request, f"{version.label} is now the active model version.", messages.SUCCESS)
 
 

@@ -453,19 +453,12 @@ def campaigns_sync_product(*, product) -> dict:
     return {"paused": paused, "resumed": resumed}
 
 
-def campaigns_sync_product_on_commit(product_ids) -> None:
-    """Schedule ``campaigns_sync_product`` for each product id once the current transaction commits."""
-    for pid in sorted(set(product_ids)):
-        transaction.on_commit(lambda pid=pid: campaigns_sync_product(product=pid))
-
-
 __all__ = [
     "bundle_regular_price",
     "campaign_pause",
     "campaign_resume",
     "campaigns_expire",
     "campaigns_sync_product",
-    "campaigns_sync_product_on_commit",
     "discount_validate",
     "live_signatures",
     "suggestion_approve",

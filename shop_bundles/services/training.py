@@ -15,10 +15,25 @@ Delivery guarantees (cases W1/W2):
   finds the run ``running`` *and* can take the lock knows the previous worker
   was lost (SIGKILL, OOM). It retries up to ``MAX_ATTEMPTS`` attempts in all, then
   marks the run failed; the previously active model stays active throughout.
+  The redelivery itself comes from Celery: ``retrain_model`` is ``acks_late``
+  and ``CELERY_TASK_REJECT_ON_WORKER_LOST`` is on, so when the pool child
+  dies (SIGKILL, OOM) the message is requeued at once instead of being acked
+  as failed; when the whole worker host disappears, Redis redelivers it after
+  the visibility timeout. ``params["worker"]`` records the host and pid of the
+  child that trains (operators can see which process to look at).
+* A run that raises is marked failed with ``"<ExcType>: <message>"`` and the
+  traceback in ``error``; nothing is activated.
+* The artifact's SHA-256 checksums (written by ``bundling_ml.artifacts``) are
+  verified before the new version is recorded, and again by
+  :func:`model_version_activate` and on every model load for scoring, so a
+  corrupt artifact fails the run (or the activation / scoring) with
+  ``ArtifactCorruptError`` naming the file; the active model is untouched.
 """
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -108,8 +123,16 @@ def _load_run(*, run_id: int | None, trigger: str, slot: str | None, user=None) 
 def model_version_activate(*, version: ModelVersion, user=None, note: str = "") -> ModelVersion:
     """Make ``version`` the only active model version (one transaction).
 
+    The artifact is verified first (``bundling_ml.artifacts.verify_artifact``:
+    files present, SHA-256 as recorded at save; no TensorFlow import).
     Records a StaffAction (action ``activate_model``) when ``user`` is given.
+
+    Raises:
+        ArtifactCorruptError: the artifact is missing or corrupt; the active version is not changed.
     """
+    from bundling_ml.artifacts import verify_artifact
+
+    verify_artifact(version.artifact_path)
     with transaction.atomic():
         now = timezone.now()
         ModelVersion.objects.select_for_update().filter(is_active=True).exclude(pk=version.pk).update(is_active=False)
@@ -216,6 +239,7 @@ def _train(run: TrainingRun, *, attempts: int, trigger: str, split_date, queue_s
     run.status, run.started_at, run.finished_at = TrainingRun.RUNNING, timezone.now(), None
     run.progress, run.stage, run.error = 0.0, "loading order history", ""
     run.params = {**run.params, "trigger": trigger, "attempts": attempts, "seed": 0,
+                  "worker": {"host": socket.gethostname(), "pid": os.getpid()},
                   "split_date": str(split_date) if split_date else None, "excluded_departments": list(excluded),
                   "max_queries": max_queries}
     run.save(update_fields=["status", "started_at", "finished_at", "progress", "stage", "error", "params"])
@@ -255,6 +279,10 @@ def _train(run: TrainingRun, *, attempts: int, trigger: str, split_date, queue_s
             max_queries=max_queries, sample_baskets=app_settings.get("BACKTEST_SAMPLE_BASKETS"),
             promotions=ml_bridge.promotions_frame(),
         )
+        # A corrupt artifact (torn write, disk error) fails the run here, before any version is recorded.
+        from bundling_ml.artifacts import verify_artifact
+
+        verify_artifact(result.artifact_dir)
         metrics = dict(result.metrics)
         history = {k: [float(v) for v in vals] for k, vals in dict(result.history or {}).items()}
         split = metrics.get("split_date")

@@ -229,9 +229,10 @@ def test_offers_for_product_uses_two_queries_whatever_the_number_of_offers(produ
 # --- bundle add, single add, events ----------------------------------------------------------------
 
 
-def test_add_bundle_to_cart_adds_items_and_records_one_event(client, products):
+def test_add_bundle_to_cart_adds_items_and_records_one_event(client, products, django_capture_on_commit_callbacks):
     campaign = make_campaign("AB", "percent", "10", [products["A"], products["B"]])
-    response = client.post(reverse("shop_bundles:bundle_add", kwargs={"campaign_id": campaign.pk}))
+    with django_capture_on_commit_callbacks(execute=True):  # the event goes through the outbox after commit
+        response = client.post(reverse("shop_bundles:bundle_add", kwargs={"campaign_id": campaign.pk}))
     assert response.status_code == 302 and response.url == reverse("shop_bundles:cart")
     assert client.session[SESSION_KEY] == {str(products["A"].pk): 1, str(products["B"].pk): 1}
     event = OfferEvent.objects.get()
