@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -115,6 +116,19 @@ def discount_validate(*, discount_type: str, discount_value: Decimal, regular_pr
 
 
 @transaction.atomic
+def local_days_after(moment: datetime, days: int) -> datetime:
+    """The same wall-clock time ``days`` calendar days after ``moment`` in ``TIME_ZONE``, as an aware datetime.
+
+    Across a daylight-saving change this is 23 or 25 hours per changed day,
+    not ``days * 24`` hours (zoneinfo arithmetic on the local time). A wall
+    time that does not exist on the target day (skipped by spring-forward) is
+    read with the offset before the change (PEP 495 ``fold=0``), i.e. one
+    hour later on the new clock.
+    """
+    local = timezone.localtime(moment) + timedelta(days=days)  # wall-clock arithmetic (same tzinfo)
+    return local.astimezone(dt_timezone.utc).astimezone(local.tzinfo)  # the new date's real offset
+
+
 def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str | None = None,
                        discount_value=None, starts_at: datetime | None = None,
                        ends_at: datetime | None = None) -> BundleCampaign:
@@ -127,7 +141,9 @@ def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str
         discount_value: Decimal-compatible; default the suggestion's suggested percent
             (or SHOP_BUNDLES_DEFAULT_DISCOUNT_PERCENT when it has none).
         starts_at: aware datetime, default now.
-        ends_at: aware datetime, default ``starts_at`` + SHOP_BUNDLES_CAMPAIGN_DAYS days.
+        ends_at: aware datetime, default ``starts_at`` + SHOP_BUNDLES_CAMPAIGN_DAYS days
+            on the wall clock of ``TIME_ZONE`` (a campaign approved at 10:00 ends at 10:00
+            local time, also when a daylight-saving change falls inside the window).
 
     Returns:
         The new BundleCampaign (status active, created_by/approved_by = user).
@@ -175,7 +191,7 @@ def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str
 
     now = timezone.now()
     starts_at = starts_at or now
-    ends_at = ends_at or (starts_at + timedelta(days=int(app_settings.get("CAMPAIGN_DAYS"))))
+    ends_at = ends_at or local_days_after(starts_at, int(app_settings.get("CAMPAIGN_DAYS")))
     if ends_at <= starts_at:
         raise ValidationError(f"The campaign must end after it starts ({_when(starts_at)}).")
 
