@@ -452,6 +452,14 @@ class BundleCampaignAdmin(admin.ModelAdmin):
         """Pausing and resuming need shop_bundles.manage_bundlecampaign."""
         return request.user.has_perm("shop_bundles.manage_bundlecampaign")
 
+    def has_add_permission(self, request):
+        """Adding a campaign by hand needs Django's add permission and the dedicated manage permission."""
+        return super().has_add_permission(request) and self.has_manage_permission(request)
+
+    def has_change_permission(self, request, obj=None):
+        """Editing needs Django's change permission and the dedicated manage permission (else read-only)."""
+        return super().has_change_permission(request, obj) and self.has_manage_permission(request)
+
     @admin.display(description="suggestion")
     def suggestion_link(self, obj):
         if not obj.suggestion_id:
