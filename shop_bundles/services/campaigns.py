@@ -115,7 +115,6 @@ def discount_validate(*, discount_type: str, discount_value: Decimal, regular_pr
         raise ValidationError(f"Unknown discount type {discount_type!r}.")
 
 
-@transaction.atomic
 def local_days_after(moment: datetime, days: int) -> datetime:
     """The same wall-clock time ``days`` calendar days after ``moment`` in ``TIME_ZONE``, as an aware datetime.
 
@@ -129,6 +128,7 @@ def local_days_after(moment: datetime, days: int) -> datetime:
     return local.astimezone(dt_timezone.utc).astimezone(local.tzinfo)  # the new date's real offset
 
 
+@transaction.atomic
 def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str | None = None,
                        discount_value=None, starts_at: datetime | None = None,
                        ends_at: datetime | None = None) -> BundleCampaign:
