@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 MAX_RELATIVE_NDCG_DROP = 0.02
 #: Deliveries of one run (first + redeliveries after a lost worker) before it is marked failed.
 MAX_ATTEMPTS = 3
+#: Seconds a delivery for a ``running`` run retries the lock (the killed worker's backend may linger).
+LOST_WORKER_LOCK_WAIT = 3.0
 #: Seconds between progress writes (stage changes are always written).
 PROGRESS_INTERVAL = 1.0
 _LOCK_CLASS = 0x5B0D  # first key of the advisory lock pair (shop_bundles training); second is the run id
@@ -71,14 +73,24 @@ def schedule_slot(trigger: str, slot: str | None) -> str | None:
 
 
 @contextmanager
-def _run_lock(run_id: int):
-    """Try a session advisory lock on the run (PostgreSQL); yields True when held (always True elsewhere)."""
+def _run_lock(run_id: int, *, wait: float = 0.0):
+    """Try a session advisory lock on the run (PostgreSQL); yields True when held (always True elsewhere).
+
+    ``wait`` seconds of retries (every 0.25 s) cover a redelivery that arrives
+    while the database has not yet noticed the killed worker's connection
+    (its backend still holds the lock for a moment).
+    """
     if connection.vendor != "postgresql":
         yield True
         return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_LOCK_CLASS, int(run_id)])
-        held = bool(cursor.fetchone()[0])
+    deadline = time.monotonic() + wait
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_LOCK_CLASS, int(run_id)])
+            held = bool(cursor.fetchone()[0])
+        if held or time.monotonic() >= deadline:
+            break
+        time.sleep(0.25)
     try:
         yield held
     finally:
@@ -211,7 +223,7 @@ def training_run_execute(*, run_id: int | None = None, trigger: str = "manual", 
         return _result(run, "duplicate", f"{what} already {run.status} at {run.finished_at:%Y-%m-%d %H:%M}; "
                                         "not training again.")
 
-    with _run_lock(run.pk) as held:
+    with _run_lock(run.pk, wait=LOST_WORKER_LOCK_WAIT if run.status == TrainingRun.RUNNING else 0.0) as held:
         if not held:
             return _result(run, "duplicate", f"run {run.pk} (slot {run.slot}) is being trained by another worker.")
         run.refresh_from_db()
