@@ -152,7 +152,9 @@ def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str
     Raises:
         PermissionDenied: the user lacks the approve permission.
         ValidationError: the suggestion is not pending ("Already approved by X at T"),
-            a product is inactive or out of stock, the discount is out of range
+            a product is inactive, out of stock or priced below its known cost, the
+            discounted bundle price breaks the margin floor (cost × (1 +
+            SHOP_BUNDLES_MIN_MARGIN_RATE), when every cost is known), the discount is out of range
             (e.g. exceeds the bundle's regular price), or the window is empty.
             A concurrent approval that slips past the row lock is caught by the
             unique ``BundleCampaign.suggestion`` constraint and reported the same way.
@@ -174,6 +176,8 @@ def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str
             problems.append(f"{product} is inactive")
         elif product.stock <= 0:
             problems.append(f"{product} is out of stock")
+        elif product.cost is not None and product.price < product.cost:
+            problems.append(f"{product} is priced {product.price}, below its cost {product.cost}")
     if problems:
         raise ValidationError("Cannot approve: " + "; ".join(problems) + ".")
 
@@ -188,6 +192,12 @@ def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str
     discount_value = _money(discount_value)
     regular_price = bundle_regular_price(products)
     discount_validate(discount_type=discount_type, discount_value=discount_value, regular_price=regular_price)
+    # The same margin floor as the automatic pause: a campaign that would be paused at once is refused.
+    draft = BundleCampaign(discount_type=discount_type, discount_value=discount_value.quantize(CENT))
+    floor_problem = _campaign_problem(draft, [BundleCampaignItem(product=p, quantity=1, position=i)
+                                              for i, p in enumerate(products)])
+    if floor_problem:
+        raise ValidationError(f"Cannot approve: {floor_problem[len(AUTO_PREFIX):]}.")
 
     now = timezone.now()
     starts_at = starts_at or now

@@ -23,6 +23,7 @@ from shop_bundles.models import (
     BundleCampaign,
     BundleCampaignItem,
     OfferEvent,
+    Order,
     OutboxEvent,
     Product,
     StaffAction,
@@ -146,6 +147,37 @@ def test_bundle_add_writes_an_offer_event_that_is_recorded_once(client, django_c
     assert (offer.kind, offer.campaign_id, offer.quantity, offer.session_key) == (
         OfferEvent.ADD_TO_CART, campaign.pk, 2, client.session.session_key)
     assert offer.created_at.isoformat() == event.payload["occurred_at"]  # when it happened, not when handled
+
+
+@pytest.mark.django_db
+def test_storefront_serves_and_takes_orders_while_the_broker_is_unreachable(client, settings,
+                                                                            django_capture_on_commit_callbacks):
+    """Scenario 8's fault check: product page, bundle button, cart and checkout work with no broker at all."""
+    from config.celery import app
+
+    settings.SHOP_BUNDLES_HOLDOUT_SHARE = 0.0
+    _, campaign = _catalogue()
+    saved_conf = {key: app.conf[key] for key in ("broker_url", "task_always_eager")}
+    app.conf.update(broker_url=f"redis://127.0.0.1:{_free_port()}/0", task_always_eager=False)  # nobody listens
+    _reset_celery_connections(app)
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            page = client.get(reverse("shop_bundles:product_detail", kwargs={"sku": "A"}))
+            added = client.post(reverse("shop_bundles:bundle_add", kwargs={"campaign_id": campaign.pk}))
+            cart = client.get(reverse("shop_bundles:cart"))
+            placed = client.post(reverse("shop_bundles:checkout"), {"customer_id": ""})
+    finally:
+        app.conf.update(saved_conf)
+        _reset_celery_connections(app)
+    assert page.status_code == 200 and "Frequently bought together" in page.content.decode()
+    assert added.status_code == 302 and cart.status_code == 200
+    order = Order.objects.get()
+    assert placed.status_code == 302 and placed.url == reverse("shop_bundles:order_detail", args=[order.pk])
+    assert (order.total, order.discount_total) == (D("22.50"), D("2.50"))
+    events = OutboxEvent.objects.order_by("pk")
+    assert [e.kind for e in events] == [OutboxEvent.OFFER_EVENT, OutboxEvent.ORDER_PLACED]
+    assert all(e.dispatched_at is None and e.processed_at is None for e in events)  # kept for the relay
+    assert events[0].last_error.startswith("broker: OperationalError")
 
 
 # --- the fault test ----------------------------------------------------------------------------
