@@ -53,6 +53,16 @@ class Product(models.Model):
         instance._remember_tracked()
         return instance
 
+    def refresh_from_db(self, using=None, fields=None, from_queryset=None):
+        """Reload from the database; the reloaded tracked fields count as unchanged afterwards."""
+        super().refresh_from_db(using=using, fields=fields, from_queryset=from_queryset)
+        loaded = dict(getattr(self, "_tracked_loaded", None) or {})
+        deferred = self.get_deferred_fields()
+        for name in self.TRACKED_FIELDS:
+            if (fields is None or name in fields) and name not in deferred:
+                loaded[name] = getattr(self, name)
+        self._tracked_loaded = loaded
+
     def _remember_tracked(self) -> None:
         """Store the current tracked values (the fields deferred at load are left out)."""
         deferred = self.get_deferred_fields()

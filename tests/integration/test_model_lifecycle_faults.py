@@ -3,6 +3,9 @@
 One real model (v1) is trained on a tiny Complete Journey slice in the test
 process and activated. Then, against a real Celery worker on Redis:
 
+(a private ``redis-server`` on a free port, so no other test run on the
+machine can take or flush these messages):
+
 * a run whose worker child is SIGKILLed mid-training, on every delivery, is
   redelivered by Celery (``acks_late`` + ``reject_on_worker_lost``), counted,
   and marked failed after ``MAX_ATTEMPTS`` deliveries;
@@ -28,6 +31,13 @@ from shop_bundles.services import training as training_service
 from shop_bundles.services.scoring import suggestions_score
 from shop_bundles.services.training import model_version_activate, training_run_execute
 from tests.integration.conftest import wait_for
+from tests.integration.test_outbox_faults import (
+    PrivateRedis,
+    _free_port,
+    _reset_celery_connections,
+    _start_worker,
+    _stop_worker,
+)
 from tests.shop.test_training import load_cj_slice, tiny_cj_slice
 
 pytestmark = [pytest.mark.faults, pytest.mark.celery_worker, pytest.mark.slow]
@@ -46,14 +56,53 @@ def _run(pk: int) -> TrainingRun:
     return TrainingRun.objects.get(pk=pk)
 
 
+class WorkerHandle:
+    """The worker process and its log."""
+
+    def __init__(self, process, log_path: Path):
+        self.process, self.log_path = process, log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def private_worker(transactional_db, tmp_path, monkeypatch):
+    """A real Celery worker (prefork, queues default + ml) on a private Redis, writing artifacts to
+    ``tmp_path/models``; this process's Celery app sends to the same Redis. Stopped at teardown."""
+    if not shutil.which("redis-server") or not shutil.which("redis-cli"):
+        pytest.skip("redis-server and redis-cli are needed for the model lifecycle fault test")
+    from config.celery import app
+
+    redis = PrivateRedis(_free_port(), tmp_path)
+    saved_conf = {key: app.conf[key] for key in ("broker_url", "task_always_eager")}
+    monkeypatch.setenv("SHOP_BUNDLES_ARTIFACT_DIR", str(tmp_path / "models"))  # read by the worker
+    worker = None
+    try:
+        redis.start()
+        app.conf.update(broker_url=redis.url, task_always_eager=False)
+        _reset_celery_connections(app)
+        worker = _start_worker(redis.url, tmp_path / "worker.log")
+        yield WorkerHandle(worker, tmp_path / "worker.log")
+    finally:
+        try:
+            if worker is not None:
+                _stop_worker(worker)
+        finally:
+            redis.stop()
+            app.conf.update(saved_conf)
+            _reset_celery_connections(app)
+
+
 def test_killed_raising_and_corrupt_training_runs_leave_the_active_model_serving(
-        celery_worker, cj_slice, tmp_path, settings, monkeypatch):
+        private_worker, cj_slice, tmp_path, settings, monkeypatch):
     from bundling_ml import artifacts
     from shop_bundles.tasks import retrain_model
 
+    celery_worker = private_worker
     load_cj_slice(tiny_cj_slice(cj_slice, households=25, weeks=8))
     settings.SHOP_BUNDLES_MIN_ANCHOR_BASKETS = 3
-    worker_artifacts = Path(settings.SHOP_BUNDLES_ARTIFACT_DIR)  # where the worker writes (see conftest)
+    worker_artifacts = tmp_path / "models"  # where the worker writes
     settings.SHOP_BUNDLES_ARTIFACT_DIR = str(tmp_path / "local")  # where this process writes
 
     # --- v1: a good model, trained here and activated ------------------------------------------

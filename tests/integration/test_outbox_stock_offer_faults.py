@@ -98,6 +98,12 @@ def test_product_save_writes_stock_changed_in_its_transaction_and_the_handler_pa
     assert (campaign.status, campaign.status_reason) == (BundleCampaign.PAUSED, "auto: Brown bread (B) is out of stock")
     assert StaffAction.objects.filter(campaign=campaign, action="auto_pause").count() == 1
 
+    # Reloaded values count as unchanged: saving a refreshed row writes no event.
+    Product.objects.filter(pk=bread.pk).update(stock=3)
+    bread.refresh_from_db()
+    bread.save()
+    assert _stock_events().count() == 1
+
 
 @pytest.mark.django_db
 def test_admin_product_change_writes_stock_changed_and_pauses_the_campaign(admin_client,
