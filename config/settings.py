@@ -23,6 +23,8 @@ DATABASE_URL          e.g. ``postgres://postgres@127.0.0.1:5432/shop_bundles``.
 CELERY_BROKER_URL     e.g. ``redis://127.0.0.1:6379/0``. Unset: tasks run eagerly
                       in the calling process (demo mode).
 SHOP_BUNDLES_ARTIFACT_DIR  where trained models are written (default ``var/models``).
+SHOP_BUNDLES_EVENT_TOKEN   bearer token of ``POST /bundles/events/`` (external shop front / POS
+                      events). Unset: the endpoint refuses every request (503).
 """
 import os
 from pathlib import Path
@@ -171,6 +173,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 4 * 3600}
 # --- shop_bundles --------------------------------------------------------
 SHOP_BUNDLES_ARTIFACT_DIR = os.environ.get("SHOP_BUNDLES_ARTIFACT_DIR", str(VAR_DIR / "models"))
 SHOP_BUNDLES_CURRENCY = os.environ.get("SHOP_BUNDLES_CURRENCY", "USD")
+# Secret: only from the environment; empty disables the events endpoint.
+SHOP_BUNDLES_EVENT_TOKEN = os.environ.get("SHOP_BUNDLES_EVENT_TOKEN", "").strip()
 
 # --- Production hardening (what `manage.py check --deploy` asks for) -----
 if PRODUCTION:

@@ -452,6 +452,14 @@ class BundleCampaignAdmin(admin.ModelAdmin):
         """Pausing and resuming need shop_bundles.manage_bundlecampaign."""
         return request.user.has_perm("shop_bundles.manage_bundlecampaign")
 
+    def has_add_permission(self, request):
+        """Adding a campaign by hand needs Django's add permission and the dedicated manage permission."""
+        return super().has_add_permission(request) and self.has_manage_permission(request)
+
+    def has_change_permission(self, request, obj=None):
+        """Editing needs Django's change permission and the dedicated manage permission (else read-only)."""
+        return super().has_change_permission(request, obj) and self.has_manage_permission(request)
+
     @admin.display(description="suggestion")
     def suggestion_link(self, obj):
         if not obj.suggestion_id:
@@ -666,7 +674,14 @@ class ModelVersionAdmin(admin.ModelAdmin):
             self.message_user(request, "Select exactly one model version to activate.", messages.WARNING)
             return
         version = queryset.get()
-        model_version_activate(version=version, user=request.user, note=f"activated by {request.user} in the admin")
+        from bundling_ml.artifacts import ArtifactCorruptError
+
+        try:
+            model_version_activate(version=version, user=request.user,
+                                   note=f"activated by {request.user} in the admin")
+        except ArtifactCorruptError as exc:
+            self.message_user(request, f"{version.label} was not activated: {exc}", messages.ERROR)
+            return
         self.message_user(request, f"{version.label} is now the active model version.", messages.SUCCESS)
 
 

@@ -1,5 +1,4 @@
-"""Signal handlers: install the default beat schedule after ``migrate``; sync campaigns when a product changes."""
-from django.db import transaction
+"""Signal handlers: install the default beat schedule after ``migrate``; a ``stock_changed`` event when a product changes."""
 from django.db.models.signals import post_migrate, post_save
 from django.dispatch import receiver
 
@@ -19,20 +18,31 @@ def install_default_schedule(sender, **kwargs):
 
 
 @receiver(post_save, sender="shop_bundles.Product", dispatch_uid="shop_bundles_product_campaign_sync")
-def product_saved_sync_campaigns(sender, instance, created=False, raw=False, using="default", **kwargs):
-    """After a product is saved, pause or resume the campaigns containing it once the save commits.
+def product_saved_record_stock_changed(sender, instance, created=False, raw=False, using="default",
+                                       update_fields=None, **kwargs):
+    """After a product's stock, price, cost or active flag changed, write a ``stock_changed`` outbox event.
 
-    Cheap for products in no campaign: one EXISTS query, nothing scheduled.
-    Fixture loading (``raw``) and new products (in no campaign yet) are skipped.
+    ``Product.save`` runs in a transaction, so the event commits (or rolls
+    back) with the change; its handler pauses or resumes the campaigns holding
+    the product (``services.campaigns.campaigns_sync_product``), exactly once.
+    Fixture loading (``raw``), new products (in no campaign yet), products
+    in no campaign (one EXISTS query) and saves that changed none of
+    ``Product.TRACKED_FIELDS`` are skipped.
     ``queryset.update`` / ``bulk_update`` bypass this signal; code that changes
-    stock that way (``services.orders.order_place``) schedules the sync itself.
+    stock that way calls ``services.outbox.stock_changed_record`` itself
+    (``services.orders.order_place`` does).
     """
     if raw or created:
         return
+    changed = instance.tracked_changes()
+    if update_fields is not None:
+        changed = [f for f in changed if f in update_fields]
+    if not changed:
+        return
     from .models import BundleCampaignItem
-    from .services.campaigns import campaigns_sync_product
+    from .services.outbox import stock_changed_record
 
     if not BundleCampaignItem.objects.using(using).filter(product_id=instance.pk).exists():
-        return
-    pk = instance.pk
-    transaction.on_commit(lambda: campaigns_sync_product(product=pk), using=using)
+        return  # in no campaign: nothing to pause or resume (one EXISTS query, no event)
+
+    stock_changed_record(product_ids=[instance.pk], fields=changed, source="product_save", using=using)

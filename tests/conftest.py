@@ -47,3 +47,12 @@ def cj_slice(cj_tables):
     part = tx[tx["household_id"].isin(households) & (tx["week"] <= 20)].reset_index(drop=True)
     products = cj_tables["products"]
     return {"transactions": part, "products": products[products["product_id"].isin(part["product_id"])].reset_index(drop=True)}
+
+
+@pytest.fixture(autouse=True)
+def _outbox_fast_path_not_paused(monkeypatch):
+    """Every test starts with the outbox's on-commit fast path enabled (it pauses for a few seconds
+    in-process after a broker error, which must not leak from one test into the next)."""
+    from shop_bundles.services import outbox
+
+    monkeypatch.setattr(outbox, "_fast_path_paused_until", 0.0)

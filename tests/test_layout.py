@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,7 @@ def test_bundling_ml_never_imports_django():
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.faults
 def test_web_process_and_beat_do_not_load_tensorflow():
     code = (
         "import os, sys, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings'); django.setup();"
@@ -50,6 +52,7 @@ def test_web_process_and_beat_do_not_load_tensorflow():
     assert result.stdout.strip().splitlines()[-1] == "False False"
 
 
+@pytest.mark.faults
 def test_production_refuses_to_start_without_secret_key():
     result = _run("import django, os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings'; django.setup()",
                   DJANGO_ENV="production", DJANGO_ALLOWED_HOSTS="shop.example.com")
@@ -57,6 +60,7 @@ def test_production_refuses_to_start_without_secret_key():
     assert "DJANGO_SECRET_KEY must be set" in result.stderr
 
 
+@pytest.mark.faults
 def test_unknown_environment_and_debug_in_production_are_refused():
     typo = _run("import django, os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings'; django.setup()",
                 DJANGO_ENV="prod")
@@ -67,6 +71,7 @@ def test_unknown_environment_and_debug_in_production_are_refused():
     assert debug.returncode != 0 and "DJANGO_DEBUG must be off" in debug.stderr
 
 
+@pytest.mark.faults
 def test_deploy_check_is_clean_with_production_settings():
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
     env.update(DJANGO_ENV="production", DJANGO_SECRET_KEY="x" * 20 + "-production-secret-" + "Yz9!kQ" * 8,
@@ -77,6 +82,7 @@ def test_deploy_check_is_clean_with_production_settings():
     assert "System check identified no issues" in result.stdout
 
 
+@pytest.mark.faults
 def test_debug_is_off_by_default():
     result = _run("import os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings';"
                   "from django.conf import settings; print(settings.DEBUG)")

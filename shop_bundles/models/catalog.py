@@ -2,7 +2,7 @@
 from decimal import Decimal
 
 from django.core.validators import MinValueValidator
-from django.db import models
+from django.db import models, router, transaction
 
 
 class Product(models.Model):
@@ -12,7 +12,14 @@ class Product(models.Model):
     ``cost`` is the unit cost when the shop knows it (the Complete Journey
     data has none, so it stays empty there). ``stock`` is units on hand;
     a product with ``stock <= 0`` or ``active=False`` never appears in an offer.
+
+    ``save()`` runs in a transaction (joining the caller's, if any) so the
+    ``stock_changed`` outbox event that ``signals.product_saved_record_stock_changed``
+    writes when stock, price, cost or active changed commits with the change.
     """
+
+    #: Fields whose change is a ``stock_changed`` event (campaigns may have to pause or resume).
+    TRACKED_FIELDS = ("stock", "price", "cost", "active")
 
     sku = models.CharField(max_length=64, unique=True)
     name = models.CharField(max_length=255, blank=True)
@@ -38,6 +45,43 @@ class Product(models.Model):
 
     def __str__(self):
         return f"{self.name or self.sku} ({self.sku})"
+
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        """Load a row and remember its tracked values (see ``tracked_changes``)."""
+        instance = super().from_db(db, field_names, values)
+        instance._remember_tracked()
+        return instance
+
+    def refresh_from_db(self, using=None, fields=None, from_queryset=None):
+        """Reload from the database; the reloaded tracked fields count as unchanged afterwards."""
+        super().refresh_from_db(using=using, fields=fields, from_queryset=from_queryset)
+        loaded = dict(getattr(self, "_tracked_loaded", None) or {})
+        deferred = self.get_deferred_fields()
+        for name in self.TRACKED_FIELDS:
+            if (fields is None or name in fields) and name not in deferred:
+                loaded[name] = getattr(self, name)
+        self._tracked_loaded = loaded
+
+    def _remember_tracked(self) -> None:
+        """Store the current tracked values (the fields deferred at load are left out)."""
+        deferred = self.get_deferred_fields()
+        self._tracked_loaded = {f: getattr(self, f) for f in self.TRACKED_FIELDS if f not in deferred}
+
+    def tracked_changes(self) -> list[str]:
+        """Tracked fields whose value differs from the one loaded (all of them for an instance not loaded
+        from the database, e.g. ``Product(pk=..., stock=...)``), in ``TRACKED_FIELDS`` order."""
+        loaded = getattr(self, "_tracked_loaded", None)
+        if loaded is None:
+            return list(self.TRACKED_FIELDS)
+        return [f for f in self.TRACKED_FIELDS if f not in loaded or loaded[f] != getattr(self, f)]
+
+    def save(self, *args, **kwargs):
+        """Save inside ``transaction.atomic`` (no savepoint), so ``post_save`` handlers share the transaction."""
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using, savepoint=False):
+            super().save(*args, **kwargs)
+        self._remember_tracked()
 
     @property
     def available(self) -> bool:

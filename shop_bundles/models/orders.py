@@ -16,8 +16,10 @@ class Order(models.Model):
     SOURCE_IMPORT = "import"
     SOURCE_STOREFRONT = "storefront"
     SOURCE_SIMULATED = "simulated"
+    SOURCE_API = "api"
     SOURCE_CHOICES = [(SOURCE_IMPORT, "Imported"), (SOURCE_STOREFRONT, "Storefront"),
-                      (SOURCE_SIMULATED, "Simulated (replay)")]
+                      (SOURCE_SIMULATED, "Simulated (replay)"),
+                      (SOURCE_API, "Reported by an external shop front / POS (events endpoint)")]
 
     external_id = models.CharField(max_length=64, unique=True)
     customer = models.ForeignKey("shop_bundles.Customer", null=True, blank=True,

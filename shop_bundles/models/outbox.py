@@ -22,6 +22,9 @@ class OutboxEvent(models.Model):
         attempts: handler runs that did the work (successful or failed); a
             duplicate delivery of a processed event does not count.
         last_error: the last broker or handler error ("" when none).
+        dedupe_key: ``"<source>:<event id>"`` of an event reported from
+            outside (``POST /events/``); unique, so a re-sent external event
+            is stored once. None for events the plugin writes itself.
     """
 
     ORDER_PLACED, STOCK_CHANGED, OFFER_EVENT = "order_placed", "stock_changed", "offer_event"
@@ -34,6 +37,7 @@ class OutboxEvent(models.Model):
     processed_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    dedupe_key = models.CharField(max_length=160, null=True, blank=True, unique=True)
 
     class Meta:
         ordering = ["created_at", "id"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -114,6 +115,19 @@ def discount_validate(*, discount_type: str, discount_value: Decimal, regular_pr
         raise ValidationError(f"Unknown discount type {discount_type!r}.")
 
 
+def local_days_after(moment: datetime, days: int) -> datetime:
+    """The same wall-clock time ``days`` calendar days after ``moment`` in ``TIME_ZONE``, as an aware datetime.
+
+    Across a daylight-saving change this is 23 or 25 hours per changed day,
+    not ``days * 24`` hours (zoneinfo arithmetic on the local time). A wall
+    time that does not exist on the target day (skipped by spring-forward) is
+    read with the offset before the change (PEP 495 ``fold=0``), i.e. one
+    hour later on the new clock.
+    """
+    local = timezone.localtime(moment) + timedelta(days=days)  # wall-clock arithmetic (same tzinfo)
+    return local.astimezone(dt_timezone.utc).astimezone(local.tzinfo)  # the new date's real offset
+
+
 @transaction.atomic
 def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str | None = None,
                        discount_value=None, starts_at: datetime | None = None,
@@ -127,7 +141,9 @@ def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str
         discount_value: Decimal-compatible; default the suggestion's suggested percent
             (or SHOP_BUNDLES_DEFAULT_DISCOUNT_PERCENT when it has none).
         starts_at: aware datetime, default now.
-        ends_at: aware datetime, default ``starts_at`` + SHOP_BUNDLES_CAMPAIGN_DAYS days.
+        ends_at: aware datetime, default ``starts_at`` + SHOP_BUNDLES_CAMPAIGN_DAYS days
+            on the wall clock of ``TIME_ZONE`` (a campaign approved at 10:00 ends at 10:00
+            local time, also when a daylight-saving change falls inside the window).
 
     Returns:
         The new BundleCampaign (status active, created_by/approved_by = user).
@@ -136,7 +152,9 @@ def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str
     Raises:
         PermissionDenied: the user lacks the approve permission.
         ValidationError: the suggestion is not pending ("Already approved by X at T"),
-            a product is inactive or out of stock, the discount is out of range
+            a product is inactive, out of stock or priced below its known cost, the
+            discounted bundle price breaks the margin floor (cost × (1 +
+            SHOP_BUNDLES_MIN_MARGIN_RATE), when every cost is known), the discount is out of range
             (e.g. exceeds the bundle's regular price), or the window is empty.
             A concurrent approval that slips past the row lock is caught by the
             unique ``BundleCampaign.suggestion`` constraint and reported the same way.
@@ -158,6 +176,8 @@ def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str
             problems.append(f"{product} is inactive")
         elif product.stock <= 0:
             problems.append(f"{product} is out of stock")
+        elif product.cost is not None and product.price < product.cost:
+            problems.append(f"{product} is priced {product.price}, below its cost {product.cost}")
     if problems:
         raise ValidationError("Cannot approve: " + "; ".join(problems) + ".")
 
@@ -172,10 +192,16 @@ def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str
     discount_value = _money(discount_value)
     regular_price = bundle_regular_price(products)
     discount_validate(discount_type=discount_type, discount_value=discount_value, regular_price=regular_price)
+    # The same margin floor as the automatic pause: a campaign that would be paused at once is refused.
+    draft = BundleCampaign(discount_type=discount_type, discount_value=discount_value.quantize(CENT))
+    floor_problem = _campaign_problem(draft, [BundleCampaignItem(product=p, quantity=1, position=i)
+                                              for i, p in enumerate(products)])
+    if floor_problem:
+        raise ValidationError(f"Cannot approve: {floor_problem[len(AUTO_PREFIX):]}.")
 
     now = timezone.now()
     starts_at = starts_at or now
-    ends_at = ends_at or (starts_at + timedelta(days=int(app_settings.get("CAMPAIGN_DAYS"))))
+    ends_at = ends_at or local_days_after(starts_at, int(app_settings.get("CAMPAIGN_DAYS")))
     if ends_at <= starts_at:
         raise ValidationError(f"The campaign must end after it starts ({_when(starts_at)}).")
 
@@ -453,19 +479,12 @@ def campaigns_sync_product(*, product) -> dict:
     return {"paused": paused, "resumed": resumed}
 
 
-def campaigns_sync_product_on_commit(product_ids) -> None:
-    """Schedule ``campaigns_sync_product`` for each product id once the current transaction commits."""
-    for pid in sorted(set(product_ids)):
-        transaction.on_commit(lambda pid=pid: campaigns_sync_product(product=pid))
-
-
 __all__ = [
     "bundle_regular_price",
     "campaign_pause",
     "campaign_resume",
     "campaigns_expire",
     "campaigns_sync_product",
-    "campaigns_sync_product_on_commit",
     "discount_validate",
     "live_signatures",
     "suggestion_approve",

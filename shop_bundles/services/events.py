@@ -83,21 +83,29 @@ def order_event_record(*, order_id: int) -> dict:
 
 
 def offer_event_add_to_cart(*, campaign_id: int, session_key: str, quantity: int = 1, customer=None,
-                            experiment_group: str = "") -> OfferEvent:
-    """Record that a shopper added a bundle to the cart (one INSERT).
+                            experiment_group: str = ""):
+    """Record that a shopper added a bundle to the cart, through the outbox.
+
+    Writes an ``offer_event`` ``OutboxEvent`` in the caller's transaction (one
+    INSERT); its handler writes the ``OfferEvent`` (kind ``add_to_cart``)
+    exactly once after commit, also when the broker is down at that moment
+    (``services.outbox.offer_event_record``).
 
     Args:
         campaign_id: the live campaign's primary key.
         session_key: the shopper's session key.
         quantity: bundles added (>= 1).
         customer: the known ``Customer`` or None.
+        experiment_group: the shopper's holdout-experiment group.
 
     Returns:
-        the new ``OfferEvent`` (kind ``add_to_cart``).
+        the ``OutboxEvent``.
     """
-    return OfferEvent.objects.create(kind=OfferEvent.ADD_TO_CART, campaign_id=campaign_id,
-                                     session_key=session_key or "", quantity=quantity, customer=customer,
-                                     experiment_group=experiment_group)
+    from .outbox import offer_event_record
+
+    return offer_event_record(kind=OfferEvent.ADD_TO_CART, campaign_id=campaign_id, session_key=session_key,
+                              quantity=quantity, customer_id=getattr(customer, "pk", None),
+                              experiment_group=experiment_group)
 
 
 def offer_impressions_record(*, campaign_ids, session_key: str, experiment_group: str, customer=None) -> int:

@@ -20,8 +20,7 @@ from django.utils import timezone
 
 from ..models import Customer, Order, OrderLine, OutboxEvent, Product
 from ..storefront.cart import cart_price
-from .campaigns import campaigns_sync_product_on_commit
-from .outbox import outbox_dispatch_on_commit, outbox_event_add
+from .outbox import outbox_dispatch_on_commit, outbox_event_add, stock_changed_record
 
 CUSTOMER_ID_MAX_LENGTH = 64
 
@@ -70,7 +69,8 @@ def order_place(*, cart, session_key: str | None, customer: Customer | None = No
     ``unit_price``, its share of the bundle discounts (the shares sum exactly
     to ``discount_total``) and the campaign that took most of its units.
     ``Order.campaigns`` lists every campaign used. Stock is decremented; on
-    commit, the campaigns of products that sold out are auto-paused
+    products that sold out get a ``stock_changed`` outbox event in the same
+    transaction, whose handler auto-pauses their campaigns
     (``services.campaigns.campaigns_sync_product``).
     An ``order_placed`` ``OutboxEvent`` (payload ``{"order_id", "external_id"}``)
     is written in the same transaction, so it exists exactly when the order
@@ -147,10 +147,11 @@ def order_place(*, cart, session_key: str | None, customer: Customer | None = No
             products[pid].stock -= qty
             products[pid].updated_at = now
         Product.objects.bulk_update(list(products.values()), ["stock", "updated_at"])
-        # bulk_update sends no post_save: pause the campaigns of products that just sold out, on commit.
+        # bulk_update sends no post_save: a stock_changed event (same transaction) for products that
+        # just sold out; its handler pauses their campaigns.
         sold_out = [pid for pid in quantities if products[pid].stock <= 0]
         if sold_out:
-            campaigns_sync_product_on_commit(sold_out)
+            stock_changed_record(product_ids=sold_out, fields=["stock"], source="order")
 
         event = outbox_event_add(kind=OutboxEvent.ORDER_PLACED,
                                  payload={"order_id": order.pk, "external_id": order.external_id})

@@ -16,6 +16,18 @@ Delivery is therefore at-least-once; ``outbox_event_handle`` (task
 exits when ``processed_at`` is set, and sets ``processed_at`` in the same
 transaction as the handler's own writes.
 
+Kinds (``OutboxEvent.kind``) and their handlers:
+
+* ``order_placed`` ``{"order_id"}``: records the ``OrderEvent`` and the
+  purchase ``OfferEvent`` per campaign the order used (``services.events``);
+* ``stock_changed`` ``{"product_ids", "fields", "source"}``: pauses or resumes
+  the campaigns holding the products (``campaigns_sync_product``), written by
+  ``stock_changed_record`` (every ``Product.save`` that changes stock, price,
+  cost or active; checkouts that sell a product's last unit; the events endpoint);
+* ``offer_event`` ``{"kind": "click" | "add_to_cart", "campaign_id", ...}``:
+  writes the ``OfferEvent`` (``offer_event_record``). Impressions are not
+  sent through the outbox (they are bulk-inserted directly on the product page).
+
 Settings (all optional): ``SHOP_BUNDLES_OUTBOX_REDISPATCH_SECONDS`` (300),
 ``SHOP_BUNDLES_OUTBOX_MAX_ATTEMPTS`` (10 handler runs, then the relay stops
 sending the event and reports it as dead), ``SHOP_BUNDLES_OUTBOX_FAST_PATH_PAUSE``
@@ -30,12 +42,12 @@ from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from ..models import Order, OutboxEvent
+from ..models import BundleCampaign, Customer, OfferEvent, Order, OutboxEvent, Product
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +102,116 @@ def outbox_event_add(*, kind: str, payload: dict[str, Any]) -> OutboxEvent:
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("outbox_event_add must be called inside the transaction that makes the change.")
     return OutboxEvent.objects.create(kind=kind, payload=payload)
+
+
+def outbox_event_add_once(*, kind: str, payload: dict[str, Any], dedupe_key: str) -> tuple[OutboxEvent, bool]:
+    """Like :func:`outbox_event_add`, but at most one event per ``dedupe_key`` ever.
+
+    Used for events reported from outside (a shop front retrying a POST).
+    The unique column decides under concurrency: a losing insert is rolled
+    back to a savepoint and the existing row is returned.
+
+    Args:
+        kind: one of ``OutboxEvent.KIND_CHOICES``.
+        payload: small JSON-serialisable dict.
+        dedupe_key: ``"<source>:<external event id>"`` (at most 160 characters).
+
+    Returns:
+        ``(event, created)``; ``created`` is False for a duplicate (the first event is returned).
+
+    Raises:
+        RuntimeError / ValueError: as :func:`outbox_event_add`.
+    """
+    existing = OutboxEvent.objects.filter(dedupe_key=dedupe_key).first()
+    if existing is not None:
+        return existing, False
+    if kind not in dict(OutboxEvent.KIND_CHOICES):
+        raise ValueError(f"Unknown outbox event kind {kind!r}.")
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("outbox_event_add_once must be called inside the transaction that makes the change.")
+    try:
+        with transaction.atomic():
+            return OutboxEvent.objects.create(kind=kind, payload=payload, dedupe_key=dedupe_key), True
+    except IntegrityError:
+        return OutboxEvent.objects.get(dedupe_key=dedupe_key), False
+
+
+def stock_changed_record(*, product_ids, fields=(), source: str = "", using: str = "default") -> OutboxEvent:
+    """Write a ``stock_changed`` outbox event in the current transaction and offer it to the broker on commit.
+
+    Called where a product's stock, price, cost or active flag changes
+    (``Product.save`` via ``signals``, ``order_place`` for products that sold
+    out, the events endpoint). The handler runs
+    ``campaigns_sync_product`` for each product, exactly once per event;
+    the sync itself reads the products' current rows, so a late or repeated
+    event never pauses a campaign wrongly.
+
+    Args:
+        product_ids: primary keys of the changed products (duplicates are dropped; sorted).
+        fields: names of the changed fields (informational, e.g. ``["stock"]``).
+        source: who changed it (``product_save``, ``order``, ``api``...).
+        using: database alias of the change's transaction.
+
+    Returns:
+        the saved ``OutboxEvent``.
+
+    Raises:
+        RuntimeError: outside a transaction (see :func:`outbox_event_add`).
+    """
+    ids = sorted({int(pk) for pk in product_ids})
+    with transaction.atomic(using=using, savepoint=False):
+        event = outbox_event_add(kind=OutboxEvent.STOCK_CHANGED,
+                                 payload={"product_ids": ids, "fields": list(fields), "source": source})
+        outbox_dispatch_on_commit(event)
+    return event
+
+
+#: Offer event kinds sent through the outbox (impressions are bulk-inserted directly, purchases come
+#: from the ``order_placed`` handler).
+OUTBOX_OFFER_KINDS = (OfferEvent.CLICK, OfferEvent.ADD_TO_CART)
+
+
+def offer_event_record(*, kind: str, campaign_id: int, session_key: str = "", quantity: int = 1,
+                       customer_id: int | None = None, experiment_group: str = "",
+                       occurred_at: datetime | None = None, dedupe_key: str | None = None) -> OutboxEvent:
+    """Write an ``offer_event`` outbox event (a click or a bundle added to a cart) and send it on commit.
+
+    Runs in the caller's transaction when there is one (else in its own);
+    the handler writes the ``OfferEvent`` exactly once, with ``created_at`` =
+    ``occurred_at`` (the moment of the click, not of processing).
+
+    Args:
+        kind: ``OfferEvent.CLICK`` or ``OfferEvent.ADD_TO_CART``.
+        campaign_id: the campaign's primary key.
+        session_key: the shopper's session key ("" when unknown).
+        quantity: bundles (>= 1).
+        customer_id: the known ``Customer``'s primary key, or None.
+        experiment_group: ``treatment`` / ``holdout`` / "".
+        occurred_at: aware datetime; None means now.
+        dedupe_key: for events reported from outside (see :func:`outbox_event_add_once`).
+
+    Returns:
+        the ``OutboxEvent`` (the existing one for a duplicate ``dedupe_key``).
+
+    Raises:
+        ValueError: for another kind or a quantity below 1.
+    """
+    if kind not in OUTBOX_OFFER_KINDS:
+        raise ValueError(f"offer event kind must be one of {', '.join(OUTBOX_OFFER_KINDS)}, not {kind!r}.")
+    if int(quantity) < 1:
+        raise ValueError(f"quantity must be at least 1, not {quantity!r}.")
+    payload = {"kind": kind, "campaign_id": int(campaign_id), "session_key": session_key or "",
+               "quantity": int(quantity), "customer_id": customer_id, "experiment_group": experiment_group or "",
+               "occurred_at": (occurred_at or timezone.now()).isoformat()}
+    with transaction.atomic(savepoint=False):
+        if dedupe_key:
+            event, created = outbox_event_add_once(kind=OutboxEvent.OFFER_EVENT, payload=payload,
+                                                   dedupe_key=dedupe_key)
+        else:
+            event, created = outbox_event_add(kind=OutboxEvent.OFFER_EVENT, payload=payload), True
+        if created:
+            outbox_dispatch_on_commit(event)
+    return event
 
 
 # --- sending -----------------------------------------------------------------------------------
@@ -234,9 +356,44 @@ def _handle_order_placed(payload: dict) -> dict:
         return {"order_id": payload.get("order_id"), "created": False, "skipped": "order no longer exists"}
 
 
+def _handle_stock_changed(payload: dict) -> dict:
+    """Pause or resume the campaigns of each product (``campaigns_sync_product``); deleted products are skipped."""
+    from .campaigns import campaigns_sync_product
+
+    ids = [int(pk) for pk in payload.get("product_ids", [])]
+    existing = set(Product.objects.filter(pk__in=ids).values_list("pk", flat=True))
+    paused = resumed = 0
+    for pk in ids:
+        if pk in existing:
+            result = campaigns_sync_product(product=pk)
+            paused += result["paused"]
+            resumed += result["resumed"]
+    return {"products": len(existing), "missing": sorted(set(ids) - existing), "paused": paused,
+            "resumed": resumed}
+
+
+def _handle_offer_event(payload: dict) -> dict:
+    """Write the click / add-to-cart ``OfferEvent``; a campaign deleted since is skipped."""
+    campaign_id = int(payload["campaign_id"])
+    if not BundleCampaign.objects.filter(pk=campaign_id).exists():
+        return {"offer_event_id": None, "skipped": "campaign no longer exists"}
+    customer_id = payload.get("customer_id")
+    if customer_id is not None and not Customer.objects.filter(pk=customer_id).exists():
+        customer_id = None
+    occurred = payload.get("occurred_at")
+    event = OfferEvent.objects.create(
+        kind=payload["kind"], campaign_id=campaign_id, session_key=payload.get("session_key", "")[:64],
+        quantity=int(payload.get("quantity", 1)), customer_id=customer_id,
+        experiment_group=payload.get("experiment_group", "")[:16],
+        created_at=datetime.fromisoformat(occurred) if occurred else timezone.now())
+    return {"offer_event_id": event.pk, "kind": event.kind}
+
+
 #: kind -> handler(payload) -> JSON-serialisable dict. Kinds without a handler fail (and are retried).
 HANDLERS: dict[str, Callable[[dict], dict]] = {
     OutboxEvent.ORDER_PLACED: _handle_order_placed,
+    OutboxEvent.STOCK_CHANGED: _handle_stock_changed,
+    OutboxEvent.OFFER_EVENT: _handle_offer_event,
 }
 
 

@@ -52,6 +52,9 @@ def suggestions_score(*, model_version_id: int | None = None, progress=None) -> 
     most SHOP_BUNDLES_MAX_SUGGESTIONS long (best scores first); ``bulk_create``
     the rest with their items (anchor at position 0).
 
+    Raises:
+        ArtifactCorruptError: the version's artifact is missing or fails its SHA-256 check.
+
     Returns:
         ``{"model_version_id": int | None, "created": int, "skipped": int,
         "skipped_reasons": {reason: count}, "expired": int, "scored": int, "seconds": float,
@@ -66,6 +69,10 @@ def suggestions_score(*, model_version_id: int | None = None, progress=None) -> 
     else:
         version = ModelVersion.objects.get(pk=model_version_id)
 
+    # A missing or corrupt artifact is refused before any work (ArtifactCorruptError names the file).
+    from bundling_ml.artifacts import verify_artifact
+
+    verify_artifact(version.artifact_path)
     lines = ml_bridge.lines_frame()
     products = ml_bridge.products_frame()
 

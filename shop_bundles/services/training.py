@@ -15,10 +15,25 @@ Delivery guarantees (cases W1/W2):
   finds the run ``running`` *and* can take the lock knows the previous worker
   was lost (SIGKILL, OOM). It retries up to ``MAX_ATTEMPTS`` attempts in all, then
   marks the run failed; the previously active model stays active throughout.
+  The redelivery itself comes from Celery: ``retrain_model`` is ``acks_late``
+  and ``CELERY_TASK_REJECT_ON_WORKER_LOST`` is on, so when the pool child
+  dies (SIGKILL, OOM) the message is requeued at once instead of being acked
+  as failed; when the whole worker host disappears, Redis redelivers it after
+  the visibility timeout. ``params["worker"]`` records the host and pid of the
+  child that trains (operators can see which process to look at).
+* A run that raises is marked failed with ``"<ExcType>: <message>"`` and the
+  traceback in ``error``; nothing is activated.
+* The artifact's SHA-256 checksums (written by ``bundling_ml.artifacts``) are
+  verified before the new version is recorded, and again by
+  :func:`model_version_activate` and on every model load for scoring, so a
+  corrupt artifact fails the run (or the activation / scoring) with
+  ``ArtifactCorruptError`` naming the file; the active model is untouched.
 """
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -38,6 +53,8 @@ logger = logging.getLogger(__name__)
 MAX_RELATIVE_NDCG_DROP = 0.02
 #: Deliveries of one run (first + redeliveries after a lost worker) before it is marked failed.
 MAX_ATTEMPTS = 3
+#: Seconds a delivery for a ``running`` run retries the lock (the killed worker's backend may linger).
+LOST_WORKER_LOCK_WAIT = 3.0
 #: Seconds between progress writes (stage changes are always written).
 PROGRESS_INTERVAL = 1.0
 _LOCK_CLASS = 0x5B0D  # first key of the advisory lock pair (shop_bundles training); second is the run id
@@ -56,14 +73,24 @@ def schedule_slot(trigger: str, slot: str | None) -> str | None:
 
 
 @contextmanager
-def _run_lock(run_id: int):
-    """Try a session advisory lock on the run (PostgreSQL); yields True when held (always True elsewhere)."""
+def _run_lock(run_id: int, *, wait: float = 0.0):
+    """Try a session advisory lock on the run (PostgreSQL); yields True when held (always True elsewhere).
+
+    ``wait`` seconds of retries (every 0.25 s) cover a redelivery that arrives
+    while the database has not yet noticed the killed worker's connection
+    (its backend still holds the lock for a moment).
+    """
     if connection.vendor != "postgresql":
         yield True
         return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_LOCK_CLASS, int(run_id)])
-        held = bool(cursor.fetchone()[0])
+    deadline = time.monotonic() + wait
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [_LOCK_CLASS, int(run_id)])
+            held = bool(cursor.fetchone()[0])
+        if held or time.monotonic() >= deadline:
+            break
+        time.sleep(0.25)
     try:
         yield held
     finally:
@@ -108,8 +135,16 @@ def _load_run(*, run_id: int | None, trigger: str, slot: str | None, user=None) 
 def model_version_activate(*, version: ModelVersion, user=None, note: str = "") -> ModelVersion:
     """Make ``version`` the only active model version (one transaction).
 
+    The artifact is verified first (``bundling_ml.artifacts.verify_artifact``:
+    files present, SHA-256 as recorded at save; no TensorFlow import).
     Records a StaffAction (action ``activate_model``) when ``user`` is given.
+
+    Raises:
+        ArtifactCorruptError: the artifact is missing or corrupt; the active version is not changed.
     """
+    from bundling_ml.artifacts import verify_artifact
+
+    verify_artifact(version.artifact_path)
     with transaction.atomic():
         now = timezone.now()
         ModelVersion.objects.select_for_update().filter(is_active=True).exclude(pk=version.pk).update(is_active=False)
@@ -188,7 +223,7 @@ def training_run_execute(*, run_id: int | None = None, trigger: str = "manual", 
         return _result(run, "duplicate", f"{what} already {run.status} at {run.finished_at:%Y-%m-%d %H:%M}; "
                                         "not training again.")
 
-    with _run_lock(run.pk) as held:
+    with _run_lock(run.pk, wait=LOST_WORKER_LOCK_WAIT if run.status == TrainingRun.RUNNING else 0.0) as held:
         if not held:
             return _result(run, "duplicate", f"run {run.pk} (slot {run.slot}) is being trained by another worker.")
         run.refresh_from_db()
@@ -216,6 +251,7 @@ def _train(run: TrainingRun, *, attempts: int, trigger: str, split_date, queue_s
     run.status, run.started_at, run.finished_at = TrainingRun.RUNNING, timezone.now(), None
     run.progress, run.stage, run.error = 0.0, "loading order history", ""
     run.params = {**run.params, "trigger": trigger, "attempts": attempts, "seed": 0,
+                  "worker": {"host": socket.gethostname(), "pid": os.getpid()},
                   "split_date": str(split_date) if split_date else None, "excluded_departments": list(excluded),
                   "max_queries": max_queries}
     run.save(update_fields=["status", "started_at", "finished_at", "progress", "stage", "error", "params"])
@@ -255,6 +291,10 @@ def _train(run: TrainingRun, *, attempts: int, trigger: str, split_date, queue_s
             max_queries=max_queries, sample_baskets=app_settings.get("BACKTEST_SAMPLE_BASKETS"),
             promotions=ml_bridge.promotions_frame(),
         )
+        # A corrupt artifact (torn write, disk error) fails the run here, before any version is recorded.
+        from bundling_ml.artifacts import verify_artifact
+
+        verify_artifact(result.artifact_dir)
         metrics = dict(result.metrics)
         history = {k: [float(v) for v in vals] for k, vals in dict(result.history or {}).items()}
         split = metrics.get("split_date")

@@ -284,9 +284,16 @@ def _stop_worker(worker: subprocess.Popen) -> None:
 
 
 def _reset_celery_connections(app) -> None:
-    """Drop the app's cached broker connection and producer pools (after changing broker_url)."""
+    """Drop the app's cached broker connection and producer pools (after changing broker_url).
+
+    ``kombu.pools.reset()`` also empties kombu's global pool registry, so no later test (eager mode
+    acquires a producer too) gets a pool that was closed here.
+    """
+    from kombu import pools
+
     if app._pool is not None:
         app._pool.force_close_all()
+    pools.reset()
     app._pool = None
     amqp = app.__dict__.get("amqp")
     if amqp is not None:

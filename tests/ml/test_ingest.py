@@ -37,6 +37,7 @@ def write(tmp_path: Path, text: str, name="export.csv", encoding="utf-8") -> Pat
 
 # --- the field cases ------------------------------------------------------
 
+@pytest.mark.faults
 def test_retail_export_messy_baskets_after_cleaning(cases_dir):
     result = read_orders_csv(cases_dir / "import" / "retail_export_messy.csv", mapping=RETAIL_MAP, encoding="cp1252")
     assert baskets(result.lines) == {
@@ -49,6 +50,7 @@ def test_retail_export_messy_baskets_after_cleaning(cases_dir):
     assert pairs.value_counts().to_dict() == {("22001", "22003"): 2}
 
 
+@pytest.mark.faults
 def test_retail_export_messy_text_ids_guests_and_pound_sign(cases_dir):
     result = read_orders_csv(cases_dir / "import" / "retail_export_messy.csv", mapping=RETAIL_MAP, encoding="cp1252")
     lines = result.lines.set_index(["basket_id", "product_id"])
@@ -61,6 +63,7 @@ def test_retail_export_messy_text_ids_guests_and_pound_sign(cases_dir):
     assert lines.loc[("540001", "22001"), "quantity"] == 4.0
 
 
+@pytest.mark.faults
 def test_retail_export_messy_report_counts(cases_dir):
     report = read_orders_csv(cases_dir / "import" / "retail_export_messy.csv", mapping=RETAIL_MAP,
                              encoding="cp1252").report
@@ -71,6 +74,7 @@ def test_retail_export_messy_report_counts(cases_dir):
     assert report.read == report.imported + report.skipped + report.rejected + report.duplicates
 
 
+@pytest.mark.faults
 def test_bad_rows_rejections_with_line_numbers(cases_dir):
     result = read_orders_csv(cases_dir / "import" / "bad_rows.csv", mapping=SIMPLE_MAP)
     assert [(r.line, r.field, r.reason) for r in result.report.rejections] == [
@@ -84,6 +88,7 @@ def test_bad_rows_rejections_with_line_numbers(cases_dir):
     assert result.report.duplicate_lines == [{"line": 10, "duplicate_of": 2}]
 
 
+@pytest.mark.faults
 def test_bad_rows_imports_whole_good_orders_only(cases_dir):
     result = read_orders_csv(cases_dir / "import" / "bad_rows.csv", mapping=SIMPLE_MAP)
     assert baskets(result.lines) == {"7001": {"SKU-1", "SKU-2"}, "7006": {"SKU-1", "SKU-3"},
@@ -95,6 +100,7 @@ def test_bad_rows_imports_whole_good_orders_only(cases_dir):
     assert (report.read, report.imported, report.rejected, report.duplicates, report.skipped) == (13, 6, 6, 1, 0)
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("date_format", [None, "%d/%m/%Y %H:%M"])
 def test_dates_day_first_all_in_december(cases_dir, date_format):
     result = read_orders_csv(cases_dir / "import" / "dates_day_first.csv", mapping=SIMPLE_MAP,
@@ -118,6 +124,7 @@ def test_inference_month_first_from_unambiguous_value():
     assert fmt == "%m/%d/%Y %H:%M"
 
 
+@pytest.mark.faults
 def test_undecidable_day_month_order_stops_and_asks_for_format(tmp_path):
     path = write(tmp_path, HEADER + "1,A,1,01/12/2021,1.00\n2,B,1,05/06/2021,1.00\n")
     with pytest.raises(IngestError, match="--date-format") as exc:
@@ -125,6 +132,7 @@ def test_undecidable_day_month_order_stops_and_asks_for_format(tmp_path):
     assert "day-first or month-first" in str(exc.value)
 
 
+@pytest.mark.faults
 def test_column_mixing_day_first_and_month_first_is_refused(tmp_path):
     path = write(tmp_path, HEADER + "1,A,1,13/12/2021,1.00\n2,B,1,12/13/2021,1.00\n")
     with pytest.raises(IngestError, match="mixes day-first .* and month-first"):
@@ -149,6 +157,7 @@ def test_unrecognisable_date_column_is_refused(tmp_path):
 
 # --- file conventions -----------------------------------------------------
 
+@pytest.mark.faults
 def test_utf8_bom_is_removed_from_first_header(tmp_path):
     path = tmp_path / "bom.csv"
     path.write_bytes(codecs.BOM_UTF8 + (HEADER + "1,A,1,2021-03-01 10:00,1.50\n").encode())
@@ -163,6 +172,7 @@ def test_utf16_tab_export_is_read(tmp_path):
     assert result.lines["product_id"].tolist() == ["Crème"]
 
 
+@pytest.mark.faults
 def test_semicolon_and_decimal_comma(tmp_path):
     text = ("order_id;sku;qty;ordered_at;unit_price\n"
             "1;A;2;01.03.2021 10:00;3,50\n"
@@ -197,22 +207,26 @@ def test_spreadsheet_float_ids_are_restored_to_text(tmp_path):
 
 # --- whole-file refusals --------------------------------------------------
 
+@pytest.mark.faults
 def test_empty_file_is_refused(tmp_path):
     with pytest.raises(IngestError, match="is empty"):
         read_orders_csv(write(tmp_path, ""), mapping=SIMPLE_MAP)
 
 
+@pytest.mark.faults
 def test_header_only_file_is_refused(tmp_path):
     with pytest.raises(IngestError, match="no order lines"):
         read_orders_csv(write(tmp_path, HEADER), mapping=SIMPLE_MAP)
 
 
+@pytest.mark.faults
 def test_missing_mapped_column_is_named(tmp_path):
     path = write(tmp_path, "order_id,sku,quantity,ordered_at,unit_price\n1,A,1,2021-03-01,1\n")
     with pytest.raises(IngestError, match=r"no column 'qty' \(mapped to quantity\)"):
         read_orders_csv(path, mapping=SIMPLE_MAP)
 
 
+@pytest.mark.faults
 def test_binary_file_is_refused(tmp_path):
     path = tmp_path / "orders.xlsx"
     path.write_bytes(b"PK\x03\x04\x14\x00\x06\x00" + bytes(range(256)))
@@ -225,6 +239,7 @@ def test_wrong_encoding_is_refused_with_a_hint(cases_dir):
         read_orders_csv(cases_dir / "import" / "retail_export_messy.csv", mapping=RETAIL_MAP)
 
 
+@pytest.mark.faults
 def test_file_over_the_size_limit_is_refused(tmp_path):
     path = write(tmp_path, HEADER + "1,A,1,2021-03-01,1\n")
     with pytest.raises(IngestError, match="over the import limit of 10 bytes"):

@@ -195,9 +195,25 @@ def test_retrain_button_queues_the_task_on_commit(admin_client, monkeypatch, dja
     assert queued == [{"run_id": run.pk, "trigger": "manual"}]
 
 
-def test_model_version_admin_backtest_table_and_activate_action(admin_client):
-    old = ModelVersion.objects.create(label="v-old", artifact_path="/tmp/a", metrics=METRICS, is_active=True)
-    new = ModelVersion.objects.create(label="v-new", artifact_path="/tmp/b", metrics=METRICS)
+def checksummed_artifact(directory, model_bytes: bytes = b"model bytes") -> str:
+    """An artifact directory whose ``metadata.json`` records the SHA-256 of its ``model.keras`` (format 2),
+    written without TensorFlow; returns its path."""
+    import json
+
+    from bundling_ml import artifacts
+
+    directory.mkdir(parents=True)
+    (directory / artifacts.MODEL_FILE).write_bytes(model_bytes)
+    meta = {"format_version": 2, "checksums": {"algorithm": "sha256", "files": artifacts.file_checksums(directory)}}
+    (directory / artifacts.METADATA_FILE).write_text(json.dumps(meta))
+    return str(directory)
+
+
+def test_model_version_admin_backtest_table_and_activate_action(admin_client, tmp_path):
+    old = ModelVersion.objects.create(label="v-old", artifact_path=checksummed_artifact(tmp_path / "a"),
+                                      metrics=METRICS, is_active=True)
+    new = ModelVersion.objects.create(label="v-new", artifact_path=checksummed_artifact(tmp_path / "b"),
+                                      metrics=METRICS)
     html = admin_client.get(reverse("admin:shop_bundles_modelversion_change", args=[new.pk])).content.decode()
     assert "<th>NDCG@10</th>" in html and "<td>popularity</td>" in html and "0.1070" in html
     admin_client.post(reverse("admin:shop_bundles_modelversion_changelist"),
@@ -205,6 +221,23 @@ def test_model_version_admin_backtest_table_and_activate_action(admin_client):
     old.refresh_from_db()
     new.refresh_from_db()
     assert (old.is_active, new.is_active) == (False, True)
+
+
+@pytest.mark.faults
+def test_admin_refuses_to_activate_a_corrupt_or_missing_artifact(admin_client, tmp_path):
+    active = ModelVersion.objects.create(label="v-ok", artifact_path=checksummed_artifact(tmp_path / "ok"),
+                                         metrics=METRICS, is_active=True)
+    corrupt_dir = checksummed_artifact(tmp_path / "bad")
+    (tmp_path / "bad" / "model.keras").write_bytes(b"model bytez")  # one byte flipped after the save
+    corrupt = ModelVersion.objects.create(label="v-corrupt", artifact_path=corrupt_dir, metrics=METRICS)
+    missing = ModelVersion.objects.create(label="v-missing", artifact_path=str(tmp_path / "gone"), metrics=METRICS)
+    url = reverse("admin:shop_bundles_modelversion_changelist")
+    for version, reason in ((corrupt, "model.keras has sha256"), (missing, "does not exist")):
+        response = admin_client.post(url, {"action": "activate", "_selected_action": [version.pk]}, follow=True)
+        text = " ".join(str(m) for m in response.context["messages"])
+        assert f"{version.label} was not activated: model artifact" in text and reason in text
+    assert list(ModelVersion.objects.filter(is_active=True)) == [active]
+    assert not StaffAction.objects.filter(action="activate_model").exists()
 
 
 def test_data_changelists_render(admin_client):

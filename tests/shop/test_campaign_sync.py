@@ -17,7 +17,7 @@ from shop_bundles.storefront.cart import SESSION_KEY
 
 from .test_campaigns import make_staff
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.faults]
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from shop_bundles.services.campaigns import (
     suggestion_reject,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.faults]
 
 
 # --------------------------------------------------------------------------- helpers (also used by test_admin)
@@ -154,6 +154,31 @@ def test_unavailable_product_is_refused(approver, change, reason):
         suggestion_approve(suggestion=suggestion, user=approver)
     assert reason in " ".join(err.value.messages) and "(B)" in " ".join(err.value.messages)
     assert not BundleCampaign.objects.exists()
+
+
+def test_product_repriced_below_cost_or_margin_floor_is_refused(approver, settings):
+    settings.SHOP_BUNDLES_MIN_MARGIN_RATE = 0.05
+    a = make_product("A", "20.00", name="Apples")
+    b = make_product("B", "5.00", name="Bread")
+    Product.objects.filter(pk=a.pk).update(cost=Decimal("21.00"))  # repriced below cost since the suggestion
+    Product.objects.filter(pk=b.pk).update(cost=Decimal("3.00"))
+    suggestion = make_suggestion([a, b])
+    with pytest.raises(ValidationError) as err:
+        suggestion_approve(suggestion=suggestion, user=approver)
+    assert err.value.messages == ["Cannot approve: Apples (A) is priced 20.00, below its cost 21.00."]
+
+    # Above cost again: 10 % off 25.00 = 22.50 clears the floor (18.00 + 3.00) * 1.05 = 22.05,
+    # 20 % off = 20.00 does not and is refused with the floor in the message.
+    Product.objects.filter(pk=a.pk).update(cost=Decimal("18.00"))
+    with pytest.raises(ValidationError) as err:
+        suggestion_approve(suggestion=suggestion, user=approver, discount_value="20")
+    assert err.value.messages == ["Cannot approve: Apples (A) breaks the margin floor: bundle price 20.00 is below "
+                                  "cost 21.00 + 5% = 22.05."]
+    assert not BundleCampaign.objects.exists()
+    suggestion.refresh_from_db()
+    assert suggestion.status == "pending"
+    campaign = suggestion_approve(suggestion=suggestion, user=approver, discount_value="10")
+    assert campaign.discount_value == Decimal("10.00")
 
 
 def test_staff_without_the_approve_permission_is_refused(bundle_ab):

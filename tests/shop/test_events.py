@@ -49,6 +49,7 @@ def fill_cart(client, quantities):
     session.save()
 
 
+@pytest.mark.faults
 def test_checkout_creates_order_with_bundle_discounts_and_records_event_once(
         client, products, django_capture_on_commit_callbacks):
     ab = make_campaign("AB", "percent", "10", [products["A"], products["B"]])
@@ -95,6 +96,7 @@ def test_checkout_creates_order_with_bundle_discounts_and_records_event_once(
     assert 'id="total" class="grand">$46.30<' in page.content.decode()
 
 
+@pytest.mark.faults
 def test_order_event_record_twice_creates_once(products, django_capture_on_commit_callbacks):
     make_campaign("GH", "percent", "5", [products["G"], products["H"]])
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
@@ -112,6 +114,7 @@ def test_order_event_record_twice_creates_once(products, django_capture_on_commi
     assert (event.revenue, event.bundle_discount) == (D("115.42"), D("6.08"))
 
 
+@pytest.mark.faults
 def test_m5_line_discounts_sum_to_the_once_rounded_bundle_discount(products):
     make_campaign("GH", "percent", "5", [products["G"], products["H"]])
     order = order_place(cart={products["G"].pk: 9, products["H"].pk: 9}, session_key="")
@@ -120,6 +123,7 @@ def test_m5_line_discounts_sum_to_the_once_rounded_bundle_discount(products):
     assert discounts == [D("3.04"), D("3.04")]
 
 
+@pytest.mark.faults
 def test_m4_line_discounts_split_by_regular_amount_and_sum_exactly(products):
     make_campaign("EF", "percent", "25", [products["E"], products["F"]])
     order = order_place(cart={products["E"].pk: 1, products["F"].pk: 1}, session_key="")
@@ -137,6 +141,7 @@ def test_order_without_bundle_records_event_without_purchases(products):
     assert not OfferEvent.objects.exists()
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("problem", ["empty", "out_of_stock", "not_enough_stock", "inactive"])
 def test_order_place_refuses_and_writes_nothing(products, problem, django_capture_on_commit_callbacks):
     cart = {products["A"].pk: 1, products["B"].pk: 1}
@@ -177,6 +182,7 @@ def test_checkout_with_customer_id_links_the_customer(client, products, django_c
     assert OrderEvent.objects.count() == 2
 
 
+@pytest.mark.faults
 def test_order_page_is_private_to_the_session_that_placed_it(client, products):
     fill_cart(client, {products["A"]: 1})
     response = client.post(reverse("shop_bundles:checkout"))
@@ -189,6 +195,7 @@ def test_checkout_get_goes_back_to_the_cart(client):
     assert response.status_code == 302 and response.url == reverse("shop_bundles:cart")
 
 
+@pytest.mark.faults
 def test_campaign_paused_before_checkout_gives_no_discount(client, products):
     campaign = make_campaign("AB", "percent", "10", [products["A"], products["B"]])
     fill_cart(client, {products["A"]: 1, products["B"]: 1})

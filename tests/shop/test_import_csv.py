@@ -11,7 +11,7 @@ from shop_bundles.models import Customer, ImportRun, Order, OrderLine, Product
 from shop_bundles.services import imports
 from shop_bundles.services.imports import IngestError, orders_import_csv
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.faults]
 
 RETAIL_MAP = ("basket=InvoiceNo,product=StockCode,time=InvoiceDate,quantity=Quantity,price=UnitPrice,"
               "customer=CustomerID,name=Description")

@@ -213,6 +213,7 @@ def test_activation_decision_first_version_and_incomparable_tables():
 
 
 @override_settings(TIME_ZONE="America/Chicago")
+@pytest.mark.faults
 def test_failed_training_is_marked_failed_with_the_error_and_reraised(settings, tmp_path):
     # Two baskets on one day: the default split (one week after the first day) leaves no test period,
     # which bundling_ml.pipeline.train_model refuses.
@@ -230,6 +231,7 @@ def test_failed_training_is_marked_failed_with_the_error_and_reraised(settings, 
     assert again["status"] == "duplicate" and "already failed" in again["message"]
 
 
+@pytest.mark.faults
 def test_w1_delivery_while_another_worker_trains_the_slot_exits_early():
     run = TrainingRun.objects.create(slot="nightly:x", status="running", params={"attempts": 1})
     holding, release = threading.Event(), threading.Event()
@@ -369,6 +371,7 @@ class TestOneRealTraining:
         assert all(0 <= p <= 1 for p, _ in written)
         assert [p for p, _ in written] == sorted(p for p, _ in written)
 
+    @pytest.mark.faults
     def test_w1_second_delivery_for_the_same_slot_exits_early(self, trained):
         second = training_run_execute(trigger="schedule", slot=trained.run.slot, queue_scoring=False)
         assert second["status"] == "duplicate" and second["run_id"] == trained.run.pk
@@ -376,12 +379,14 @@ class TestOneRealTraining:
         assert f"slot {trained.run.slot} already succeeded" in second["message"]
         assert TrainingRun.objects.count() == 1 and ModelVersion.objects.count() == 1
 
+    @pytest.mark.faults
     def test_scheduled_runs_without_a_slot_share_the_day_slot(self, trained):
         assert TrainingRun.objects.get().slot == f"schedule:{timezone.localdate().isoformat()}"
         again = training_run_execute(trigger="schedule", queue_scoring=False)
         assert again["status"] == "duplicate" and again["run_id"] == trained.run.pk
         assert TrainingRun.objects.count() == 1
 
+    @pytest.mark.faults
     def test_w2_redelivery_after_a_lost_worker_retrains_then_gives_up(self, trained):
         # The shared training was the redelivery of a run whose worker died: same run, attempt 2, succeeded.
         run = TrainingRun.objects.get()
@@ -493,6 +498,7 @@ class TestOneRealTraining:
             assert result["skipped_reasons"].get("review queue full", 0) > 0
 
 
+@pytest.mark.faults
 def test_tensorflow_is_not_imported_by_the_seam_modules():
     import subprocess
     import sys
