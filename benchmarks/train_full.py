@@ -83,7 +83,8 @@ def main() -> int:
         t_train = time.perf_counter() - t1
         rss_train = peak_rss_mib()
         t2 = time.perf_counter()
-        bundles = pipeline.score_bundles(res.artifact_dir, lines, products, min_anchor_baskets=args.min_anchor_baskets, excluded_departments=("FUEL", "COUPON"))
+        bundles = pipeline.score_bundles(res.artifact_dir, lines, products, min_anchor_baskets=args.min_anchor_baskets, excluded_departments=("FUEL", "COUPON"),
+                                        promotions=promotions)
         t_score = time.perf_counter() - t2
     m = res.metrics
     print()
