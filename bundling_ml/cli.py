@@ -172,6 +172,16 @@ def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int =
     from bundling_ml.data import exclude_departments, prepare_lines, prepare_products, temporal_split
     from bundling_ml.features import ProductTable, ProductVocab
 
+    q = queries.astype(str)
+    qtimes = None
+    if "time" in q.columns:  # checked before training: a bad query file fails fast
+        raw_t = q["time"].str.strip()
+        parsed = pd.to_datetime(raw_t.mask(raw_t == ""), errors="coerce")
+        bad = parsed.isna() & (raw_t != "")
+        if bad.any():
+            r = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f"queries row {r + 1}: field time: cannot parse {q['time'].iat[r]!r} as a date/time")
+        qtimes = parsed.to_numpy()
     L = prepare_lines(lines)
     P = prepare_products(products, L)
     L = exclude_departments(L, P, excluded_departments)
@@ -190,18 +200,9 @@ def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int =
         logging.getLogger("bundling_ml").warning("no model trained (%s); ranking by co-purchase count", exc)
         rankers = None
     ctx = rk.attach_promotions(rk.build_context(train, pidx, table, P, end=split), promotions)
-    q = queries.astype(str)
-    if "time" in q.columns:
-        raw_t = q["time"].str.strip()
-        qtimes = pd.to_datetime(raw_t.mask(raw_t == ""), errors="coerce")
-        bad = qtimes.isna() & (raw_t != "")
-        if bad.any():
-            r = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ValueError(f"queries row {r + 1}: field time: cannot parse {q['time'].iat[r]!r} as a date/time")
-        qtimes = qtimes.to_numpy()
+    if qtimes is not None:
         qweeks = rk.week_index(ctx, np.where(pd.isna(qtimes), split.to_datetime64(), qtimes))
     else:
-        qtimes = None
         qweeks = np.full(len(q), rk.week_index(ctx, [split])[0])
     qa = pidx.get_indexer(q["product_id"].str.strip())
     users = rk.user_index(ctx, q["customer_id"].str.strip() if "customer_id" in q.columns else [None] * len(q))
