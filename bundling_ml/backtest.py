@@ -117,7 +117,8 @@ def fit_rankers(train: pd.DataFrame, products: pd.DataFrame, product_index: pd.I
     for i in range(n_seeds):
         lo = 0.2 + 0.35 * i / n_seeds
         m_i, h_i = rk.fit_listwise(vocab, x, y, epochs=epochs, seed=seed + i, use_embeddings=use_embeddings, name=f"bundle_list_ranker_s{i}",
-                                   progress=lambda f, s, lo=lo: prog(lo + 0.35 * f / n_seeds, f"anonymous ranker {i + 1}/{n_seeds} " + s))
+                                   progress=lambda f, s, lo=lo, tag=("anonymous " if i == 0 else f"anonymous ranker {i + 1}/{n_seeds} "):
+                                   prog(lo + 0.35 * f / n_seeds, tag + s))
         members.append(m_i)
         hists.append(h_i)
     m_anon = rk.average_models(members)
