@@ -33,6 +33,8 @@ K = 10
 M_TRAIN = 80
 M_TEST = 100
 COLD_MAX_BASKETS = 5
+#: rankers averaged into the anonymous model (seed ensemble)
+ANON_SEEDS = 3
 
 
 @dataclass
@@ -71,11 +73,16 @@ def remap_queries(q: Queries, cols: pd.Index, target: pd.Index) -> Queries:
 
 def fit_rankers(train: pd.DataFrame, products: pd.DataFrame, product_index: pd.Index, vocab: ProductVocab, table: ProductTable, split: pd.Timestamp, *,
                 label_weeks: int = 4, seed: int = 0, max_label_queries: int = 40_000, epochs: int = 2, shopper: bool = True,
-                anon_features=rk.ANON_FEATURES, use_embeddings: bool = True, progress=None, promotions: pd.DataFrame | None = None) -> Rankers:
+                anon_features=rk.ANON_FEATURES, use_embeddings: bool = True, progress=None, promotions: pd.DataFrame | None = None,
+                anon_seeds: int = ANON_SEEDS) -> Rankers:
     """Train the anonymous (and personalised) listwise rankers on ``train``.
 
     ``promotions`` (product_id, week_start, display, mailer; optional) gives
-    the candidates' promotion status in the label basket's week."""
+    the candidates' promotion status in the label basket's week; the label
+    basket's time gives the query-time features. The anonymous ranker is the
+    average of ``anon_seeds`` rankers trained with seeds ``seed``,
+    ``seed + 1``, ... (:func:`bundling_ml.ranking.average_models`); the
+    shopper ranker is one model."""
     prog = progress or (lambda f, s: None)
     label_start = split - pd.Timedelta(weeks=label_weeks)
     feat, lab = temporal_split(train, label_start)
@@ -92,19 +99,30 @@ def fit_rankers(train: pd.DataFrame, products: pd.DataFrame, product_index: pd.I
     anchors = q.anchor[sel]
     rows = q.query_basket[sel]
     users = rk.user_index(ctx, basket_customers(lab, q.basket_ids)[rows])
-    weeks = rk.week_index(ctx, basket_times(lab, q.basket_ids)[rows])
+    times = basket_times(lab, q.basket_ids)[rows]
+    weeks = rk.week_index(ctx, times)
     prog(0.1, f"candidates for {len(sel)} label queries")
     J = rk.decayed_jaccard_matrix(ctx)
     uniq, inv = np.unique(anchors, return_inverse=True)
     cand_u = rk.anchor_candidates(ctx, uniq, M_TEST, J=J)
     cands = cand_u[inv][:, :M_TRAIN]
     anon_cols = rk.feature_columns(anon_features)
-    x = rk.list_inputs(ctx, anchors, cands, users, anon_cols, weeks)
+    x = rk.list_inputs(ctx, anchors, cands, users, anon_cols, weeks, times)
     y = rk.list_labels(q.baskets, rows, cands)
-    info = {"label_queries": int(len(sel)), "label_start": str(label_start.date()), "anon_recall@M": float((y.sum(1) > 0).mean())}
+    info = {"label_queries": int(len(sel)), "label_start": str(label_start.date()), "anon_recall@M": float((y.sum(1) > 0).mean()),
+            "anon_seeds": int(anon_seeds)}
     prog(0.2, "training anonymous ranker")
-    m_anon, h_anon = rk.fit_listwise(vocab, x, y, epochs=epochs, seed=seed, use_embeddings=use_embeddings,
-                                     progress=lambda f, s: prog(0.2 + 0.35 * f, "anonymous " + s))
+    members, hists = [], []
+    n_seeds = max(1, int(anon_seeds))
+    for i in range(n_seeds):
+        lo = 0.2 + 0.35 * i / n_seeds
+        m_i, h_i = rk.fit_listwise(vocab, x, y, epochs=epochs, seed=seed + i, use_embeddings=use_embeddings, name=f"bundle_list_ranker_s{i}",
+                                   progress=lambda f, s, lo=lo, tag=("anonymous " if i == 0 else f"anonymous ranker {i + 1}/{n_seeds} "):
+                                   prog(lo + 0.35 * f / n_seeds, tag + s))
+        members.append(m_i)
+        hists.append(h_i)
+    m_anon = rk.average_models(members)
+    h_anon = {k: [float(np.mean(v)) for v in zip(*(h[k] for h in hists))] for k in ("loss", "val_loss")}
     del x, y
     m_shop = shop_cols = None
     h_shop = {}
@@ -112,7 +130,7 @@ def fit_rankers(train: pd.DataFrame, products: pd.DataFrame, product_index: pd.I
         prog(0.55, "shopper candidates")
         sc = rk.shopper_candidates(ctx, anchors, users, cand_u, inv, M_TRAIN + 20)
         shop_cols = rk.feature_columns(tuple(anon_features) + rk.SHOPPER_FEATURES)
-        x = rk.list_inputs(ctx, anchors, sc, users, shop_cols, weeks)
+        x = rk.list_inputs(ctx, anchors, sc, users, shop_cols, weeks, times)
         y = rk.list_labels(q.baskets, rows, sc)
         info["shopper_recall@M"] = float((y.sum(1) > 0).mean())
         prog(0.6, "training shopper ranker")
@@ -148,11 +166,15 @@ def run_backtest(rankers: Rankers, train: pd.DataFrame, test: pd.DataFrame, prod
     S = ctx.S
     queries = build_queries(test, product_index, sample_baskets=sample_baskets, max_queries=max_queries, seed=seed)
     users = rk.user_index(ctx, basket_customers(test, queries.basket_ids)[queries.query_basket])
-    weeks = rk.week_index(ctx, basket_times(test, queries.basket_ids)[queries.query_basket])
-    # the model sees the query week's promotions: score each distinct (anchor, week)
-    aw_keys = queries.anchor * 1000 + (weeks + 1)
-    aw, aw_inv = np.unique(aw_keys, return_inverse=True)
-    aw_anchor, aw_week = aw // 1000, aw % 1000 - 1
+    qtimes = basket_times(test, queries.basket_ids)[queries.query_basket]
+    weeks = rk.week_index(ctx, qtimes)
+    # the model sees the query week's promotions and the query's time of day and
+    # weekday: score each distinct (anchor, week, hour bucket, weekday)
+    qt = pd.DatetimeIndex(qtimes)
+    slot = (qt.hour.to_numpy() // rk.HOUR_BUCKET_HOURS) * 7 + qt.day_of_week.to_numpy()
+    aw_keys = (queries.anchor * 1000 + (weeks + 1)) * 100 + slot
+    aw, aw_first, aw_inv = np.unique(aw_keys, return_index=True, return_inverse=True)
+    aw_anchor, aw_week, aw_time = queries.anchor[aw_first], weeks[aw_first], qtimes[aw_first]
     uniq, inv = np.unique(queries.anchor, return_inverse=True)
     cold = S.item_counts[queries.anchor] < COLD_MAX_BASKETS
     recs, secs = {}, {}
@@ -174,7 +196,7 @@ def run_backtest(rankers: Rankers, train: pd.DataFrame, test: pd.DataFrame, prod
     prog(0.3, "backtest: anonymous model")
     t0 = time.perf_counter()
     aw_cands = cand_u[np.searchsorted(uniq, aw_anchor)]
-    s_u = rk.predict_lists(rankers.anon, ctx, aw_anchor, aw_cands, None, rankers.anon_cols, weeks=aw_week)
+    s_u = rk.predict_lists(rankers.anon, ctx, aw_anchor, aw_cands, None, rankers.anon_cols, weeks=aw_week, times=aw_time)
     t_model = time.perf_counter() - t0 + t_cand
     recs["model"] = rk.top_k(aw_cands, s_u, K)[0][aw_inv]
     secs["model"] = t_model
@@ -193,7 +215,7 @@ def run_backtest(rankers: Rankers, train: pd.DataFrame, test: pd.DataFrame, prod
         timed("repeat_count", lambda: rk.repeat_count_rank(ctx, queries.anchor, users, recs["cooccurrence_count"], K))
         t0 = time.perf_counter()
         sc = rk.shopper_candidates(ctx, queries.anchor, users, cand_u, inv, M_TEST + 20)
-        s_s = rk.predict_lists(rankers.shopper, ctx, queries.anchor, sc, users, rankers.shopper_cols, weeks=weeks)
+        s_s = rk.predict_lists(rankers.shopper, ctx, queries.anchor, sc, users, rankers.shopper_cols, weeks=weeks, times=qtimes)
         recs["shopper_model"] = rk.top_k(sc, s_s, K)[0]
         secs["shopper_model"] = time.perf_counter() - t0
         known = users >= 0

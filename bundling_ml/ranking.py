@@ -55,6 +55,7 @@ ANON_FEATURES = (
     "cand_recent_log_pop", "cand_trend", "category_pair_log_lift", "same_product_type", "same_brand",
     "cand_log_price", "anchor_log_price",
     "cand_display", "cand_mailer", "anchor_promo",
+    "cand_hour_lift", "cand_dow_lift", "cand_log_basket_size", "cand_log_codegree", "anchor_log_basket_size",
 )
 SHOPPER_FEATURES = ("shopper_bought", "shopper_log_count", "shopper_share", "shopper_recency", "shopper_log_baskets", "shopper_anchor_share", "shopper_category_share")
 ALL_FEATURES = ANON_FEATURES + SHOPPER_FEATURES
@@ -66,7 +67,12 @@ FEATURE_GROUPS = {
     "category_pair": ("category_pair_log_lift",),
     "promotions": ("cand_display", "cand_mailer", "anchor_promo"),
     "attributes": ("same_category", "same_department", "same_product_type", "same_brand", "cand_log_price", "anchor_log_price"),
+    "query_time": ("cand_hour_lift", "cand_dow_lift"),
+    "basket_size": ("cand_log_basket_size", "cand_log_codegree", "anchor_log_basket_size"),
 }
+
+#: hours per time-of-day bucket of the query-time features (8 buckets of 3 h)
+HOUR_BUCKET_HOURS = 3
 
 HALF_LIFE_DAYS = 56.0
 RECENT_DAYS = 28
@@ -99,6 +105,16 @@ class Context:
             (user * n_products + product) keys with u_pos their position.
         uc_keys / uc_share: sorted (user * n_cat + cat) keys and the share of
             the shopper's baskets holding that category.
+        hour_lift: (24 / HOUR_BUCKET_HOURS, n_products) float32 and dow_lift:
+            (7, n_products) float32 log lift of the product in baskets of that
+            time-of-day bucket / weekday: log(((n_bp + 1) / (n_p + n_buckets))
+            / (N_b / N)) (add-one smoothed share of the product's baskets in
+            bucket b over the share of all baskets in b; 0 = no preference, and
+            0 for a bucket without training baskets).
+        log_basket_size: (n_products,) float32 log1p(mean number of distinct
+            products of the baskets holding the product).
+        log_codegree: (n_products,) float32 log1p(co-purchase pairs of the
+            product per 100k baskets) = log1p(sum_b n_pb * 100k / N).
     """
 
     S: PairStats
@@ -127,6 +143,10 @@ class Context:
     promo_origin: pd.Timestamp | None = None
     promo_keys: np.ndarray | None = None
     promo_vals: np.ndarray | None = None
+    hour_lift: np.ndarray | None = None
+    dow_lift: np.ndarray | None = None
+    log_basket_size: np.ndarray | None = None
+    log_codegree: np.ndarray | None = None
 
     @property
     def n_products(self) -> int:
@@ -207,6 +227,26 @@ def build_context(lines: pd.DataFrame, product_index: pd.Index, table: ProductTa
     ctx = Context(S=S, table=table, cod=cod, nd=nd, Nd=float(w.sum()), recent=recent, n_recent=int(rec.sum()), cat=cat,
                   cat_log_lift=cat_log_lift, ptype=ptype, brand=brand, end=end, users=users, u_indptr=u_indptr, u_items=u_items,
                   u_count=u_count, u_last=u_last, u_nb=u_nb, u_keys=u_keys, u_pos=u_pos, uc_keys=uck[o], uc_share=uc_share)
+    # query-time and basket-size profiles of each product
+    bts = pd.DatetimeIndex(bt)
+    n_h = 24 // HOUR_BUCKET_HOURS
+    hb = (bts.hour.to_numpy() // HOUR_BUCKET_HOURS).astype(np.int64)
+    dw = bts.day_of_week.to_numpy().astype(np.int64)
+    nb_ = X.shape[0]
+    n_item = S.item_counts.astype(np.float64)
+
+    def _bucket_lift(b, k):
+        counts = (sp.csr_matrix((np.ones(nb_, np.float32), (b, np.arange(nb_))), shape=(k, nb_)) @ Xf).toarray()
+        share = np.bincount(b, minlength=k) / max(nb_, 1)
+        lift = np.log((counts + 1.0) / (n_item[None, :] + k) / np.maximum(share, 1e-12)[:, None])
+        lift[share == 0] = 0.0  # no training basket at that time: no evidence
+        return lift.astype(np.float32)
+
+    ctx.hour_lift = _bucket_lift(hb, n_h)
+    ctx.dow_lift = _bucket_lift(dw, 7)
+    size = np.diff(X.indptr).astype(np.float32)
+    ctx.log_basket_size = np.log1p(np.divide(np.asarray(Xf.T @ size).ravel(), n_item, out=np.zeros(nP), where=n_item > 0)).astype(np.float32)
+    ctx.log_codegree = np.log1p(np.asarray(S.co.sum(axis=1)).ravel() * COUNT_SCALE / N).astype(np.float32)
     key = ctx.recent.astype(np.float64) + 1e-6 * S.item_counts
     idx = np.flatnonzero(S.item_counts > 0)
     ctx.rec_order = idx[np.lexsort((idx, -key[idx]))]
@@ -274,7 +314,8 @@ def user_index(ctx: Context, customers) -> np.ndarray:
     return ctx.users.get_indexer(c).astype(np.int64)
 
 
-def pair_features(ctx: Context, a: np.ndarray, c: np.ndarray, u: np.ndarray | None = None, *, shopper: bool = False, weeks: np.ndarray | None = None) -> np.ndarray:
+def pair_features(ctx: Context, a: np.ndarray, c: np.ndarray, u: np.ndarray | None = None, *, shopper: bool = False, weeks: np.ndarray | None = None,
+                  times=None) -> np.ndarray:
     """Features of (anchor, candidate[, shopper]) triples.
 
     Args:
@@ -293,7 +334,12 @@ def pair_features(ctx: Context, a: np.ndarray, c: np.ndarray, u: np.ndarray | No
         anchor; shopper: bought before (0/1), log1p(baskets with it), share of
         the shopper's baskets, exp(-days since last purchase / 30), log1p
         (shopper's baskets), share of the shopper's baskets with the anchor,
-        share with the candidate's category.
+        share with the candidate's category. Query time ``times`` ((n,)
+        datetime64, optional): the candidate's time-of-day and weekday log lift
+        (:class:`Context` ``hour_lift`` / ``dow_lift``) at that time; 0 (no
+        preference) when ``times`` is None or NaT. Basket size: log mean basket
+        size of the candidate and of the anchor, the candidate's log co-purchase
+        degree.
     """
     a = np.asarray(a, np.int64)
     c = np.asarray(c, np.int64)
@@ -342,6 +388,17 @@ def pair_features(ctx: Context, a: np.ndarray, c: np.ndarray, u: np.ndarray | No
         out[:, 19] = pc_[:, 0]
         out[:, 20] = pc_[:, 1]
         out[:, 21] = _promo(ctx, a, weeks).sum(1)
+    if times is not None and ctx.hour_lift is not None:
+        tt = pd.DatetimeIndex(pd.to_datetime(np.asarray(times)))
+        ok = ~tt.isna()
+        if ok.any():
+            hb = (tt.hour.to_numpy()[ok] // HOUR_BUCKET_HOURS).astype(np.int64)
+            out[ok, 22] = ctx.hour_lift[hb, c[ok]]
+            out[ok, 23] = ctx.dow_lift[tt.day_of_week.to_numpy()[ok].astype(np.int64), c[ok]]
+    if ctx.log_basket_size is not None:
+        out[:, 24] = ctx.log_basket_size[c]
+        out[:, 25] = ctx.log_codegree[c]
+        out[:, 26] = ctx.log_basket_size[a]
     if shopper:
         u = np.asarray(u, np.int64) if u is not None else np.full(n, -1, np.int64)
         k0 = len(ANON_FEATURES)
@@ -545,7 +602,8 @@ def feature_columns(names) -> np.ndarray:
     return np.asarray([ALL_FEATURES.index(n) for n in names], np.int64)
 
 
-def build_listwise_model(vocab, n_features: int, *, mean=None, var=None, seed: int = 0, lr: float = 2e-3, use_embeddings: bool = True):
+def build_listwise_model(vocab, n_features: int, *, mean=None, var=None, seed: int = 0, lr: float = 2e-3, use_embeddings: bool = True,
+                         name: str = "bundle_list_ranker"):
     """Keras listwise scorer: inputs ``a_<field>``, ``c_<field>`` (B, M) int32,
     ``pair`` (B, M, F) float32, ``bias`` (B, M) float32 (0 valid, -1e4 padding);
     output (B, M) logits. Compiled with softmax cross-entropy over the list."""
@@ -576,13 +634,16 @@ def build_listwise_model(vocab, n_features: int, *, mean=None, var=None, seed: i
     wide = layers.Dense(1, name="wide_logit")(norm)
     logit = layers.Reshape((-1,), name="flat")(layers.Add(name="logit")([deep, wide]))
     out = layers.Add(name="masked_logit")([logit, bias])
-    model = keras.Model(inputs=inputs, outputs=out, name="bundle_list_ranker")
+    model = keras.Model(inputs=inputs, outputs=out, name=name)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
     return model
 
 
-def list_inputs(ctx: Context, anchors: np.ndarray, cands: np.ndarray, users: np.ndarray | None, cols: np.ndarray, weeks: np.ndarray | None = None) -> dict:
-    """Keras inputs for (n, M) candidate lists (see :func:`build_listwise_model`)."""
+def list_inputs(ctx: Context, anchors: np.ndarray, cands: np.ndarray, users: np.ndarray | None, cols: np.ndarray, weeks: np.ndarray | None = None,
+                times=None) -> dict:
+    """Keras inputs for (n, M) candidate lists (see :func:`build_listwise_model`);
+    ``weeks`` (n,) promotion-week indices and ``times`` (n,) datetime64 query
+    times are optional (see :func:`pair_features`)."""
     n, m = cands.shape
     valid = cands >= 0
     cc = np.where(valid, cands, 0)
@@ -590,7 +651,8 @@ def list_inputs(ctx: Context, anchors: np.ndarray, cands: np.ndarray, users: np.
     U = np.repeat(np.asarray(users, np.int64), m) if users is not None else None
     shopper = bool(cols.max() >= len(ANON_FEATURES))
     W = np.repeat(np.asarray(weeks, np.int64), m) if weeks is not None else None
-    feats = pair_features(ctx, A, cc.ravel(), U, shopper=shopper, weeks=W)[:, cols]
+    T = np.repeat(pd.to_datetime(np.asarray(times)).to_numpy(), m) if times is not None else None
+    feats = pair_features(ctx, A, cc.ravel(), U, shopper=shopper, weeks=W, times=T)[:, cols]
     x = {"pair": feats.reshape(n, m, len(cols)), "bias": np.where(valid, 0.0, -1e4).astype(np.float32)}
     for f in CATEGORICAL_FIELDS:
         x[f"a_{f}"] = np.broadcast_to(ctx.table.codes[f][np.asarray(anchors, np.int64)][:, None], (n, m)).astype(np.int32)
@@ -609,7 +671,8 @@ def list_labels(baskets: sp.csr_matrix, rows: np.ndarray, cands: np.ndarray) -> 
     return y.reshape(n, m)
 
 
-def fit_listwise(vocab, x: dict, y: np.ndarray, *, epochs: int = 3, batch_size: int = 128, seed: int = 0, progress=None, use_embeddings=True):
+def fit_listwise(vocab, x: dict, y: np.ndarray, *, epochs: int = 3, batch_size: int = 128, seed: int = 0, progress=None, use_embeddings=True,
+                 name: str = "bundle_list_ranker"):
     """Train :func:`build_listwise_model` on lists with >= 1 positive; 10 % of lists
     are held out for ``val_loss``. Returns (model, {"loss": [...], "val_loss": [...]})."""
     import keras
@@ -624,7 +687,7 @@ def fit_listwise(vocab, x: dict, y: np.ndarray, *, epochs: int = 3, batch_size: 
     is_val[rng.choice(n, size=n // 10, replace=False)] = True
     valid = x["bias"][~is_val] == 0
     P = x["pair"][~is_val][valid]
-    model = build_listwise_model(vocab, x["pair"].shape[2], mean=P.mean(0), var=P.var(0), seed=seed, use_embeddings=use_embeddings)
+    model = build_listwise_model(vocab, x["pair"].shape[2], mean=P.mean(0), var=P.var(0), seed=seed, use_embeddings=use_embeddings, name=name)
     del P
     names = {t.name for t in model.inputs}
     xt = {k: v[~is_val] for k, v in x.items() if k in names}
@@ -639,13 +702,35 @@ def fit_listwise(vocab, x: dict, y: np.ndarray, *, epochs: int = 3, batch_size: 
     return model, {"loss": [float(v) for v in h.history["loss"]], "val_loss": [float(v) for v in h.history.get("val_loss", [])]}
 
 
-def predict_lists(model, ctx: Context, anchors: np.ndarray, cands: np.ndarray, users, cols: np.ndarray, *, chunk: int = 2000, weeks=None) -> np.ndarray:
-    """(n, M) float32 logits (padding gets about -1e4)."""
+def average_models(models: list, name: str = "bundle_list_ranker_ensemble"):
+    """One Keras model whose logits are the mean of ``models``' logits.
+
+    The members (built by :func:`build_listwise_model` with distinct names,
+    e.g. different seeds) must take the same inputs; the result has the same
+    inputs and output shape (B, M), so :func:`predict_lists` and the artifact
+    code use it unchanged. Averaging the logits of a few independently seeded
+    rankers reduces the variance of the learned scores (a plain seed ensemble).
+    A single model is returned as is.
+    """
+    if len(models) == 1:
+        return models[0]
+    import keras
+    from keras import layers
+
+    inputs = {t.name: keras.Input(shape=t.shape[1:], dtype=t.dtype, name=t.name) for t in models[0].inputs}
+    outs = [m({k: inputs[k] for k in (t.name for t in m.inputs)}) for m in models]
+    return keras.Model(inputs=inputs, outputs=layers.Average(name="mean_logit")(outs), name=name)
+
+
+def predict_lists(model, ctx: Context, anchors: np.ndarray, cands: np.ndarray, users, cols: np.ndarray, *, chunk: int = 2000, weeks=None,
+                  times=None) -> np.ndarray:
+    """(n, M) float32 logits (padding gets about -1e4); ``weeks`` / ``times``
+    as in :func:`list_inputs`."""
     names = {t.name for t in model.inputs}
     out = []
     for s in range(0, len(anchors), chunk):
         x = list_inputs(ctx, anchors[s:s + chunk], cands[s:s + chunk], None if users is None else users[s:s + chunk], cols,
-                        None if weeks is None else weeks[s:s + chunk])
+                        None if weeks is None else weeks[s:s + chunk], None if times is None else times[s:s + chunk])
         x = {k: v for k, v in x.items() if k in names}
         out.append(np.asarray(model.predict(x, batch_size=256, verbose=0)))
     if not out:

@@ -22,3 +22,19 @@ def test_recommend_on_messy_export(cases_dir, tmp_path):
     assert recs[recs.query_id == "q2"].product_id.tolist()[0] == "22001"
     assert not (recs.product_id.isin(["POST", "M", "B", "22002"])).any()
     assert not ((recs.query_id == "q1") & (recs.product_id == "22001")).any()
+
+
+def test_recommend_queries_with_time_column(cases_dir, tmp_path, capsys):
+    args = ["recommend", "--orders", str(cases_dir / "import" / "retail_export_messy.csv"),
+            "--columns", "basket=InvoiceNo,product=StockCode,time=InvoiceDate,quantity=Quantity,price=UnitPrice,customer=CustomerID,name=Description",
+            "--train-until", "2011-01-05", "--k", "3"]
+    queries = tmp_path / "q.csv"
+    pd.DataFrame({"query_id": ["q1", "q2"], "product_id": ["22001", "22003"], "time": ["2011-01-06 09:30", ""]}).to_csv(queries, index=False)
+    out = tmp_path / "recs.csv"
+    assert cli.main(args + ["--queries", str(queries), "--out", str(out)]) == 0
+    recs = pd.read_csv(out, dtype=str)
+    assert recs[recs.query_id == "q1"].product_id.tolist() == ["22003"]  # the query time (or none) never changes the companion set here
+    assert recs[recs.query_id == "q2"].product_id.tolist()[0] == "22001"
+    pd.DataFrame({"query_id": ["q1", "q2"], "product_id": ["22001", "22003"], "time": ["2011-01-06", "tomorrow-ish"]}).to_csv(queries, index=False)
+    assert cli.main(args + ["--queries", str(queries), "--out", str(out)]) != 0
+    assert "queries row 2: field time: cannot parse 'tomorrow-ish' as a date/time" in capsys.readouterr().err

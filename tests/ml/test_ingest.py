@@ -403,3 +403,28 @@ def test_letter_prefixed_shop_order_ids_are_not_cancellations(tmp_path):
     assert set(result.lines["basket_id"]) == {"A-1", "C100", "A200"}
     assert result.report.skipped == 0
     assert result.report.notes["invoice_prefix_rules"].startswith("off")
+
+
+def test_ml_converters_share_the_import_rules():
+    """bundling_ml.data's Complete Journey frames (backtest, CLI preset) are the import's frames."""
+    from bundling_ml.data import completejourney_frames, completejourney_promotions, prepare_lines
+
+    tx, products = cj_tables()
+    lines, prods = completejourney_frames(tx, products)
+    imported = completejourney_import_frames(tx, products)
+    pd.testing.assert_frame_equal(lines, imported.lines)
+    pd.testing.assert_frame_equal(prods, imported.products)
+    clean = prepare_lines(lines).set_index(["basket_id", "product_id"])
+    assert clean.loc[("200", "50"), ["quantity", "price"]].tolist() == [1.0, 20.5]  # fuel: one unit at the line value
+    promotions = pd.DataFrame({
+        "product_id": [7, 7, 7, 7, 7, 9],
+        "store_id": [1, 2, 3, 3, 4, 1],
+        "display_location": ["5", "5", "3", "3", "0", "0"],
+        "mailer_location": ["A", "0", "0", "0", "D", "0"],
+        "week": [2, 2, 2, 2, 2, 3],
+    })
+    ranker = completejourney_promotions(promotions).set_index(["product_id", "week_start"])
+    assert list(ranker.columns) == ["display", "mailer"]
+    # distinct stores, as in the import: store 3 listed twice counts once
+    assert ranker.loc[("7", pd.Timestamp("2017-01-08"))].tolist() == [3.0, 2.0]
+    assert ranker.loc[("9", pd.Timestamp("2017-01-15"))].tolist() == [0.0, 0.0]

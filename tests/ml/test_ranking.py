@@ -106,3 +106,35 @@ def test_top_k_drops_masked_and_padding():
     scores = np.array([[0.1, 0.9, 0.5, 9.0]])
     top, _ = rk.top_k(cands, scores, 3, drop=np.array([[False, True, False, False]]))
     assert top.tolist() == [[7, 5, -1]]
+
+
+def test_query_time_and_basket_size_features():
+    # 4 baskets: two in the morning (07:00, 08:00 -> bucket 2 of 3 h), two in the evening (20:00 -> bucket 6, 21:00 -> bucket 7)
+    rows = [("b1", "COFFEE", "2024-01-01 07:00"), ("b1", "MILK1", "2024-01-01 07:00"), ("b2", "COFFEE", "2024-01-02 08:00"),
+            ("b3", "MILK1", "2024-01-03 20:00"), ("b3", "BREAD", "2024-01-03 20:00"), ("b4", "BREAD", "2024-01-04 21:00")]
+    df = pd.DataFrame(rows, columns=["basket_id", "product_id", "time"])
+    df["time"] = pd.to_datetime(df["time"])
+    df["customer_id"], df["quantity"], df["price"] = pd.Series(["c"] * len(df), dtype="string"), 1.0, 1.0
+    L = prepare_lines(df)
+    P = prepare_products(PRODUCTS, L)
+    idx = pd.Index(np.sort(L["product_id"].unique()))
+    ctx = rk.build_context(L, idx, ProductTable.build(P, idx, ProductVocab.fit(P, idx)), P)
+    i = {p: k for k, p in enumerate(idx)}
+    # COFFEE: 2 baskets, both in bucket 2; bucket 2 holds 2 of the 4 baskets
+    assert ctx.hour_lift[2, i["COFFEE"]] == pytest.approx(np.log((2 + 1) / (2 + 8) / 0.5), rel=1e-6)
+    assert ctx.hour_lift[6, i["COFFEE"]] == pytest.approx(np.log((0 + 1) / (2 + 8) / 0.25), rel=1e-6)
+    assert ctx.hour_lift[0, i["COFFEE"]] == 0.0  # no basket between 00:00 and 03:00
+    # 2024-01-01 is a Monday (weekday 0): 1 of COFFEE's 2 baskets, 1 of the 4 baskets
+    assert ctx.dow_lift[0, i["COFFEE"]] == pytest.approx(np.log((1 + 1) / (2 + 7) / 0.25), rel=1e-6)
+    assert ctx.log_basket_size[i["COFFEE"]] == pytest.approx(np.log1p(1.5), rel=1e-6)  # basket sizes 2 and 1
+    assert ctx.log_codegree[i["COFFEE"]] == pytest.approx(np.log1p(1 * 100_000 / 4), rel=1e-6)  # one pair (with MILK1)
+    a = np.array([i["MILK1"], i["MILK1"]])
+    c = np.array([i["COFFEE"], i["COFFEE"]])
+    t = np.array(["2024-02-05 07:30", "NaT"], dtype="datetime64[ns]")  # a Monday morning; unknown time
+    f = rk.pair_features(ctx, a, c, times=t)
+    col = {n: k for k, n in enumerate(rk.ANON_FEATURES)}
+    assert f[0, col["cand_hour_lift"]] == pytest.approx(ctx.hour_lift[2, i["COFFEE"]])
+    assert f[0, col["cand_dow_lift"]] == pytest.approx(ctx.dow_lift[0, i["COFFEE"]])
+    assert f[1, col["cand_hour_lift"]] == 0.0 and f[1, col["cand_dow_lift"]] == 0.0
+    assert f[0, col["anchor_log_basket_size"]] == pytest.approx(np.log1p(2.0))  # MILK1: baskets of 2 and 2
+    assert (rk.pair_features(ctx, a, c)[:, [col["cand_hour_lift"], col["cand_dow_lift"]]] == 0).all()  # no query time: neutral
