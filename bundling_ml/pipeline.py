@@ -100,6 +100,7 @@ def train_model(
     label_weeks: Optional[int] = None,
     shopper: bool = True,
     promotions: Optional[pd.DataFrame] = None,
+    anon_seeds: Optional[int] = None,
 ) -> TrainResult:
     """Train the bundle model, backtest it, and save it.
 
@@ -129,6 +130,10 @@ def train_model(
             display, mailer store counts; e.g.
             :func:`bundling_ml.data.completejourney_promotions`); the rankers
             then see each candidate's promotion status in the query's week.
+        anon_seeds: rankers (seeds ``seed``, ``seed + 1``, ...) averaged into
+            the anonymous model; default
+            :data:`bundling_ml.backtest.ANON_SEEDS` (3). 1 trains a single
+            ranker (about a third of the anonymous training time).
 
     ``metrics`` also holds "shopper_rows" (known-shopper table), "cold_rows"
     (anchors with < 5 training baskets) and "info"; "rows" holds "model",
@@ -169,7 +174,8 @@ def train_model(
     vocab = ProductVocab.fit(P, product_index)
     table = ProductTable.build(P, product_index, vocab)
     rankers = bt.fit_rankers(train, P, product_index, vocab, table, split, label_weeks=label_weeks, seed=seed, epochs=epochs,
-                             shopper=shopper, progress=prog.span(0.02, 0.7), promotions=promotions)
+                             shopper=shopper, progress=prog.span(0.02, 0.7), promotions=promotions,
+                             anon_seeds=bt.ANON_SEEDS if anon_seeds is None else int(anon_seeds))
     prog(0.7, "backtest")
     metrics = bt.run_backtest(rankers, train, test, P, product_index, table, split, sample_baskets=sample_baskets, max_queries=max_queries,
                               seed=seed, progress=prog.span(0.7, 0.95), promotions=promotions)

@@ -173,6 +173,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 4 * 3600}
 # --- shop_bundles --------------------------------------------------------
 SHOP_BUNDLES_ARTIFACT_DIR = os.environ.get("SHOP_BUNDLES_ARTIFACT_DIR", str(VAR_DIR / "models"))
 SHOP_BUNDLES_CURRENCY = os.environ.get("SHOP_BUNDLES_CURRENCY", "USD")
+# Anonymous rankers averaged into the product-page model (seed ensemble; docs/quality.md).
+SHOP_BUNDLES_ANONYMOUS_ENSEMBLE = int(os.environ.get("SHOP_BUNDLES_ANONYMOUS_ENSEMBLE", "3"))
 # Secret: only from the environment; empty disables the events endpoint.
 SHOP_BUNDLES_EVENT_TOKEN = os.environ.get("SHOP_BUNDLES_EVENT_TOKEN", "").strip()
 

@@ -9,6 +9,9 @@ import os
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/shop_bundles")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# Django-side trainings (and the Celery workers the tests start) fit one anonymous ranker, not the
+# 3-seed ensemble: the ensemble itself is trained and checked by tests/ml/test_pipeline_cj.py.
+os.environ.setdefault("SHOP_BUNDLES_ANONYMOUS_ENSEMBLE", "1")
 
 from pathlib import Path  # noqa: E402
 

@@ -84,6 +84,9 @@ def suggestions_score(*, model_version_id: int | None = None, progress=None) -> 
         max_bundles=int(app_settings.get("MAX_SUGGESTIONS")),
         excluded_departments=tuple(app_settings.get("EXCLUDED_DEPARTMENTS")),
         progress=progress,
+        # The shop's promotion calendar: the model sees each product's display / mailer status in the
+        # scoring week (the week after the last order line).
+        promotions=ml_bridge.promotions_frame(),
     )
     skus = {str(sku) for items in frame["items"] for sku in items} if len(frame) else set()
     products_by_sku = Product.objects.in_bulk(list(skus), field_name="sku") if skus else {}

@@ -290,6 +290,7 @@ def _train(run: TrainingRun, *, attempts: int, trigger: str, split_date, queue_s
             progress=lambda f, s: report(_LOAD_SHARE + (1 - _LOAD_SHARE) * 0.999 * float(f), s),
             max_queries=max_queries, sample_baskets=app_settings.get("BACKTEST_SAMPLE_BASKETS"),
             promotions=ml_bridge.promotions_frame(),
+            anon_seeds=int(app_settings.get("ANONYMOUS_ENSEMBLE")),
         )
         # A corrupt artifact (torn write, disk error) fails the run here, before any version is recorded.
         from bundling_ml.artifacts import verify_artifact
