@@ -19,6 +19,8 @@ class Command(BaseCommand):
         parser.add_argument("--to", dest="date_to", default="2017-12-31", help="last day, inclusive (YYYY-MM-DD)")
         parser.add_argument("--limit", type=int, default=None, help="at most this many shoppers (households)")
         parser.add_argument("--seed", type=int, default=0, help="seed of the take-model draws")
+        parser.add_argument("--workers", type=int, default=1,
+                            help="processes replaying households in parallel (default 1)")
         parser.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bar")
 
     def handle(self, *args, **options):
@@ -29,8 +31,17 @@ class Command(BaseCommand):
         if end < start:
             raise CommandError("--to is before --from")
         report = shoppers_simulate(date_from=start, date_to=end, limit=options["limit"], seed=options["seed"],
-                                   progress=not options["no_progress"])
+                                   progress=not options["no_progress"], workers=options["workers"])
         for key, value in report.as_dict().items():
-            self.stdout.write(f"{key}: {value}")
+            if key != "failure_reasons":
+                self.stdout.write(f"{key}: {value}")
+        if report.failure_reasons:
+            self.stdout.write("checkouts the storefront refused, by its message:")
+            for reason, count in report.failure_reasons.items():
+                self.stdout.write(f"  {count:>6}  {reason}")
+        if report.skipped_baskets:
+            self.stdout.write(f"{report.skipped_baskets} baskets held only products that are inactive now "
+                              "(not replayed)")
         self.stdout.write(self.style.SUCCESS(
-            f"SIMULATED: {report.orders} orders from {report.shoppers} shoppers; see the admin's experiment dashboard."))
+            f"SIMULATED: {report.orders} orders from {report.baskets} baskets of {report.shoppers} shoppers "
+            f"in {report.seconds:.0f} s; see the admin's experiment dashboard."))
