@@ -155,8 +155,12 @@ def offer_from_campaign(campaign: BundleCampaign) -> Offer:
 def offers_for_product(product: Product, *, now: datetime | None = None) -> list[Offer]:
     """Live offers that contain ``product``, best saving first.
 
-    Two queries (campaigns, then items with their products), whatever the
-    number of offers: this is the product page's hot path.
+    The product page's hot path. First the ids of the campaigns holding the
+    product (one index scan on ``bundlecampaignitem(product_id)``); most
+    products are in no campaign and that is the only query. Otherwise the
+    live ones among those ids (primary-key lookups, so the plan does not
+    depend on table statistics), then their items with products: three
+    queries whatever the number of offers.
 
     Args:
         product: a ``Product`` (its pk is used).
@@ -168,9 +172,10 @@ def offers_for_product(product: Product, *, now: datetime | None = None) -> list
         the regular price) are left out. Empty when the product itself is
         inactive or out of stock.
     """
-    qs = live_campaigns(now=now).filter(
-        id__in=BundleCampaignItem.objects.filter(product_id=product.pk).values("campaign_id")
-    ).order_by("id")
+    ids = list(BundleCampaignItem.objects.filter(product_id=product.pk).values_list("campaign_id", flat=True))
+    if not ids:
+        return []
+    qs = live_campaigns(now=now).filter(pk__in=ids).order_by("id")
     offers = [offer_from_campaign(c) for c in _with_items(qs)]
     offers = [o for o in offers if o.saving > 0 and o.items]
     offers.sort(key=lambda o: (-o.saving, o.campaign_id))

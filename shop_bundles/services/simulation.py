@@ -13,8 +13,8 @@ hash) and per basket, in time order:
    ``take(d)`` of ``bundling_ml.economics`` (department slope fitted from the
    imported lines, anchored at ``SHOP_BUNDLES_BASE_TAKE_RATE``; ``d`` = the
    offer's saving / regular price) drawn from a ``numpy`` RNG seeded with
-   ``(seed, customer id)``, so a household's draws do not depend on which
-   other households are replayed;
+   ``(seed, customer id, basket id)``, so a basket's draws do not depend on
+   which other baskets are replayed, in which process, or on a resumed run;
 3. add the rest of the basket's units (POST add-to-cart) and check out with
    the household id (POST checkout). A checkout the storefront refuses is
    counted with the storefront's own message (``failure_reasons``) and the
@@ -35,8 +35,12 @@ never auto-pauses a campaign mid-replay; products that are inactive now are
 left out of the baskets (a basket left empty is not replayed).
 
 Speed (the nine-week replay is ~26,600 baskets, ~257,000 product pages): the
-baskets and their products are read once up front; the replay's own
-database connection runs with ``synchronous_commit = off`` (session setting
+baskets and their products are read once up front; the replay's sessions
+are kept in a process-local cache (``SESSION_ENGINE`` ``cache`` on a
+dedicated ``LocMemCache``, for the replay only) instead of a SELECT and an
+UPDATE of ``django_session`` on every request: a real shop's session store
+is a deployment choice, and the views, middleware and session cart are the
+same code; the replay's own database connection runs with ``synchronous_commit = off`` (session setting
 of that connection only: the replay's commits — sessions, carts, orders —
 do not wait for the WAL flush; the replay writes only simulated, re-runnable
 data, and a server crash loses at most the last few hundred ms of it, never
@@ -56,7 +60,7 @@ import numpy as np
 from django.conf import settings
 from django.db import connection, connections
 from django.db.models import F, Q
-from django.test import Client
+from django.test import Client, override_settings
 from django.urls import Resolver404, resolve, reverse
 from django.utils import timezone
 
@@ -70,6 +74,13 @@ OFFER_RE = re.compile(r'data-campaign="(\d+)"')
 ERROR_RE = re.compile(r'<li class="msg msg-error">(.*?)</li>', re.S)
 DIGITS_RE = re.compile(r"\d+")
 TOP_UP_BATCH = 1000
+REPLAY_CACHE_ALIAS = "shop_bundles_replay"
+# The replay's sessions live in a process-local cache instead of the django_session table (see the module
+# docstring); the storefront's views, middleware and cart code are the same.
+REPLAY_SESSION_SETTINGS = {
+    "SESSION_ENGINE": "django.contrib.sessions.backends.cache",
+    "SESSION_CACHE_ALIAS": REPLAY_CACHE_ALIAS,
+}
 
 
 @dataclass
@@ -79,7 +90,9 @@ class SimulationReport:
     ``failure_reasons`` maps the storefront's refusal message (numbers replaced
     by ``N``) to how many checkouts it refused; ``skipped_baskets`` counts
     baskets left with no active product; ``seconds`` is the replay's wall time
-    (loading, stock top-up and requests; not the take-model fit).
+    (loading, stock top-up and requests; not the take-model fit);
+    ``request_seconds`` sums the wall time of the requests by kind (``product_page``, ``bundle_add``,
+    ``cart_add``, ``checkout``) in all processes.
     """
 
     shoppers: int = 0
@@ -94,7 +107,9 @@ class SimulationReport:
     failed_checkouts: int = 0
     failure_reasons: dict = field(default_factory=dict)
     skipped_baskets: int = 0
+    already_replayed: int = 0
     groups: dict = field(default_factory=lambda: {"treatment": 0, "holdout": 0})
+    request_seconds: dict = field(default_factory=dict)
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -114,9 +129,14 @@ def _aware(day: date, *, end: bool = False) -> datetime:
 
 
 def _load(date_from: date, date_to: date, limit: int | None):
-    """Households in order with their baskets, read in three queries.
+    """Households in order with their baskets still to replay, read in four queries.
 
-    Returns ``([(customer_id, external_id, [_Basket])], skipped_baskets, {product_id: units needed})``.
+    A basket is already replayed when a simulated order of the same customer
+    has its ``placed_at`` (the replay dates its orders at the real basket's
+    time), so re-running the command continues where an interrupted run
+    stopped and never replays a basket twice.
+
+    Returns ``([(customer_id, external_id, [_Basket])], skipped_baskets, already_replayed, {product_id: units})``.
     """
     orders = Order.objects.filter(source=Order.SOURCE_IMPORT, customer__isnull=False,
                                   placed_at__gte=_aware(date_from), placed_at__lt=_aware(date_to, end=True))
@@ -125,8 +145,13 @@ def _load(date_from: date, date_to: date, limit: int | None):
     if limit is not None:
         customers = customers[:limit]
     wanted = {cid for cid, _ in customers}
-    rows = list(orders.filter(customer_id__in=wanted).order_by("placed_at", "pk")
-                .values_list("pk", "customer_id", "placed_at"))
+    done = set(Order.objects.filter(source=Order.SOURCE_SIMULATED, customer_id__in=wanted,
+                                    placed_at__gte=_aware(date_from), placed_at__lt=_aware(date_to, end=True))
+               .values_list("customer_id", "placed_at"))
+    rows = [r for r in orders.filter(customer_id__in=wanted).order_by("placed_at", "pk")
+            .values_list("pk", "customer_id", "placed_at")]
+    already = sum(1 for _, cid, placed_at in rows if (cid, placed_at) in done)
+    rows = [r for r in rows if (r[1], r[2]) not in done]
     lines: dict[int, list[tuple[int, str, int]]] = {}
     needed: Counter = Counter()
     line_rows = (OrderLine.objects.filter(order_id__in=[r[0] for r in rows], quantity__gt=0, product__active=True)
@@ -141,8 +166,8 @@ def _load(date_from: date, date_to: date, limit: int | None):
             per_customer[cid].append(_Basket(order_id=pk, placed_at=placed_at, lines=tuple(lines[pk])))
         else:
             skipped += 1
-    households = [(cid, ext, per_customer[cid]) for cid, ext in customers]
-    return households, skipped, needed
+    households = [(cid, ext, per_customer[cid]) for cid, ext in customers if per_customer[cid]]
+    return households, skipped, already, needed
 
 
 def _top_up_stock(needed: Counter) -> None:
@@ -175,6 +200,20 @@ def _failure_reason(client: Client) -> str:
     page = client.get(reverse("shop_bundles:cart")).content.decode()
     found = [unescape(m.strip()) for m in ERROR_RE.findall(page)]
     return DIGITS_RE.sub("N", found[0]) if found else "no message"
+
+
+def simulation_reset() -> dict:
+    """Delete everything an earlier replay wrote: simulated orders (with their lines, order and offer events)
+    and simulated offer events. Live storefront data is not touched.
+
+    Returns:
+        ``{"orders": int, "offer_events": int}`` deleted.
+    """
+    events = OfferEvent.objects.filter(simulated=True).delete()[0]
+    orders = Order.objects.filter(source=Order.SOURCE_SIMULATED)
+    deleted = orders.count()
+    orders.delete()
+    return {"orders": deleted, "offer_events": events}
 
 
 class _Replayer:
@@ -213,15 +252,19 @@ class _Replayer:
         client.cookies[settings.SESSION_COOKIE_NAME] = session.session_key
         report.shoppers += 1
         report.groups[assignment_group(identity)] += 1
-        rng = np.random.default_rng([self.seed, int(customer_id)])
+        spent: Counter = Counter()
+        clock = _time.perf_counter
         for basket in baskets:
             report.baskets += 1
             started = timezone.now()
+            rng = np.random.default_rng([self.seed, int(customer_id), basket.order_id])
             in_basket = {pid for pid, _, _ in basket.lines}
             accepted: set[int] = set()
             added: Counter = Counter()
             for _pid, sku, _qty in basket.lines:
+                t0 = clock()
                 response = client.get(self.product_url.format(sku))
+                spent["product_page"] += clock() - t0
                 report.page_views += 1
                 report.requests += 1
                 for cid in dict.fromkeys(int(c) for c in OFFER_RE.findall(response.content.decode())):
@@ -239,7 +282,9 @@ class _Replayer:
                         continue
                     if why == "model":
                         _restock_ids(items)
+                    t0 = clock()
                     client.post(reverse("shop_bundles:bundle_add", kwargs={"campaign_id": cid}), {"quantity": 1})
+                    spent["bundle_add"] += clock() - t0
                     report.requests += 1
                     accepted.add(cid)
                     added.update(items)
@@ -251,9 +296,13 @@ class _Replayer:
             for pid, sku, qty in basket.lines:
                 rest = qty - added[pid]
                 if rest > 0:
+                    t0 = clock()
                     client.post(self.cart_add_url.format(sku), {"quantity": min(rest, 99)})
+                    spent["cart_add"] += clock() - t0
                     report.requests += 1
+            t0 = clock()
             response = client.post(self.checkout_url, {"customer_id": external_id})
+            spent["checkout"] += clock() - t0
             report.requests += 1
             placed_pk = None
             if response.status_code == 302:
@@ -275,7 +324,9 @@ class _Replayer:
             OfferEvent.objects.filter(Q(session_key=session_key, created_at__gte=started) | Q(order_id=placed_pk)
                                       ).update(simulated=True, created_at=basket.placed_at)
             report.orders += 1
+        client.session.delete()  # the household is done: free its session
         report.failure_reasons = dict(reasons)
+        report.request_seconds = dict(spent)
         return report
 
 
@@ -284,9 +335,10 @@ def _merge(total: SimulationReport, part: SimulationReport) -> None:
         if key == "failure_reasons":
             for reason, n in value.items():
                 total.failure_reasons[reason] = total.failure_reasons.get(reason, 0) + n
-        elif key == "groups":
-            for group, n in value.items():
-                total.groups[group] = total.groups.get(group, 0) + n
+        elif key in ("groups", "request_seconds"):
+            into = getattr(total, key)
+            for name, n in value.items():
+                into[name] = into.get(name, 0) + n
         elif key != "seconds":
             setattr(total, key, getattr(total, key) + value)
 
@@ -319,8 +371,8 @@ def shoppers_simulate(*, date_from: date, date_to: date, limit: int | None = Non
     Args:
         date_from, date_to: local dates bounding ``Order.placed_at`` of imported orders with a customer.
         limit: replay at most this many households (shoppers), in household-id order.
-        seed: seed of the RNG drawing take-model acceptances (combined with each customer's id, so
-            the result does not depend on ``workers``).
+        seed: seed of the RNG drawing take-model acceptances (combined with each customer's and
+            basket's id, so the result does not depend on ``workers`` or on resuming).
         progress: show a tqdm bar (baskets) on stderr.
         responses: department take responses (default: ``services.economics.department_responses_fit()``).
         workers: processes replaying households in parallel (forked, each with its own database
@@ -340,10 +392,25 @@ def shoppers_simulate(*, date_from: date, date_to: date, limit: int | None = Non
     responses = department_responses_fit() if responses is None else responses
     started_at = _time.perf_counter()
     base = float(app_settings.get("BASE_TAKE_RATE"))
-    households, skipped, needed = _load(date_from, date_to, limit)
+    households, skipped, already, needed = _load(date_from, date_to, limit)
     _top_up_stock(needed)
 
-    report = SimulationReport(skipped_baskets=skipped)
+    caches_setting = {**settings.CACHES, REPLAY_CACHE_ALIAS: {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": REPLAY_CACHE_ALIAS,
+        "TIMEOUT": None, "OPTIONS": {"MAX_ENTRIES": 1_000_000}}}
+    with override_settings(CACHES=caches_setting, **REPLAY_SESSION_SETTINGS):
+        report = _replay(households, seed=seed, responses=responses, base=base, progress=progress, workers=workers)
+    report.skipped_baskets = skipped
+    report.already_replayed = already
+    report.failure_reasons = dict(sorted(report.failure_reasons.items(), key=lambda kv: -kv[1]))
+    report.seconds = round(_time.perf_counter() - started_at, 1)
+    report.request_seconds = {k: round(v, 1) for k, v in sorted(report.request_seconds.items())}
+    return report
+
+
+def _replay(households, *, seed: int, responses: dict, base: float, progress: bool, workers: int) -> SimulationReport:
+    """Run the households in this process or in ``workers`` forked processes; returns the merged counts."""
+    report = SimulationReport()
     bar = None
     if progress:
         from tqdm import tqdm
@@ -377,6 +444,4 @@ def shoppers_simulate(*, date_from: date, date_to: date, limit: int | None = Non
     finally:
         if bar is not None:
             bar.close()
-    report.failure_reasons = dict(sorted(report.failure_reasons.items(), key=lambda kv: -kv[1]))
-    report.seconds = round(_time.perf_counter() - started_at, 1)
     return report

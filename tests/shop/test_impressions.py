@@ -48,10 +48,21 @@ def test_product_page_commits_impressions_with_campaign_session_and_group(client
     assert not event.simulated and event.order_id is None
     assert ('data-campaign="%d"' % campaign.pk in page.content.decode()) == (group == "treatment")
     sql = [q["sql"] for q in ctx.captured_queries]
-    insert = next(i for i, s in enumerate(sql) if s.startswith('INSERT INTO "shop_bundles_offerevent"'))
-    assert sql[insert - 1] == "SET LOCAL synchronous_commit TO off"
+    insert = next(i for i, s in enumerate(sql) if "INSERT INTO \"shop_bundles_offerevent\"" in s)
+    assert sql[insert].startswith("SET LOCAL synchronous_commit TO off; INSERT INTO")
+    assert sum("shop_bundles_offerevent" in q for q in sql) == 1  # one round trip, no BEGIN/COMMIT around it
+    assert not any("SET LOCAL can only be used" in n for n in connection.connection.notices)  # it took effect
     # LOCAL: the connection is back to the server's durable setting for everything after (orders, carts).
     assert _synchronous_commit() == durable == "on"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_set_local_in_the_same_query_string_applies_to_that_implicit_transaction_only():
+    """The PostgreSQL behaviour the one-round-trip write relies on (a lone SET LOCAL would do nothing)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL synchronous_commit TO off; SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "off"
+    assert _synchronous_commit() == "on"
 
 
 @pytest.mark.django_db(transaction=True)

@@ -8,7 +8,7 @@ from datetime import date
 
 from django.core.management.base import BaseCommand, CommandError
 
-from shop_bundles.services.simulation import shoppers_simulate
+from shop_bundles.services.simulation import shoppers_simulate, simulation_reset
 
 
 class Command(BaseCommand):
@@ -21,6 +21,9 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0, help="seed of the take-model draws")
         parser.add_argument("--workers", type=int, default=1,
                             help="processes replaying households in parallel (default 1)")
+        parser.add_argument("--reset", action="store_true",
+                            help="first delete the simulated orders and offer events of earlier replays "
+                                 "(without it, a re-run continues where the last one stopped)")
         parser.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bar")
 
     def handle(self, *args, **options):
@@ -30,6 +33,10 @@ class Command(BaseCommand):
             raise CommandError(f"dates must be YYYY-MM-DD: {exc}") from exc
         if end < start:
             raise CommandError("--to is before --from")
+        if options["reset"]:
+            deleted = simulation_reset()
+            self.stdout.write(f"reset: deleted {deleted['orders']} simulated orders and "
+                              f"{deleted['offer_events']} simulated offer events")
         report = shoppers_simulate(date_from=start, date_to=end, limit=options["limit"], seed=options["seed"],
                                    progress=not options["no_progress"], workers=options["workers"])
         for key, value in report.as_dict().items():
@@ -39,6 +46,9 @@ class Command(BaseCommand):
             self.stdout.write("checkouts the storefront refused, by its message:")
             for reason, count in report.failure_reasons.items():
                 self.stdout.write(f"  {count:>6}  {reason}")
+        if report.already_replayed:
+            self.stdout.write(f"{report.already_replayed} baskets were replayed by an earlier run (kept, not replayed "
+                              "again; --reset starts over)")
         if report.skipped_baskets:
             self.stdout.write(f"{report.skipped_baskets} baskets held only products that are inactive now "
                               "(not replayed)")
