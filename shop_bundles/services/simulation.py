@@ -91,6 +91,8 @@ class SimulationReport:
     by ``N``) to how many checkouts it refused; ``skipped_baskets`` counts
     baskets left with no active product; ``seconds`` is the replay's wall time
     (loading, stock top-up and requests; not the take-model fit);
+    ``households_not_started`` the households left for a later run by ``stop_after``;
+    ``cpu_seconds`` the CPU time of the replaying processes (Python side, not the database server);
     ``request_seconds`` sums the wall time of the requests by kind (``product_page``, ``bundle_add``,
     ``cart_add``, ``checkout``) in all processes.
     """
@@ -108,6 +110,8 @@ class SimulationReport:
     failure_reasons: dict = field(default_factory=dict)
     skipped_baskets: int = 0
     already_replayed: int = 0
+    households_not_started: int = 0
+    cpu_seconds: float = 0.0
     groups: dict = field(default_factory=lambda: {"treatment": 0, "holdout": 0})
     request_seconds: dict = field(default_factory=dict)
     seconds: float = 0.0
@@ -131,10 +135,10 @@ def _aware(day: date, *, end: bool = False) -> datetime:
 def _load(date_from: date, date_to: date, limit: int | None):
     """Households in order with their baskets still to replay, read in four queries.
 
-    A basket is already replayed when a simulated order of the same customer
-    has its ``placed_at`` (the replay dates its orders at the real basket's
-    time), so re-running the command continues where an interrupted run
-    stopped and never replays a basket twice.
+    A household is already replayed when it has a simulated order in the
+    window: re-running the command continues with the households an earlier
+    run did not reach (``--stop-after`` stops between households, so each
+    replayed household is complete and is one visitor with one session).
 
     Returns ``([(customer_id, external_id, [_Basket])], skipped_baskets, already_replayed, {product_id: units})``.
     """
@@ -147,11 +151,11 @@ def _load(date_from: date, date_to: date, limit: int | None):
     wanted = {cid for cid, _ in customers}
     done = set(Order.objects.filter(source=Order.SOURCE_SIMULATED, customer_id__in=wanted,
                                     placed_at__gte=_aware(date_from), placed_at__lt=_aware(date_to, end=True))
-               .values_list("customer_id", "placed_at"))
-    rows = [r for r in orders.filter(customer_id__in=wanted).order_by("placed_at", "pk")
-            .values_list("pk", "customer_id", "placed_at")]
-    already = sum(1 for _, cid, placed_at in rows if (cid, placed_at) in done)
-    rows = [r for r in rows if (r[1], r[2]) not in done]
+               .values_list("customer_id", flat=True).distinct())
+    rows = list(orders.filter(customer_id__in=wanted).order_by("placed_at", "pk")
+                .values_list("pk", "customer_id", "placed_at"))
+    already = sum(1 for _, cid, _ in rows if cid in done)
+    rows = [r for r in rows if r[1] not in done]
     lines: dict[int, list[tuple[int, str, int]]] = {}
     needed: Counter = Counter()
     line_rows = (OrderLine.objects.filter(order_id__in=[r[0] for r in rows], quantity__gt=0, product__active=True)
@@ -166,7 +170,8 @@ def _load(date_from: date, date_to: date, limit: int | None):
             per_customer[cid].append(_Basket(order_id=pk, placed_at=placed_at, lines=tuple(lines[pk])))
         else:
             skipped += 1
-    households = [(cid, ext, per_customer[cid]) for cid, ext in customers if per_customer[cid]]
+    households = [(cid, ext, per_customer[cid]) for cid, ext in customers
+                  if cid not in done and per_customer[cid]]
     return households, skipped, already, needed
 
 
@@ -219,8 +224,8 @@ def simulation_reset() -> dict:
 class _Replayer:
     """One process's replay state: take responses, the RNG seed, and a cache of the offers' items and depth."""
 
-    def __init__(self, *, seed: int, responses: dict, base: float):
-        self.seed, self.responses, self.base = seed, responses, base
+    def __init__(self, *, seed: int, responses: dict, base: float, stop_at: float | None = None):
+        self.seed, self.responses, self.base, self.stop_at = seed, responses, base, stop_at
         self.offers: dict[int, tuple[dict[int, int], float, str] | None] = {}
         self.product_url = reverse("shop_bundles:product_detail", kwargs={"sku": "SKU"}).replace("SKU", "{}")
         self.cart_add_url = reverse("shop_bundles:cart_add", kwargs={"sku": "SKU"}).replace("SKU", "{}")
@@ -243,6 +248,10 @@ class _Replayer:
 
         customer_id, external_id, baskets = household
         report = SimulationReport()
+        if self.stop_at is not None and _time.time() >= self.stop_at:
+            report.households_not_started = 1
+            return report
+        cpu_started = _time.process_time()
         reasons: Counter = Counter()
         identity = f"cj-{external_id}"
         client = Client()
@@ -318,6 +327,8 @@ class _Replayer:
                 in_cart = client.session.get(CART_SESSION_KEY) or {}
                 client.post(self.cart_update_url, {f"qty_{pid}": 0 for pid in in_cart})  # next basket starts clean
                 report.requests += 2
+                OfferEvent.objects.filter(session_key=client.cookies[settings.SESSION_COOKIE_NAME].value,
+                                          created_at__gte=started).update(simulated=True, created_at=basket.placed_at)
                 continue
             session_key = client.cookies[settings.SESSION_COOKIE_NAME].value
             Order.objects.filter(pk=placed_pk).update(source=Order.SOURCE_SIMULATED, placed_at=basket.placed_at)
@@ -327,6 +338,7 @@ class _Replayer:
         client.session.delete()  # the household is done: free its session
         report.failure_reasons = dict(reasons)
         report.request_seconds = dict(spent)
+        report.cpu_seconds = _time.process_time() - cpu_started
         return report
 
 
@@ -339,8 +351,9 @@ def _merge(total: SimulationReport, part: SimulationReport) -> None:
             into = getattr(total, key)
             for name, n in value.items():
                 into[name] = into.get(name, 0) + n
-        elif key != "seconds":
+        elif key not in ("seconds", "cpu_seconds"):
             setattr(total, key, getattr(total, key) + value)
+    total.cpu_seconds += part.cpu_seconds
 
 
 def _durability_off() -> None:
@@ -354,9 +367,9 @@ def _durability_off() -> None:
 _worker: _Replayer | None = None
 
 
-def _worker_init(seed: int, responses: dict, base: float) -> None:
+def _worker_init(seed: int, responses: dict, base: float, stop_at: float | None) -> None:
     global _worker
-    _worker = _Replayer(seed=seed, responses=responses, base=base)
+    _worker = _Replayer(seed=seed, responses=responses, base=base, stop_at=stop_at)
     _durability_off()
 
 
@@ -365,7 +378,8 @@ def _worker_household(household) -> SimulationReport:
 
 
 def shoppers_simulate(*, date_from: date, date_to: date, limit: int | None = None, seed: int = 0,
-                      progress: bool = False, responses: dict | None = None, workers: int = 1) -> SimulationReport:
+                      progress: bool = False, responses: dict | None = None, workers: int = 1,
+                      stop_after: float | None = None) -> SimulationReport:
     """Replay the imported baskets placed from ``date_from`` to ``date_to`` (inclusive) as shopper sessions.
 
     Args:
@@ -378,6 +392,8 @@ def shoppers_simulate(*, date_from: date, date_to: date, limit: int | None = Non
         workers: processes replaying households in parallel (forked, each with its own database
             connection and test client; 1 = in this process). Households are independent: each has
             its own session and RNG, and stock is topped up for all of them before the replay.
+        stop_after: seconds after which no new household is started (the ones under way finish);
+            the rest are counted in ``households_not_started`` and a later run replays them.
 
     Returns:
         ``SimulationReport``; ``orders + failed_checkouts == baskets``.
@@ -399,16 +415,20 @@ def shoppers_simulate(*, date_from: date, date_to: date, limit: int | None = Non
         "BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": REPLAY_CACHE_ALIAS,
         "TIMEOUT": None, "OPTIONS": {"MAX_ENTRIES": 1_000_000}}}
     with override_settings(CACHES=caches_setting, **REPLAY_SESSION_SETTINGS):
-        report = _replay(households, seed=seed, responses=responses, base=base, progress=progress, workers=workers)
+        stop_at = None if stop_after is None else _time.time() + stop_after
+        report = _replay(households, seed=seed, responses=responses, base=base, progress=progress, workers=workers,
+                         stop_at=stop_at)
     report.skipped_baskets = skipped
     report.already_replayed = already
     report.failure_reasons = dict(sorted(report.failure_reasons.items(), key=lambda kv: -kv[1]))
     report.seconds = round(_time.perf_counter() - started_at, 1)
     report.request_seconds = {k: round(v, 1) for k, v in sorted(report.request_seconds.items())}
+    report.cpu_seconds = round(report.cpu_seconds, 1)
     return report
 
 
-def _replay(households, *, seed: int, responses: dict, base: float, progress: bool, workers: int) -> SimulationReport:
+def _replay(households, *, seed: int, responses: dict, base: float, progress: bool, workers: int,
+            stop_at: float | None) -> SimulationReport:
     """Run the households in this process or in ``workers`` forked processes; returns the merged counts."""
     report = SimulationReport()
     bar = None
@@ -418,7 +438,7 @@ def _replay(households, *, seed: int, responses: dict, base: float, progress: bo
         bar = tqdm(total=sum(len(b) for _, _, b in households), desc="simulate_shoppers", unit="basket")
     try:
         if workers == 1:
-            replayer = _Replayer(seed=seed, responses=responses, base=base)
+            replayer = _Replayer(seed=seed, responses=responses, base=base, stop_at=stop_at)
             _durability_off()
             parts = (replayer.household(h) for h in households)
             try:
@@ -436,7 +456,7 @@ def _replay(households, *, seed: int, responses: dict, base: float, progress: bo
 
             connections.close_all()  # each forked worker opens its own connection
             ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(workers, initializer=_worker_init, initargs=(seed, responses, base)) as pool:
+            with ctx.Pool(workers, initializer=_worker_init, initargs=(seed, responses, base, stop_at)) as pool:
                 for part in pool.imap_unordered(_worker_household, households, chunksize=2):
                     _merge(report, part)
                     if bar is not None:

@@ -302,3 +302,14 @@ def test_simulate_shoppers_counts_a_refused_checkout_with_the_storefront_message
     assert report.baskets == 2 and report.orders == 0 and report.failed_checkouts == 2
     assert report.failure_reasons == {"Pasta is no longer available.": 1, "Your cart is empty.": 1}
     assert not Order.objects.filter(source__in=[Order.SOURCE_SIMULATED, Order.SOURCE_STOREFRONT]).exists()
+
+
+def test_simulate_shoppers_stop_after_leaves_households_for_the_next_run(settings, history):
+    from shop_bundles.services.simulation import shoppers_simulate
+
+    window = dict(date_from=datetime(2017, 10, 30).date(), date_to=datetime(2017, 12, 31).date())
+    stopped = shoppers_simulate(limit=2, responses={}, stop_after=0, **window)
+    assert (stopped.households_not_started, stopped.shoppers, stopped.orders) == (2, 0, 0)
+    assert not OfferEvent.objects.exists()
+    done = shoppers_simulate(limit=2, responses={}, **window)
+    assert (done.shoppers, done.orders, done.households_not_started) == (2, 4, 0) and done.cpu_seconds > 0

@@ -21,6 +21,8 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0, help="seed of the take-model draws")
         parser.add_argument("--workers", type=int, default=1,
                             help="processes replaying households in parallel (default 1)")
+        parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
+                            help="start no new household after this many minutes; a re-run continues")
         parser.add_argument("--reset", action="store_true",
                             help="first delete the simulated orders and offer events of earlier replays "
                                  "(without it, a re-run continues where the last one stopped)")
@@ -38,7 +40,8 @@ class Command(BaseCommand):
             self.stdout.write(f"reset: deleted {deleted['orders']} simulated orders and "
                               f"{deleted['offer_events']} simulated offer events")
         report = shoppers_simulate(date_from=start, date_to=end, limit=options["limit"], seed=options["seed"],
-                                   progress=not options["no_progress"], workers=options["workers"])
+                                   progress=not options["no_progress"], workers=options["workers"],
+                                   stop_after=None if options["stop_after"] is None else options["stop_after"] * 60)
         for key, value in report.as_dict().items():
             if key != "failure_reasons":
                 self.stdout.write(f"{key}: {value}")
@@ -47,8 +50,12 @@ class Command(BaseCommand):
             for reason, count in report.failure_reasons.items():
                 self.stdout.write(f"  {count:>6}  {reason}")
         if report.already_replayed:
-            self.stdout.write(f"{report.already_replayed} baskets were replayed by an earlier run (kept, not replayed "
-                              "again; --reset starts over)")
+            self.stdout.write(f"{report.already_replayed} baskets of households replayed by an earlier run were kept, "
+                              "not replayed again (--reset starts over)")
+        if report.households_not_started:
+            self.stdout.write(self.style.WARNING(
+                f"stopped by --stop-after: {report.households_not_started} households not replayed yet; "
+                "run the command again to continue"))
         if report.skipped_baskets:
             self.stdout.write(f"{report.skipped_baskets} baskets held only products that are inactive now "
                               "(not replayed)")
