@@ -11,8 +11,9 @@ default the one with the most live offers, i.e. the most impression rows per
 request) is requested in two variants:
 
 * ``impressions on``: the view as the storefront runs it, which calls
-  ``services.events.offer_impressions_record`` (one bulk INSERT of one
-  ``OfferEvent`` row per offer shown);
+  ``services.events.offer_impressions_record`` (one query string
+  ``SET LOCAL synchronous_commit TO off; INSERT ...`` with one ``OfferEvent``
+  row per offer shown: one round trip, no wait for the WAL flush);
 * ``impressions off``: the same view with that call replaced by a no-op
   (``unittest.mock.patch`` of ``shop_bundles.storefront.views.offer_impressions_record``,
   inside this script only). Everything else (offers query, session, experiment
@@ -28,7 +29,8 @@ real function). The test client keeps its database connection open across
 requests.
 
 Prints a table (p50 / p95 / p99 / mean per variant, the differences, and the
-recording call's own time) and writes ``benchmarks/results/impression_overhead.json``.
+recording call's own time, and a percentile-bootstrap 95 % interval of the
+p95 difference, since on a shared machine the p95 itself is noisy) and writes ``benchmarks/results/impression_overhead.json``.
 Afterwards the impression rows and the session this script created are deleted
 (counted, and checked against the number of rows written). Not a test: nothing
 is asserted.
@@ -192,6 +194,14 @@ def main() -> int:
         "cleanup": cleanup,
     }
     result["within_target"] = result["p95_diff_ms"] <= 2.0
+    # Sampling noise of the p95 difference: percentile bootstrap (2,000 resamples of each variant, seeded).
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    on_ms, off_ms = np.array(times["on"]) * 1000, np.array(times["off"]) * 1000
+    diffs = [np.percentile(rng.choice(on_ms, on_ms.size), 95, method="inverted_cdf")
+             - np.percentile(rng.choice(off_ms, off_ms.size), 95, method="inverted_cdf") for _ in range(2000)]
+    result["p95_diff_ci95_ms"] = [round(float(np.percentile(diffs, 2.5)), 3), round(float(np.percentile(diffs, 97.5)), 3)]
 
     print(f"\nProduct page {url} ({n_offers} live offers -> {n_offers} impression rows per request), "
           f"{args.requests} requests per variant after {args.warmup} warm-up, alternating; DEBUG off; PostgreSQL "
@@ -206,7 +216,9 @@ def main() -> int:
     print(f"| {'the recording call alone (on)':<36} | {call['p50_ms']:>7.2f} | {call['p95_ms']:>7.2f} | "
           f"{call['p99_ms']:>7.2f} | {call['mean_ms']:>7.2f} |")
     verdict = "within" if result["within_target"] else "ABOVE"
-    print(f"p95 added by impression recording: {result['p95_diff_ms']:.2f} ms ({verdict} the 2 ms target); "
+    print(f"p95 added by impression recording: {result['p95_diff_ms']:.2f} ms "
+          f"(bootstrap 95 % interval {result['p95_diff_ci95_ms'][0]:.2f} to {result['p95_diff_ci95_ms'][1]:.2f} ms; "
+          f"{verdict} the 2 ms target); "
           f"load avg 1-min {result['meta']['load_avg_1min_before']} before / {result['meta']['load_avg_1min_after']} after")
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import connections, router, transaction
 from django.db.models import Prefetch
+from django.utils import timezone
 
 from ..models import BundleCampaign, BundleCampaignItem, OfferEvent, Order, OrderEvent
 from ..selectors.offers import campaign_spec
@@ -108,11 +109,50 @@ def offer_event_add_to_cart(*, campaign_id: int, session_key: str, quantity: int
                               experiment_group=experiment_group)
 
 
+IMPRESSION_COLUMNS = ("kind", "campaign", "customer", "session_key", "order", "quantity", "experiment_group",
+                      "simulated", "created_at")
+
+
+def _impressions_insert_one_round_trip(connection, rows: list[OfferEvent]) -> None:
+    """``SET LOCAL synchronous_commit TO off; INSERT ... VALUES ...`` sent as ONE simple query (PostgreSQL).
+
+    Several statements in one simple-protocol query run as one implicit
+    transaction, so ``SET LOCAL`` applies to this INSERT's commit only, and
+    the whole write is one round trip, like the plain autocommit INSERT it
+    replaces. Needs client-side parameter binding (psycopg2, or psycopg 3
+    with Django's default ``server_side_binding=False``).
+    """
+    fields = [OfferEvent._meta.get_field(name) for name in IMPRESSION_COLUMNS]
+    table = connection.ops.quote_name(OfferEvent._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    placeholders = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    params = []
+    for row in rows:
+        params.extend(f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields)
+    sql = (f"SET LOCAL synchronous_commit TO off; "
+           f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholders] * len(rows))}")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
 def offer_impressions_record(*, campaign_ids, session_key: str, experiment_group: str, customer=None) -> int:
-    """Record that offers were shown (treatment) or would have been shown (holdout): one bulk INSERT.
+    """Record that offers were shown (treatment) or would have been shown (holdout): one INSERT, one round trip.
 
     Cheap by design for the product page: no read, one ``INSERT ... VALUES``
-    with a row per campaign; aggregation happens later (dashboard / Celery).
+    with a row per campaign; aggregation happens later (the experiment
+    dashboard's queries and Celery tasks). On PostgreSQL, outside any
+    transaction, the INSERT is preceded by ``SET LOCAL synchronous_commit TO
+    off`` in the same query string (one implicit transaction, one round
+    trip): the commit returns without waiting for the WAL flush to disk,
+    which was most of what recording used to add to the page (measured in
+    ``benchmarks/impression_overhead.py``). The trade-off, accepted for
+    impressions only: after a crash of the database server (not of the web
+    process) the impressions committed in the last ``3 x wal_writer_delay``
+    (default 600 ms) can be lost; the database stays consistent, and orders,
+    order lines, stock and the outbox keep the server's durable
+    ``synchronous_commit`` because the setting is ``LOCAL`` to this
+    transaction. Inside an outer transaction (``ATOMIC_REQUESTS``, tests) the
+    rows are written in that transaction with its durability, never changing it.
 
     Args:
         campaign_ids: ids of the live offers on the page (the holdout's hidden ones too).
@@ -123,8 +163,17 @@ def offer_impressions_record(*, campaign_ids, session_key: str, experiment_group
     Returns:
         number of impression rows written.
     """
+    now = timezone.now()
     rows = [OfferEvent(kind=OfferEvent.IMPRESSION, campaign_id=cid, session_key=session_key or "",
-                       experiment_group=experiment_group, customer=customer) for cid in campaign_ids]
-    if rows:
-        OfferEvent.objects.bulk_create(rows)
+                       experiment_group=experiment_group, customer=customer, created_at=now)
+            for cid in campaign_ids]
+    if not rows:
+        return 0
+    using = router.db_for_write(OfferEvent)
+    connection = connections[using]
+    client_side_binding = not connection.settings_dict.get("OPTIONS", {}).get("server_side_binding")
+    if connection.vendor == "postgresql" and not connection.in_atomic_block and client_side_binding:
+        _impressions_insert_one_round_trip(connection, rows)
+    else:
+        OfferEvent.objects.using(using).bulk_create(rows)
     return len(rows)

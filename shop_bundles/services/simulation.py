@@ -1,9 +1,10 @@
 """Replay held-out order history as shopper sessions through the real storefront (``simulate_shoppers``).
 
 Every request goes through Django's test ``Client`` into the real URLconf,
-views, session cart, pricing and ``order_place``; nothing is priced here.
-Per household (a shopper, identity ``cj-<household>`` so assignment is the
-real ``selectors.experiment`` hash) and per basket, in time order:
+middleware (database sessions, CSRF, messages), views, session cart, pricing
+and ``order_place``; nothing is priced here. Per household (a shopper,
+identity ``cj-<household>`` so assignment is the real ``selectors.experiment``
+hash) and per basket, in time order:
 
 1. open the product page of every product in the real basket (records the
    impressions; holdout shoppers get no offer block);
@@ -11,185 +12,456 @@ real ``selectors.experiment`` hash) and per basket, in time order:
    basket holds all its products, otherwise with probability
    ``take(d)`` of ``bundling_ml.economics`` (department slope fitted from the
    imported lines, anchored at ``SHOP_BUNDLES_BASE_TAKE_RATE``; ``d`` = the
-   offer's saving / regular price) drawn from a seeded ``numpy`` RNG;
+   offer's saving / regular price) drawn from a ``numpy`` RNG seeded with
+   ``(seed, customer id, basket id)``, so a basket's draws do not depend on
+   which other baskets are replayed, in which process, or on a resumed run;
 3. add the rest of the basket's units (POST add-to-cart) and check out with
-   the household id.
+   the household id (POST checkout). A checkout the storefront refuses is
+   counted with the storefront's own message (``failure_reasons``) and the
+   cart is emptied through the cart form, so the next basket starts clean.
 
 Afterwards the order is marked ``source="simulated"`` and dated at the real
 basket's time, and the session's offer events are marked ``simulated=True``
 and re-dated, so replay figures never mix with live ones and never feed
-training (``ml_bridge`` excludes them). Assumptions: campaigns live *now*
-are the ones offered (the replay does not time-travel campaign windows);
-products are topped up to the units the basket needs before each basket
-(simulated inventory), inactive products are skipped.
+training (``ml_bridge`` excludes them).
+
+Assumptions and what is *not* replayed as in a real shop: campaigns live
+*now* are the ones offered (the replay does not time-travel campaign
+windows); inventory is simulated: before the replay, every replayed product
+is topped up once to the units all its replayed baskets need plus 2 (one
+statement per 1,000 products), and the products of a bundle accepted from the
+take model get 3 more units when they run low, so stock never sells out and
+never auto-pauses a campaign mid-replay; products that are inactive now are
+left out of the baskets (a basket left empty is not replayed).
+
+Speed (the nine-week replay is ~26,600 baskets, ~257,000 product pages): the
+baskets and their products are read once up front; the replay's sessions
+are kept in a process-local cache (``SESSION_ENGINE`` ``cache`` on a
+dedicated ``LocMemCache``, for the replay only) instead of a SELECT and an
+UPDATE of ``django_session`` on every request: a real shop's session store
+is a deployment choice, and the views, middleware and session cart are the
+same code; the replay's own database connection runs with ``synchronous_commit = off`` (session setting
+of that connection only: the replay's commits — sessions, carts, orders —
+do not wait for the WAL flush; the replay writes only simulated, re-runnable
+data, and a server crash loses at most the last few hundred ms of it, never
+corrupts anything); the order is found from the checkout's redirect, not by
+a query; the experiment group is computed once per household.
 """
 from __future__ import annotations
 
 import re
+import time as _time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from html import unescape
 
 import numpy as np
 from django.conf import settings
-from django.db.models import F
-from django.test import Client
-from django.urls import reverse
+from django.db import connection, connections
+from django.db.models import F, Q
+from django.test import Client, override_settings
+from django.urls import Resolver404, resolve, reverse
 from django.utils import timezone
 
 from .. import app_settings
 from ..models import OfferEvent, Order, OrderLine, Product
 from ..selectors.experiment import SHOPPER_SESSION_KEY, assignment_group
 from ..selectors.offers import live_offer
+from ..storefront.cart import SESSION_KEY as CART_SESSION_KEY
 
 OFFER_RE = re.compile(r'data-campaign="(\d+)"')
+ERROR_RE = re.compile(r'<li class="msg msg-error">(.*?)</li>', re.S)
+DIGITS_RE = re.compile(r"\d+")
+TOP_UP_BATCH = 1000
+REPLAY_CACHE_ALIAS = "shop_bundles_replay"
+# The replay's sessions live in a process-local cache instead of the django_session table (see the module
+# docstring); the storefront's views, middleware and cart code are the same.
+REPLAY_SESSION_SETTINGS = {
+    "SESSION_ENGINE": "django.contrib.sessions.backends.cache",
+    "SESSION_CACHE_ALIAS": REPLAY_CACHE_ALIAS,
+}
 
 
 @dataclass
 class SimulationReport:
-    """Counts of one replay run."""
+    """Counts of one replay run.
+
+    ``failure_reasons`` maps the storefront's refusal message (numbers replaced
+    by ``N``) to how many checkouts it refused; ``skipped_baskets`` counts
+    baskets left with no active product; ``seconds`` is the replay's wall time
+    (loading, stock top-up and requests; not the take-model fit);
+    ``households_not_started`` the households left for a later run by ``stop_after``;
+    ``cpu_seconds`` the CPU time of the replaying processes (Python side, not the database server);
+    ``request_seconds`` sums the wall time of the requests by kind (``product_page``, ``bundle_add``,
+    ``cart_add``, ``checkout``) in all processes.
+    """
 
     shoppers: int = 0
     baskets: int = 0
     orders: int = 0
     page_views: int = 0
+    requests: int = 0
     offers_seen: int = 0
     bundles_accepted: int = 0
     accepted_by_basket: int = 0
     accepted_by_take_model: int = 0
     failed_checkouts: int = 0
+    failure_reasons: dict = field(default_factory=dict)
+    skipped_baskets: int = 0
+    already_replayed: int = 0
+    households_not_started: int = 0
+    cpu_seconds: float = 0.0
     groups: dict = field(default_factory=lambda: {"treatment": 0, "holdout": 0})
+    request_seconds: dict = field(default_factory=dict)
+    seconds: float = 0.0
 
     def as_dict(self) -> dict:
         """Plain dict of the counts."""
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class _Basket:
+    order_id: int
+    placed_at: datetime
+    lines: tuple[tuple[int, str, int], ...]  # (product id, sku, quantity), active products only
+
+
 def _aware(day: date, *, end: bool = False) -> datetime:
     return timezone.make_aware(datetime.combine(day + timedelta(days=1) if end else day, time.min))
 
 
+def _load(date_from: date, date_to: date, limit: int | None):
+    """Households in order with their baskets still to replay, read in four queries.
+
+    A household is already replayed when it has a simulated order in the
+    window: re-running the command continues with the households an earlier
+    run did not reach (``--stop-after`` stops between households, so each
+    replayed household is complete and is one visitor with one session).
+
+    Returns ``([(customer_id, external_id, [_Basket])], skipped_baskets, already_replayed, {product_id: units})``.
+    """
+    orders = Order.objects.filter(source=Order.SOURCE_IMPORT, customer__isnull=False,
+                                  placed_at__gte=_aware(date_from), placed_at__lt=_aware(date_to, end=True))
+    customers = list(orders.order_by("customer__external_id").values_list("customer_id", "customer__external_id")
+                     .distinct())
+    if limit is not None:
+        customers = customers[:limit]
+    wanted = {cid for cid, _ in customers}
+    done = set(Order.objects.filter(source=Order.SOURCE_SIMULATED, customer_id__in=wanted,
+                                    placed_at__gte=_aware(date_from), placed_at__lt=_aware(date_to, end=True))
+               .values_list("customer_id", flat=True).distinct())
+    rows = list(orders.filter(customer_id__in=wanted).order_by("placed_at", "pk")
+                .values_list("pk", "customer_id", "placed_at"))
+    already = sum(1 for _, cid, _ in rows if cid in done)
+    rows = [r for r in rows if r[1] not in done]
+    lines: dict[int, list[tuple[int, str, int]]] = {}
+    needed: Counter = Counter()
+    line_rows = (OrderLine.objects.filter(order_id__in=[r[0] for r in rows], quantity__gt=0, product__active=True)
+                 .order_by("order_id", "pk").values_list("order_id", "product_id", "product__sku", "quantity"))
+    for order_id, pid, sku, qty in line_rows.iterator(chunk_size=20000):
+        lines.setdefault(order_id, []).append((pid, sku, qty))
+        needed[pid] += qty
+    per_customer: dict[int, list[_Basket]] = {cid: [] for cid in wanted}
+    skipped = 0
+    for pk, cid, placed_at in rows:
+        if pk in lines:
+            per_customer[cid].append(_Basket(order_id=pk, placed_at=placed_at, lines=tuple(lines[pk])))
+        else:
+            skipped += 1
+    households = [(cid, ext, per_customer[cid]) for cid, ext in customers
+                  if cid not in done and per_customer[cid]]
+    return households, skipped, already, needed
+
+
+def _top_up_stock(needed: Counter) -> None:
+    """Simulated inventory: raise each product's stock to the units its replayed baskets need, plus 2.
+
+    PostgreSQL: one ``UPDATE ... FROM (VALUES ...)`` per 1,000 products; other databases: one UPDATE per product.
+    """
+    ids = sorted(needed)
+    if connection.vendor != "postgresql":
+        for pid in ids:
+            Product.objects.filter(pk=pid, stock__lt=needed[pid] + 2).update(stock=needed[pid] + 2)
+        return
+    table = connection.ops.quote_name(Product._meta.db_table)
+    for start in range(0, len(ids), TOP_UP_BATCH):
+        batch = ids[start:start + TOP_UP_BATCH]
+        values = ", ".join(["(%s::bigint, %s::integer)"] * len(batch))
+        params = [x for pid in batch for x in (pid, needed[pid] + 2)]
+        with connection.cursor() as cursor:
+            cursor.execute(f"UPDATE {table} AS p SET stock = v.need FROM (VALUES {values}) AS v(id, need) "
+                           f"WHERE p.id = v.id AND p.stock < v.need", params)
+
+
+def _restock_ids(product_ids) -> None:
+    """Simulated inventory for a bundle accepted from the take model (its items may not be in the basket)."""
+    Product.objects.filter(pk__in=list(product_ids), stock__lt=3).update(stock=F("stock") + 3)
+
+
+def _failure_reason(client: Client) -> str:
+    """The storefront's error message after a refused checkout (read from the cart page), digits as N."""
+    page = client.get(reverse("shop_bundles:cart")).content.decode()
+    found = [unescape(m.strip()) for m in ERROR_RE.findall(page)]
+    return DIGITS_RE.sub("N", found[0]) if found else "no message"
+
+
+def simulation_reset() -> dict:
+    """Delete everything an earlier replay wrote: simulated orders (with their lines, order and offer events)
+    and simulated offer events. Live storefront data is not touched.
+
+    Returns:
+        ``{"orders": int, "offer_events": int}`` deleted.
+    """
+    events = OfferEvent.objects.filter(simulated=True).delete()[0]
+    orders = Order.objects.filter(source=Order.SOURCE_SIMULATED)
+    deleted = orders.count()
+    orders.delete()
+    return {"orders": deleted, "offer_events": events}
+
+
+class _Replayer:
+    """One process's replay state: take responses, the RNG seed, and a cache of the offers' items and depth."""
+
+    def __init__(self, *, seed: int, responses: dict, base: float, stop_at: float | None = None):
+        self.seed, self.responses, self.base, self.stop_at = seed, responses, base, stop_at
+        self.offers: dict[int, tuple[dict[int, int], float, str] | None] = {}
+        self.product_url = reverse("shop_bundles:product_detail", kwargs={"sku": "SKU"}).replace("SKU", "{}")
+        self.cart_add_url = reverse("shop_bundles:cart_add", kwargs={"sku": "SKU"}).replace("SKU", "{}")
+        self.checkout_url = reverse("shop_bundles:checkout")
+        self.cart_update_url = reverse("shop_bundles:cart_update")
+
+    def _offer(self, cid: int):
+        """``({product id: units per bundle}, saving / regular price, first item's department)`` or None."""
+        if cid not in self.offers:
+            offer = live_offer(cid)
+            self.offers[cid] = None if offer is None else (
+                {i.product.pk: i.quantity for i in offer.items},
+                float(offer.saving / offer.regular_total) if offer.regular_total else 0.0,
+                offer.items[0].product.department)
+        return self.offers[cid]
+
+    def household(self, household) -> SimulationReport:
+        """Replay one household's baskets in time order; returns its counts."""
+        from bundling_ml.economics import response_for
+
+        customer_id, external_id, baskets = household
+        report = SimulationReport()
+        if self.stop_at is not None and _time.time() >= self.stop_at:
+            report.households_not_started = 1
+            return report
+        cpu_started = _time.process_time()
+        reasons: Counter = Counter()
+        identity = f"cj-{external_id}"
+        client = Client()
+        session = client.session
+        session[SHOPPER_SESSION_KEY] = identity
+        session.save()
+        client.cookies[settings.SESSION_COOKIE_NAME] = session.session_key
+        report.shoppers += 1
+        report.groups[assignment_group(identity)] += 1
+        spent: Counter = Counter()
+        clock = _time.perf_counter
+        for basket in baskets:
+            report.baskets += 1
+            started = timezone.now()
+            rng = np.random.default_rng([self.seed, int(customer_id), basket.order_id])
+            in_basket = {pid for pid, _, _ in basket.lines}
+            accepted: set[int] = set()
+            added: Counter = Counter()
+            for _pid, sku, _qty in basket.lines:
+                t0 = clock()
+                response = client.get(self.product_url.format(sku))
+                spent["product_page"] += clock() - t0
+                report.page_views += 1
+                report.requests += 1
+                for cid in dict.fromkeys(int(c) for c in OFFER_RE.findall(response.content.decode())):
+                    report.offers_seen += 1
+                    info = None if cid in accepted else self._offer(cid)
+                    if info is None:
+                        continue
+                    items, depth, department = info
+                    if items.keys() <= in_basket:
+                        take, why = True, "basket"
+                    else:
+                        take = bool(rng.random() < response_for(self.responses, department).take(depth, self.base))
+                        why = "model"
+                    if not take:
+                        continue
+                    if why == "model":
+                        _restock_ids(items)
+                    t0 = clock()
+                    client.post(reverse("shop_bundles:bundle_add", kwargs={"campaign_id": cid}), {"quantity": 1})
+                    spent["bundle_add"] += clock() - t0
+                    report.requests += 1
+                    accepted.add(cid)
+                    added.update(items)
+                    report.bundles_accepted += 1
+                    if why == "basket":
+                        report.accepted_by_basket += 1
+                    else:
+                        report.accepted_by_take_model += 1
+            for pid, sku, qty in basket.lines:
+                rest = qty - added[pid]
+                if rest > 0:
+                    t0 = clock()
+                    client.post(self.cart_add_url.format(sku), {"quantity": min(rest, 99)})
+                    spent["cart_add"] += clock() - t0
+                    report.requests += 1
+            t0 = clock()
+            response = client.post(self.checkout_url, {"customer_id": external_id})
+            spent["checkout"] += clock() - t0
+            report.requests += 1
+            placed_pk = None
+            if response.status_code == 302:
+                try:
+                    match = resolve(response["Location"])
+                except Resolver404:
+                    match = None
+                if match is not None and match.url_name == "order_detail":
+                    placed_pk = int(match.kwargs["pk"])
+            if placed_pk is None:
+                report.failed_checkouts += 1
+                reasons[_failure_reason(client)] += 1
+                in_cart = client.session.get(CART_SESSION_KEY) or {}
+                client.post(self.cart_update_url, {f"qty_{pid}": 0 for pid in in_cart})  # next basket starts clean
+                report.requests += 2
+                OfferEvent.objects.filter(session_key=client.cookies[settings.SESSION_COOKIE_NAME].value,
+                                          created_at__gte=started).update(simulated=True, created_at=basket.placed_at)
+                continue
+            session_key = client.cookies[settings.SESSION_COOKIE_NAME].value
+            Order.objects.filter(pk=placed_pk).update(source=Order.SOURCE_SIMULATED, placed_at=basket.placed_at)
+            OfferEvent.objects.filter(Q(session_key=session_key, created_at__gte=started) | Q(order_id=placed_pk)
+                                      ).update(simulated=True, created_at=basket.placed_at)
+            report.orders += 1
+        client.session.delete()  # the household is done: free its session
+        report.failure_reasons = dict(reasons)
+        report.request_seconds = dict(spent)
+        report.cpu_seconds = _time.process_time() - cpu_started
+        return report
+
+
+def _merge(total: SimulationReport, part: SimulationReport) -> None:
+    for key, value in part.__dict__.items():
+        if key == "failure_reasons":
+            for reason, n in value.items():
+                total.failure_reasons[reason] = total.failure_reasons.get(reason, 0) + n
+        elif key in ("groups", "request_seconds"):
+            into = getattr(total, key)
+            for name, n in value.items():
+                into[name] = into.get(name, 0) + n
+        elif key not in ("seconds", "cpu_seconds"):
+            setattr(total, key, getattr(total, key) + value)
+    total.cpu_seconds += part.cpu_seconds
+
+
+def _durability_off() -> None:
+    """``SET synchronous_commit TO off`` on this process's replay connection (see the module docstring)."""
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        connection.ensure_connection()
+        with connection.cursor() as cursor:
+            cursor.execute("SET synchronous_commit TO off")
+
+
+_worker: _Replayer | None = None
+
+
+def _worker_init(seed: int, responses: dict, base: float, stop_at: float | None) -> None:
+    global _worker
+    _worker = _Replayer(seed=seed, responses=responses, base=base, stop_at=stop_at)
+    _durability_off()
+
+
+def _worker_household(household) -> SimulationReport:
+    return _worker.household(household)
+
+
 def shoppers_simulate(*, date_from: date, date_to: date, limit: int | None = None, seed: int = 0,
-                      progress: bool = False, responses: dict | None = None) -> SimulationReport:
+                      progress: bool = False, responses: dict | None = None, workers: int = 1,
+                      stop_after: float | None = None) -> SimulationReport:
     """Replay the imported baskets placed from ``date_from`` to ``date_to`` (inclusive) as shopper sessions.
 
     Args:
         date_from, date_to: local dates bounding ``Order.placed_at`` of imported orders with a customer.
         limit: replay at most this many households (shoppers), in household-id order.
-        seed: seed of the RNG drawing take-model acceptances.
+        seed: seed of the RNG drawing take-model acceptances (combined with each customer's and
+            basket's id, so the result does not depend on ``workers`` or on resuming).
         progress: show a tqdm bar (baskets) on stderr.
         responses: department take responses (default: ``services.economics.department_responses_fit()``).
+        workers: processes replaying households in parallel (forked, each with its own database
+            connection and test client; 1 = in this process). Households are independent: each has
+            its own session and RNG, and stock is topped up for all of them before the replay.
+        stop_after: seconds after which no new household is started (the ones under way finish);
+            the rest are counted in ``households_not_started`` and a later run replays them.
 
     Returns:
-        ``SimulationReport``.
-    """
-    from bundling_ml.economics import response_for
+        ``SimulationReport``; ``orders + failed_checkouts == baskets``.
 
+    Raises:
+        ValueError: ``workers`` < 1.
+    """
     from .economics import department_responses_fit
 
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     responses = department_responses_fit() if responses is None else responses
+    started_at = _time.perf_counter()
     base = float(app_settings.get("BASE_TAKE_RATE"))
-    rng = np.random.default_rng(seed)
-    orders = (Order.objects.filter(source=Order.SOURCE_IMPORT, customer__isnull=False,
-                                   placed_at__gte=_aware(date_from), placed_at__lt=_aware(date_to, end=True))
-              .order_by("customer__external_id", "placed_at", "pk"))
-    customers = list(orders.order_by("customer__external_id").values_list("customer_id", flat=True).distinct())
-    if limit is not None:
-        customers = customers[:limit]
-    orders = list(orders.filter(customer_id__in=customers).select_related("customer"))
-    lines: dict[int, list[tuple[Product, int]]] = {}
-    for line in OrderLine.objects.filter(order_id__in=[o.pk for o in orders]).select_related("product"):
-        lines.setdefault(line.order_id, []).append((line.product, line.quantity))
+    households, skipped, already, needed = _load(date_from, date_to, limit)
+    _top_up_stock(needed)
 
+    caches_setting = {**settings.CACHES, REPLAY_CACHE_ALIAS: {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": REPLAY_CACHE_ALIAS,
+        "TIMEOUT": None, "OPTIONS": {"MAX_ENTRIES": 1_000_000}}}
+    with override_settings(CACHES=caches_setting, **REPLAY_SESSION_SETTINGS):
+        stop_at = None if stop_after is None else _time.time() + stop_after
+        report = _replay(households, seed=seed, responses=responses, base=base, progress=progress, workers=workers,
+                         stop_at=stop_at)
+    report.skipped_baskets = skipped
+    report.already_replayed = already
+    report.failure_reasons = dict(sorted(report.failure_reasons.items(), key=lambda kv: -kv[1]))
+    report.seconds = round(_time.perf_counter() - started_at, 1)
+    report.request_seconds = {k: round(v, 1) for k, v in sorted(report.request_seconds.items())}
+    report.cpu_seconds = round(report.cpu_seconds, 1)
+    return report
+
+
+def _replay(households, *, seed: int, responses: dict, base: float, progress: bool, workers: int,
+            stop_at: float | None) -> SimulationReport:
+    """Run the households in this process or in ``workers`` forked processes; returns the merged counts."""
     report = SimulationReport()
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(orders), desc="simulate_shoppers", unit="basket")
-    offers_cache: dict[int, tuple[frozenset, float, str] | None] = {}
-    current, client = None, None
-    for order in orders:
+        bar = tqdm(total=sum(len(b) for _, _, b in households), desc="simulate_shoppers", unit="basket")
+    try:
+        if workers == 1:
+            replayer = _Replayer(seed=seed, responses=responses, base=base, stop_at=stop_at)
+            _durability_off()
+            parts = (replayer.household(h) for h in households)
+            try:
+                for part in parts:
+                    _merge(report, part)
+                    if bar is not None:
+                        bar.update(part.baskets)
+            finally:
+                if connection.vendor == "postgresql" and connection.connection is not None \
+                        and not connection.in_atomic_block:
+                    with connection.cursor() as cursor:
+                        cursor.execute("RESET synchronous_commit")
+        else:
+            import multiprocessing
+
+            connections.close_all()  # each forked worker opens its own connection
+            ctx = multiprocessing.get_context("fork")
+            with ctx.Pool(workers, initializer=_worker_init, initargs=(seed, responses, base, stop_at)) as pool:
+                for part in pool.imap_unordered(_worker_household, households, chunksize=2):
+                    _merge(report, part)
+                    if bar is not None:
+                        bar.update(part.baskets)
+    finally:
         if bar is not None:
-            bar.update(1)
-        if order.customer_id != current:
-            current = order.customer_id
-            client = Client()
-            session = client.session
-            session[SHOPPER_SESSION_KEY] = f"cj-{order.customer.external_id}"
-            session.save()
-            client.cookies[settings.SESSION_COOKIE_NAME] = session.session_key
-            report.shoppers += 1
-            report.groups[assignment_group(f"cj-{order.customer.external_id}")] += 1
-        basket = [(p, q) for p, q in lines.get(order.pk, []) if p.active and q > 0]
-        if not basket:
-            continue
-        report.baskets += 1
-        started = timezone.now()
-        in_basket = {p.pk for p, _ in basket}
-        _restock(basket)
-        accepted: set[int] = set()
-        added: dict[int, int] = {}
-        for product, _ in basket:
-            response = client.get(reverse("shop_bundles:product_detail", kwargs={"sku": product.sku}))
-            report.page_views += 1
-            for cid in dict.fromkeys(int(c) for c in OFFER_RE.findall(response.content.decode())):
-                report.offers_seen += 1
-                if cid in accepted:
-                    continue
-                if cid not in offers_cache:
-                    offer = live_offer(cid)
-                    offers_cache[cid] = None if offer is None else (
-                        frozenset(i.product.pk for i in offer.items),
-                        float(offer.saving / offer.regular_total) if offer.regular_total else 0.0,
-                        offer.items[0].product.department)
-                info = offers_cache[cid]
-                if info is None:
-                    continue
-                items, depth, department = info
-                if items <= in_basket:
-                    take, why = True, "basket"
-                else:
-                    take = bool(rng.random() < response_for(responses, department).take(depth, base))
-                    why = "model"
-                if not take:
-                    continue
-                _restock_ids(items)
-                client.post(reverse("shop_bundles:bundle_add", kwargs={"campaign_id": cid}), {"quantity": 1})
-                accepted.add(cid)
-                for pid in items:
-                    added[pid] = added.get(pid, 0) + 1
-                report.bundles_accepted += 1
-                if why == "basket":
-                    report.accepted_by_basket += 1
-                else:
-                    report.accepted_by_take_model += 1
-        for product, qty in basket:
-            rest = qty - added.get(product.pk, 0)
-            if rest > 0:
-                client.post(reverse("shop_bundles:cart_add", kwargs={"sku": product.sku}),
-                            {"quantity": min(rest, 99)})
-        response = client.post(reverse("shop_bundles:checkout"), {"customer_id": order.customer.external_id})
-        session_key = client.cookies[settings.SESSION_COOKIE_NAME].value
-        placed = Order.objects.filter(source=Order.SOURCE_STOREFRONT, session_key=session_key,
-                                      created_at__gte=started).order_by("-pk").first()
-        if response.status_code != 302 or placed is None:
-            report.failed_checkouts += 1
-            continue
-        Order.objects.filter(pk=placed.pk).update(source=Order.SOURCE_SIMULATED, placed_at=order.placed_at)
-        OfferEvent.objects.filter(session_key=session_key, created_at__gte=started).update(
-            simulated=True, created_at=order.placed_at)
-        OfferEvent.objects.filter(order_id=placed.pk).update(simulated=True, created_at=order.placed_at)
-        report.orders += 1
-    if bar is not None:
-        bar.close()
+            bar.close()
     return report
-
-
-def _restock(basket) -> None:
-    """Top up stock so the basket (and a bundle on top) can be bought: simulated inventory."""
-    for product, qty in basket:
-        Product.objects.filter(pk=product.pk, stock__lt=qty + 2).update(stock=qty + 2)
-
-
-def _restock_ids(product_ids) -> None:
-    Product.objects.filter(pk__in=list(product_ids), stock__lt=3).update(stock=F("stock") + 3)

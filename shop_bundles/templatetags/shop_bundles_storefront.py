@@ -12,6 +12,7 @@ from django.conf import settings
 
 from ..selectors.experiment import HOLDOUT, request_group
 from ..selectors.offers import offers_for_product
+from ..services.events import offer_impressions_record
 from ..storefront.cart import SessionCart
 from ..storefront.pricing import quantize_money
 
@@ -51,13 +52,24 @@ def bundle_offers(context, product, offers=None):
 
     Args:
         product: a ``Product``.
-        offers: already-selected offers (e.g. from the view); None runs
-            ``selectors.offers.offers_for_product`` (two queries).
+        offers: offers already selected and recorded by the view (the
+            storefront's product page); None selects them here with
+            ``selectors.offers.offers_for_product`` (two queries) and records
+            the impressions exactly as the storefront view does
+            (``services.events.offer_impressions_record``: one INSERT, the
+            holdout's hidden offers included), so a shop that drops the tag
+            into its own product page feeds the experiment too.
     """
     request = context.get("request")
+    if offers is None:
+        offers = offers_for_product(product) if product.available else []
+        if offers and request is not None and hasattr(request, "session"):
+            if not request.session.session_key:
+                request.session.save()
+            offer_impressions_record(campaign_ids=[o.campaign_id for o in offers],
+                                     session_key=request.session.session_key or "",
+                                     experiment_group=request_group(request))
     if request is not None and request_group(request) == HOLDOUT:
         offers = []  # holdout shoppers never see offers
-    elif offers is None:
-        offers = offers_for_product(product) if product.available else []
-    return {"product": product, "offers": offers, "request": context.get("request"),
+    return {"product": product, "offers": offers, "request": request,
             "csrf_token": context.get("csrf_token")}

@@ -263,3 +263,53 @@ def test_simulate_shoppers_replays_baskets_through_the_storefront(settings, hist
     client.force_login(User.objects.create_superuser("boss", "b@example.com", "pw-For-tests-1"))
     html = client.get(reverse("admin:shop_bundles_experimentdashboard_changelist")).content.decode()
     assert "SIMULATED" in html
+
+
+def test_simulate_shoppers_resumes_without_replaying_twice_and_reset_starts_over(settings, history):
+    from shop_bundles.services.simulation import shoppers_simulate, simulation_reset
+
+    first = shoppers_simulate(date_from=datetime(2017, 10, 30).date(), date_to=datetime(2017, 12, 31).date(),
+                              limit=3, responses={})
+    assert (first.shoppers, first.baskets, first.orders, first.failed_checkouts) == (3, 6, 6, 0)
+    assert first.orders + first.failed_checkouts == first.baskets and first.page_views == 3 * (3 + 1)
+    again = shoppers_simulate(date_from=datetime(2017, 10, 30).date(), date_to=datetime(2017, 12, 31).date(),
+                              limit=4, responses={})
+    assert (again.already_replayed, again.baskets, again.orders) == (6, 2, 2)  # only household 4 is new
+    assert Order.objects.filter(source=Order.SOURCE_SIMULATED).count() == 8
+    assert simulation_reset()["orders"] == 8
+    assert not Order.objects.filter(source=Order.SOURCE_SIMULATED).exists()
+    assert not OfferEvent.objects.filter(simulated=True).exists()
+
+
+def test_simulate_shoppers_counts_a_refused_checkout_with_the_storefront_message(settings, history):
+    """A product withdrawn while the first shopper is at the checkout: the storefront refuses, the replay says why."""
+    from django.core.signals import request_started
+
+    from shop_bundles.services.simulation import shoppers_simulate
+
+    def withdraw_pasta(sender, environ, **kwargs):
+        if environ.get("PATH_INFO") == reverse("shop_bundles:checkout"):
+            Product.objects.filter(sku="A").update(active=False)
+
+    request_started.connect(withdraw_pasta)
+    try:
+        report = shoppers_simulate(date_from=datetime(2017, 10, 30).date(),
+                                   date_to=datetime(2017, 12, 31).date(), limit=1, responses={})
+    finally:
+        request_started.disconnect(withdraw_pasta)
+    # Household hh0: basket 1 (A, B, C) is refused at checkout; basket 2 holds only A, now inactive, so it
+    # was read before the withdrawal and its checkout is refused too (the cart is empty).
+    assert report.baskets == 2 and report.orders == 0 and report.failed_checkouts == 2
+    assert report.failure_reasons == {"Pasta is no longer available.": 1, "Your cart is empty.": 1}
+    assert not Order.objects.filter(source__in=[Order.SOURCE_SIMULATED, Order.SOURCE_STOREFRONT]).exists()
+
+
+def test_simulate_shoppers_stop_after_leaves_households_for_the_next_run(settings, history):
+    from shop_bundles.services.simulation import shoppers_simulate
+
+    window = dict(date_from=datetime(2017, 10, 30).date(), date_to=datetime(2017, 12, 31).date())
+    stopped = shoppers_simulate(limit=2, responses={}, stop_after=0, **window)
+    assert (stopped.households_not_started, stopped.shoppers, stopped.orders) == (2, 0, 0)
+    assert not OfferEvent.objects.exists()
+    done = shoppers_simulate(limit=2, responses={}, **window)
+    assert (done.shoppers, done.orders, done.households_not_started) == (2, 4, 0) and done.cpu_seconds > 0

@@ -3,7 +3,10 @@
 Creates the staff user (with the approve and manage permissions and a printed
 random password) when missing, then approves the best-scored pending
 suggestions whose products are all active and in stock, each with its
-suggested discount, through the same service the admin uses. To spread the demo's
+suggested discount, through the same service the admin uses. ``--by margin``
+ranks them by expected incremental margin per offer shown at the offer's
+discount (``economics["offer"]["incremental_margin"]``, see
+``services.economics``) instead of the model score. To spread the demo's
 offers over the catalogue, a suggestion sharing a product with one already
 approved in this run is passed over.
 """
@@ -13,7 +16,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.management.base import BaseCommand
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, FloatField, OuterRef, Q
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast
 
 
 class Command(BaseCommand):
@@ -23,6 +28,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--top", type=int, default=20, help="how many suggestions to approve (default 20)")
+        parser.add_argument("--by", choices=["score", "margin"], default="score",
+                            help="rank by model score (default) or expected incremental margin per offer shown")
         parser.add_argument("--username", default="demo-staff", help="staff user (default demo-staff)")
 
     def handle(self, *args, **options):
@@ -33,7 +40,12 @@ class Command(BaseCommand):
         unavailable = BundleSuggestionItem.objects.filter(suggestion=OuterRef("pk")).filter(
             Q(product__active=False) | Q(product__stock__lte=0))
         queue = (BundleSuggestion.objects.filter(status=BundleSuggestion.PENDING)
-                 .filter(~Exists(unavailable)).order_by("-score", "pk").prefetch_related("items__product"))
+                 .filter(~Exists(unavailable)).prefetch_related("items__product"))
+        if options["by"] == "margin":
+            margin = Cast(KT("economics__offer__incremental_margin"), FloatField())
+            queue = queue.order_by(margin.desc(nulls_last=True), "-score", "pk")
+        else:
+            queue = queue.order_by("-score", "pk")
         approved = refused = 0
         used: set[int] = set()  # spread the demo's offers: no product in two of the approved bundles
         for suggestion in queue.iterator(chunk_size=100):

@@ -8,7 +8,7 @@ from datetime import date
 
 from django.core.management.base import BaseCommand, CommandError
 
-from shop_bundles.services.simulation import shoppers_simulate
+from shop_bundles.services.simulation import shoppers_simulate, simulation_reset
 
 
 class Command(BaseCommand):
@@ -19,6 +19,13 @@ class Command(BaseCommand):
         parser.add_argument("--to", dest="date_to", default="2017-12-31", help="last day, inclusive (YYYY-MM-DD)")
         parser.add_argument("--limit", type=int, default=None, help="at most this many shoppers (households)")
         parser.add_argument("--seed", type=int, default=0, help="seed of the take-model draws")
+        parser.add_argument("--workers", type=int, default=1,
+                            help="processes replaying households in parallel (default 1)")
+        parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
+                            help="start no new household after this many minutes; a re-run continues")
+        parser.add_argument("--reset", action="store_true",
+                            help="first delete the simulated orders and offer events of earlier replays "
+                                 "(without it, a re-run continues where the last one stopped)")
         parser.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bar")
 
     def handle(self, *args, **options):
@@ -28,9 +35,30 @@ class Command(BaseCommand):
             raise CommandError(f"dates must be YYYY-MM-DD: {exc}") from exc
         if end < start:
             raise CommandError("--to is before --from")
+        if options["reset"]:
+            deleted = simulation_reset()
+            self.stdout.write(f"reset: deleted {deleted['orders']} simulated orders and "
+                              f"{deleted['offer_events']} simulated offer events")
         report = shoppers_simulate(date_from=start, date_to=end, limit=options["limit"], seed=options["seed"],
-                                   progress=not options["no_progress"])
+                                   progress=not options["no_progress"], workers=options["workers"],
+                                   stop_after=None if options["stop_after"] is None else options["stop_after"] * 60)
         for key, value in report.as_dict().items():
-            self.stdout.write(f"{key}: {value}")
+            if key != "failure_reasons":
+                self.stdout.write(f"{key}: {value}")
+        if report.failure_reasons:
+            self.stdout.write("checkouts the storefront refused, by its message:")
+            for reason, count in report.failure_reasons.items():
+                self.stdout.write(f"  {count:>6}  {reason}")
+        if report.already_replayed:
+            self.stdout.write(f"{report.already_replayed} baskets of households replayed by an earlier run were kept, "
+                              "not replayed again (--reset starts over)")
+        if report.households_not_started:
+            self.stdout.write(self.style.WARNING(
+                f"stopped by --stop-after: {report.households_not_started} households not replayed yet; "
+                "run the command again to continue"))
+        if report.skipped_baskets:
+            self.stdout.write(f"{report.skipped_baskets} baskets held only products that are inactive now "
+                              "(not replayed)")
         self.stdout.write(self.style.SUCCESS(
-            f"SIMULATED: {report.orders} orders from {report.shoppers} shoppers; see the admin's experiment dashboard."))
+            f"SIMULATED: {report.orders} orders from {report.baskets} baskets of {report.shoppers} shoppers "
+            f"in {report.seconds:.0f} s; see the admin's experiment dashboard."))

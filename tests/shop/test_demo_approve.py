@@ -1,0 +1,41 @@
+"""``demo_approve --by margin``: the pending suggestions with the highest expected incremental margin go first."""
+from decimal import Decimal as D
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+
+from shop_bundles.models import BundleCampaign, BundleSuggestion, BundleSuggestionItem, Product
+
+pytestmark = pytest.mark.django_db
+
+
+def _suggestion(n: int, score: float, margin: float | None) -> BundleSuggestion:
+    anchor = Product.objects.create(sku=f"A{n}", price=D("4.00"), stock=10, department="GROCERY")
+    companion = Product.objects.create(sku=f"C{n}", price=D("3.00"), stock=10, department="GROCERY")
+    economics = {} if margin is None else {"offer": {"discount": 0.1, "take_rate": 0.05,
+                                                     "incremental_revenue": 0.3, "incremental_margin": margin}}
+    suggestion = BundleSuggestion.objects.create(anchor=anchor, signature=f"s{n}", score=score,
+                                                 suggested_discount_percent=D("10.00"), economics=economics)
+    for position, product in enumerate((anchor, companion)):
+        BundleSuggestionItem.objects.create(suggestion=suggestion, product=product, position=position)
+    return suggestion
+
+
+def test_by_margin_orders_by_expected_incremental_margin_then_score():
+    low = _suggestion(1, score=0.9, margin=0.01)
+    high = _suggestion(2, score=0.1, margin=0.25)
+    mid = _suggestion(3, score=0.5, margin=0.12)
+    unknown = _suggestion(4, score=0.99, margin=None)
+    call_command("demo_approve", "--top", "2", "--by", "margin", stdout=StringIO())
+    assert set(BundleCampaign.objects.values_list("suggestion_id", flat=True)) == {high.pk, mid.pk}
+    call_command("demo_approve", "--top", "2", "--by", "margin", stdout=StringIO())
+    assert set(BundleCampaign.objects.values_list("suggestion_id", flat=True)) == {high.pk, mid.pk, low.pk,
+                                                                                  unknown.pk}
+
+
+def test_by_score_is_the_default():
+    _suggestion(1, score=0.9, margin=0.01)
+    _suggestion(2, score=0.1, margin=0.25)
+    call_command("demo_approve", "--top", "1", stdout=StringIO())
+    assert BundleCampaign.objects.get().suggestion.score == 0.9
