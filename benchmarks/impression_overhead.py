@@ -15,7 +15,7 @@ request) is requested in two variants:
   ``SET LOCAL synchronous_commit TO off; INSERT ...`` with one ``OfferEvent``
   row per offer shown: one round trip, no wait for the WAL flush);
 * ``impressions off``: the same view with that call replaced by a no-op
-  (``unittest.mock.patch`` of ``shop_bundles.storefront.views.offer_impressions_record``,
+  (``unittest.mock.patch`` of ``shop_bundles.storefront.offers.offer_impressions_record``,
   inside this script only). Everything else (offers query, session, experiment
   group, template) is unchanged.
 
@@ -50,7 +50,7 @@ from unittest import mock
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "impression_overhead.json"
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/sb_bench"
-PATCH_TARGET = "shop_bundles.storefront.views.offer_impressions_record"
+PATCH_TARGET = "shop_bundles.storefront.offers.offer_impressions_record"
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -17,10 +17,11 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from ..models import Order, Product
 from ..selectors.experiment import HOLDOUT, request_group
-from ..selectors.offers import live_offer, offers_for_product
-from ..services.events import offer_event_add_to_cart, offer_impressions_record
+from ..selectors.offers import live_offer
+from ..services.events import offer_event_add_to_cart
 from ..services.orders import customer_get_or_create, order_place
 from .cart import SessionCart, cart_price
+from .offers import product_offers_shown
 from .forms import AddToCartForm, CartUpdateForm, CheckoutForm, ProductSearchForm
 
 PAGE_SIZE = 24
@@ -72,15 +73,8 @@ def product_list(request: HttpRequest) -> HttpResponse:
 def product_detail(request: HttpRequest, sku: str) -> HttpResponse:
     """A product with its "Frequently bought together" offers (live campaigns only)."""
     product = get_object_or_404(Product, sku=sku, active=True)
-    offers = offers_for_product(product) if product.available else []
-    if offers:
-        # Holdout experiment: record what was (treatment) or would have been (holdout) shown, then hide it.
-        session_key = _session_key(request)
-        group = request_group(request)
-        offer_impressions_record(campaign_ids=[o.campaign_id for o in offers], session_key=session_key,
-                                 experiment_group=group)
-        if group == HOLDOUT:
-            offers = []
+    # Impressions recorded for treatment and holdout; the holdout sees no offers.
+    offers = product_offers_shown(request, product)
     return render(request, "shop_bundles/storefront/product_detail.html", {
         "product": product, "offers": offers, "form": AddToCartForm(),
     })

@@ -12,8 +12,8 @@ from django.conf import settings
 
 from ..selectors.experiment import HOLDOUT, request_group
 from ..selectors.offers import offers_for_product
-from ..services.events import offer_impressions_record
 from ..storefront.cart import SessionCart
+from ..storefront.offers import product_offers_shown
 from ..storefront.pricing import quantize_money
 
 register = template.Library()
@@ -62,13 +62,10 @@ def bundle_offers(context, product, offers=None):
     """
     request = context.get("request")
     if offers is None:
+        if request is not None and hasattr(request, "session"):
+            return {"product": product, "offers": product_offers_shown(request, product), "request": request,
+                    "csrf_token": context.get("csrf_token")}
         offers = offers_for_product(product) if product.available else []
-        if offers and request is not None and hasattr(request, "session"):
-            if not request.session.session_key:
-                request.session.save()
-            offer_impressions_record(campaign_ids=[o.campaign_id for o in offers],
-                                     session_key=request.session.session_key or "",
-                                     experiment_group=request_group(request))
     if request is not None and request_group(request) == HOLDOUT:
         offers = []  # holdout shoppers never see offers
     return {"product": product, "offers": offers, "request": request,
