@@ -32,11 +32,7 @@ from shop_bundles.services.scoring import suggestions_score
 from shop_bundles.services.training import model_version_activate, training_run_execute
 from tests.integration.conftest import wait_for
 from tests.integration.test_outbox_faults import (
-    PrivateRedis,
-    _free_port,
-    _reset_celery_connections,
-    _start_worker,
-    _stop_worker,
+    worker_on_private_redis,
 )
 from tests.shop.test_training import load_cj_slice, tiny_cj_slice
 
@@ -74,24 +70,9 @@ def private_worker(transactional_db, tmp_path, monkeypatch):
         pytest.skip("redis-server and redis-cli are needed for the model lifecycle fault test")
     from config.celery import app
 
-    redis = PrivateRedis(_free_port(), tmp_path)
-    saved_conf = {key: app.conf[key] for key in ("broker_url", "task_always_eager")}
     monkeypatch.setenv("SHOP_BUNDLES_ARTIFACT_DIR", str(tmp_path / "models"))  # read by the worker
-    worker = None
-    try:
-        redis.start()
-        app.conf.update(broker_url=redis.url, task_always_eager=False)
-        _reset_celery_connections(app)
-        worker = _start_worker(redis.url, tmp_path / "worker.log")
+    with worker_on_private_redis(app, tmp_path) as (_redis, worker):
         yield WorkerHandle(worker, tmp_path / "worker.log")
-    finally:
-        try:
-            if worker is not None:
-                _stop_worker(worker)
-        finally:
-            redis.stop()
-            app.conf.update(saved_conf)
-            _reset_celery_connections(app)
 
 
 def test_killed_raising_and_corrupt_training_runs_leave_the_active_model_serving(

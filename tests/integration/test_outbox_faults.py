@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from decimal import Decimal as D
@@ -300,6 +301,32 @@ def _reset_celery_connections(app) -> None:
         amqp._producer_pool = None
 
 
+@contextmanager
+def worker_on_private_redis(app, tmp_path: Path):
+    """A private Redis and a real Celery worker on it, with ``app`` sending there; yields ``(redis, worker)``.
+
+    On exit (also on failure) the worker and Redis are stopped and ``app``'s
+    broker settings and connection pools are restored.
+    """
+    redis = PrivateRedis(_free_port(), tmp_path)
+    saved_conf = {key: app.conf[key] for key in ("broker_url", "task_always_eager")}
+    worker = None
+    try:
+        redis.start()
+        app.conf.update(broker_url=redis.url, task_always_eager=False)
+        _reset_celery_connections(app)
+        worker = _start_worker(redis.url, tmp_path / "worker.log")
+        yield redis, worker
+    finally:
+        try:
+            if worker is not None:
+                _stop_worker(worker)
+        finally:
+            redis.stop()
+            app.conf.update(saved_conf)
+            _reset_celery_connections(app)
+
+
 def _wait_for(condition, timeout: float, interval: float = 0.5) -> bool:
     """Poll ``condition()`` until it is true or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
@@ -319,16 +346,9 @@ def test_500_orders_placed_while_redis_is_down_are_each_processed_exactly_once(t
     from config.celery import app
 
     products, campaign = _catalogue(stock=10_000)
-    redis = PrivateRedis(_free_port(), tmp_path)
-    saved_conf = {key: app.conf[key] for key in ("broker_url", "task_always_eager")}
-    worker = None
     timings = {}
     started = time.monotonic()
-    try:
-        redis.start()
-        app.conf.update(broker_url=redis.url, task_always_eager=False)
-        _reset_celery_connections(app)
-        worker = _start_worker(redis.url, tmp_path / "worker.log")
+    with worker_on_private_redis(app, tmp_path) as (redis, worker):
         timings["worker ready"] = time.monotonic() - started
 
         # --- the broker goes away -----------------------------------------------------------
@@ -386,14 +406,6 @@ def test_500_orders_placed_while_redis_is_down_are_each_processed_exactly_once(t
         assert set(OutboxEvent.objects.values_list("attempts", flat=True)) == {1}
         timings["total"] = time.monotonic() - started
         print("timings (s):", {k: round(v, 1) for k, v in timings.items()})
-    finally:
-        try:
-            if worker is not None:
-                _stop_worker(worker)
-        finally:
-            redis.stop()
-            app.conf.update(saved_conf)
-            _reset_celery_connections(app)
 
 
 def _shop(numbers: range) -> list:

@@ -32,11 +32,9 @@ from shop_bundles.services.orders import order_place
 from shop_bundles.services.outbox import outbox_relay
 from shop_bundles.tasks import handle_outbox_event
 from tests.integration.test_outbox_faults import (
-    PrivateRedis,
     _free_port,
     _reset_celery_connections,
-    _start_worker,
-    _stop_worker,
+    worker_on_private_redis,
     _wait_for,
 )
 
@@ -211,14 +209,7 @@ def test_stock_changes_and_offer_events_during_a_broker_outage_are_processed_exa
     for position, sku in enumerate("AC"):
         BundleCampaignItem.objects.create(campaign=cheese_campaign, product=products[sku], position=position)
 
-    redis = PrivateRedis(_free_port(), tmp_path)
-    saved_conf = {key: app.conf[key] for key in ("broker_url", "task_always_eager")}
-    worker = None
-    try:
-        redis.start()
-        app.conf.update(broker_url=redis.url, task_always_eager=False)
-        _reset_celery_connections(app)
-        worker = _start_worker(redis.url, tmp_path / "worker.log")
+    with worker_on_private_redis(app, tmp_path) as (redis, worker):
 
         redis.stop()  # --- the broker goes away ---
         shopper = Client()
@@ -280,11 +271,3 @@ def test_stock_changes_and_offer_events_during_a_broker_outage_are_processed_exa
         assert StaffAction.objects.filter(action__startswith="auto_").count() == 1
         assert set(OutboxEvent.objects.values_list("attempts", flat=True)) == {1}
         assert outbox_relay(now=timezone.now() + timedelta(hours=1))["sent"] == 0
-    finally:
-        try:
-            if worker is not None:
-                _stop_worker(worker)
-        finally:
-            redis.stop()
-            app.conf.update(saved_conf)
-            _reset_celery_connections(app)
