@@ -184,9 +184,6 @@ def parse_event(body: bytes) -> tuple[str, str, dict]:
 
 
 def _apply_stock_changed(data: dict, dedupe_key: str, event_id: str) -> tuple[OutboxEvent, bool]:
-    existing = OutboxEvent.objects.filter(dedupe_key=dedupe_key).first()
-    if existing is not None:
-        return existing, False
     errors: dict[str, str] = {}
     sku = _text(data, "sku", "data.sku", errors)
     changes = {}
@@ -219,9 +216,6 @@ def _apply_stock_changed(data: dict, dedupe_key: str, event_id: str) -> tuple[Ou
 
 
 def _apply_order_placed(data: dict, dedupe_key: str, event_id: str) -> tuple[OutboxEvent, bool]:
-    existing = OutboxEvent.objects.filter(dedupe_key=dedupe_key).first()
-    if existing is not None:
-        return existing, False
     errors: dict[str, str] = {}
     external_id = _text(data, "order_id", "data.order_id", errors)
     placed_at = _moment(data, "placed_at", "data.placed_at", errors) or timezone.now()
@@ -268,9 +262,6 @@ def _apply_order_placed(data: dict, dedupe_key: str, event_id: str) -> tuple[Out
 
 
 def _apply_offer_event(data: dict, dedupe_key: str, event_id: str) -> tuple[OutboxEvent, bool]:
-    existing = OutboxEvent.objects.filter(dedupe_key=dedupe_key).first()
-    if existing is not None:
-        return existing, False
     errors: dict[str, str] = {}
     kind = data.get("kind")
     if kind not in OUTBOX_OFFER_KINDS:
@@ -306,7 +297,12 @@ def events_receive(request: HttpRequest) -> JsonResponse:
         event_id, kind, data = parse_event(request.body)
         dedupe_key = f"api:{event_id}"
         with transaction.atomic():
-            event, created = APPLY[kind](data, dedupe_key, event_id)
+            # A re-sent event is answered from its first delivery, before any validation or write.
+            existing = OutboxEvent.objects.filter(dedupe_key=dedupe_key).first()
+            if existing is not None:
+                event, created = existing, False
+            else:
+                event, created = APPLY[kind](data, dedupe_key, event_id)
     except PayloadError as exc:
         return JsonResponse({"errors": exc.errors}, status=400)
     except ValidationError as exc:
