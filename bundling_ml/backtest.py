@@ -35,6 +35,9 @@ M_TEST = 100
 COLD_MAX_BASKETS = 5
 #: rankers averaged into the anonymous model (seed ensemble)
 ANON_SEEDS = 3
+#: share of label queries trained with their store hidden, so the model also
+#: ranks well without store context (the shop's per-product scoring has none)
+STORE_DROPOUT = 0.3
 
 
 @dataclass
@@ -59,6 +62,14 @@ def basket_times(lines: pd.DataFrame, basket_ids) -> np.ndarray:
     """(n,) datetime64 time of each basket id."""
     m = lines.drop_duplicates("basket_id").set_index("basket_id")["time"]
     return m.reindex(pd.Index(basket_ids)).to_numpy()
+
+
+def basket_stores(lines: pd.DataFrame, basket_ids) -> np.ndarray:
+    """(n,) object array: the store id (str, "" when unknown or absent) of each basket id."""
+    if "store_id" not in lines.columns:
+        return np.full(len(basket_ids), "", dtype=object)
+    m = lines.drop_duplicates("basket_id").set_index("basket_id")["store_id"]
+    return m.reindex(pd.Index(basket_ids)).astype("object").fillna("").astype(str).to_numpy()
 
 
 def remap_queries(q: Queries, cols: pd.Index, target: pd.Index) -> Queries:
@@ -101,16 +112,18 @@ def fit_rankers(train: pd.DataFrame, products: pd.DataFrame, product_index: pd.I
     users = rk.user_index(ctx, basket_customers(lab, q.basket_ids)[rows])
     times = basket_times(lab, q.basket_ids)[rows]
     weeks = rk.week_index(ctx, times)
+    stores = rk.store_index(ctx, basket_stores(lab, q.basket_ids)[rows])
+    stores[rng.random(len(stores)) < STORE_DROPOUT] = -1
     prog(0.1, f"candidates for {len(sel)} label queries")
     J = rk.decayed_jaccard_matrix(ctx)
     uniq, inv = np.unique(anchors, return_inverse=True)
     cand_u = rk.anchor_candidates(ctx, uniq, M_TEST, J=J)
     cands = cand_u[inv][:, :M_TRAIN]
     anon_cols = rk.feature_columns(anon_features)
-    x = rk.list_inputs(ctx, anchors, cands, users, anon_cols, weeks, times)
+    x = rk.list_inputs(ctx, anchors, cands, users, anon_cols, weeks, times, stores)
     y = rk.list_labels(q.baskets, rows, cands)
     info = {"label_queries": int(len(sel)), "label_start": str(label_start.date()), "anon_recall@M": float((y.sum(1) > 0).mean()),
-            "anon_seeds": int(anon_seeds)}
+            "anon_seeds": int(anon_seeds), "label_store_share": float((stores >= 0).mean())}
     prog(0.2, "training anonymous ranker")
     members, hists = [], []
     n_seeds = max(1, int(anon_seeds))
@@ -130,7 +143,7 @@ def fit_rankers(train: pd.DataFrame, products: pd.DataFrame, product_index: pd.I
         prog(0.55, "shopper candidates")
         sc = rk.shopper_candidates(ctx, anchors, users, cand_u, inv, M_TRAIN + 20)
         shop_cols = rk.feature_columns(tuple(anon_features) + rk.SHOPPER_FEATURES)
-        x = rk.list_inputs(ctx, anchors, sc, users, shop_cols, weeks, times)
+        x = rk.list_inputs(ctx, anchors, sc, users, shop_cols, weeks, times, stores)
         y = rk.list_labels(q.baskets, rows, sc)
         info["shopper_recall@M"] = float((y.sum(1) > 0).mean())
         prog(0.6, "training shopper ranker")
@@ -168,13 +181,19 @@ def run_backtest(rankers: Rankers, train: pd.DataFrame, test: pd.DataFrame, prod
     users = rk.user_index(ctx, basket_customers(test, queries.basket_ids)[queries.query_basket])
     qtimes = basket_times(test, queries.basket_ids)[queries.query_basket]
     weeks = rk.week_index(ctx, qtimes)
-    # the model sees the query week's promotions and the query's time of day and
-    # weekday: score each distinct (anchor, week, hour bucket, weekday)
+    qstores = rk.store_index(ctx, basket_stores(test, queries.basket_ids)[queries.query_basket])
+    # the model sees the query week's promotions, the query's time of day and
+    # weekday and its store: score each distinct (anchor, week, hour bucket, weekday, store)
     qt = pd.DatetimeIndex(qtimes)
     slot = (qt.hour.to_numpy() // rk.HOUR_BUCKET_HOURS) * 7 + qt.day_of_week.to_numpy()
-    aw_keys = (queries.anchor * 1000 + (weeks + 1)) * 100 + slot
-    aw, aw_first, aw_inv = np.unique(aw_keys, return_index=True, return_inverse=True)
-    aw_anchor, aw_week, aw_time = queries.anchor[aw_first], weeks[aw_first], qtimes[aw_first]
+    aw_keys = np.stack([queries.anchor, weeks, slot, qstores], axis=1)
+    aw, aw_first, aw_inv = np.unique(aw_keys, axis=0, return_index=True, return_inverse=True)
+    aw_inv = aw_inv.ravel()
+    aw_anchor, aw_week, aw_time, aw_store = queries.anchor[aw_first], weeks[aw_first], qtimes[aw_first], qstores[aw_first]
+    # the same without the store (what the shop's per-product scoring sees)
+    nw_keys = np.stack([queries.anchor, weeks, slot], axis=1)
+    nw, nw_first, nw_inv = np.unique(nw_keys, axis=0, return_index=True, return_inverse=True)
+    nw_inv = nw_inv.ravel()
     uniq, inv = np.unique(queries.anchor, return_inverse=True)
     cold = S.item_counts[queries.anchor] < COLD_MAX_BASKETS
     recs, secs = {}, {}
@@ -196,26 +215,38 @@ def run_backtest(rankers: Rankers, train: pd.DataFrame, test: pd.DataFrame, prod
     prog(0.3, "backtest: anonymous model")
     t0 = time.perf_counter()
     aw_cands = cand_u[np.searchsorted(uniq, aw_anchor)]
-    s_u = rk.predict_lists(rankers.anon, ctx, aw_anchor, aw_cands, None, rankers.anon_cols, weeks=aw_week, times=aw_time)
+    s_u = rk.predict_lists(rankers.anon, ctx, aw_anchor, aw_cands, None, rankers.anon_cols, weeks=aw_week, times=aw_time, stores=aw_store)
     t_model = time.perf_counter() - t0 + t_cand
     recs["model"] = rk.top_k(aw_cands, s_u, K)[0][aw_inv]
     secs["model"] = t_model
+    has_store = ctx.stores is not None and bool((qstores >= 0).any())
+    names = ["model", "model+substitute_rule"]
+    if has_store:
+        t0 = time.perf_counter()
+        nw_anchor = queries.anchor[nw_first]
+        nw_cands = cand_u[np.searchsorted(uniq, nw_anchor)]
+        s_n = rk.predict_lists(rankers.anon, ctx, nw_anchor, nw_cands, None, rankers.anon_cols, weeks=weeks[nw_first], times=qtimes[nw_first])
+        recs["model_without_store"] = rk.top_k(nw_cands, s_n, K)[0][nw_inv]
+        secs["model_without_store"] = time.perf_counter() - t0 + t_cand
+        del s_n
+        timed("store_count", lambda: rk.store_count_rank(ctx, queries.anchor, qstores, K))
+        names += ["model_without_store", "store_count"]
     t0 = time.perf_counter()
     drop = rk.substitute_mask(ctx, np.repeat(aw_anchor, aw_cands.shape[1]), aw_cands.ravel()).reshape(aw_cands.shape)
     recs["model+substitute_rule"] = rk.top_k(aw_cands, s_u, K, drop)[0][aw_inv]
     secs["model+substitute_rule"] = t_model + time.perf_counter() - t0
-    info = {"candidate_recall": float((list_hits := rk.list_labels(queries.baskets, queries.query_basket, cand_u[inv])).sum(1).astype(bool).mean()),
+    info = {"store_known_share": float((qstores >= 0).mean()), "candidate_recall": float((list_hits := rk.list_labels(queries.baskets, queries.query_basket, cand_u[inv])).sum(1).astype(bool).mean()),
             "substitutes_dropped_share": float(drop[aw_cands >= 0].mean())}
     del list_hits
-    rows = [_row(n, queries, recs[n], secs[n]) for n in ("model", "model+substitute_rule", "sar_jaccard_decay", "cooccurrence_count", "popularity")]
-    cold_rows = [_row(n, queries, recs[n], secs[n], cold) for n in ("model", "sar_jaccard_decay", "cooccurrence_count", "popularity")]
+    rows = [_row(n, queries, recs[n], secs[n]) for n in (*names, "sar_jaccard_decay", "cooccurrence_count", "popularity")]
+    cold_rows = [_row(n, queries, recs[n], secs[n], cold) for n in ("model", *names[2:3], "sar_jaccard_decay", "cooccurrence_count", "popularity")]
     shopper_rows = []
     if rankers.shopper is not None:
         prog(0.6, "backtest: shopper model")
         timed("repeat_count", lambda: rk.repeat_count_rank(ctx, queries.anchor, users, recs["cooccurrence_count"], K))
         t0 = time.perf_counter()
         sc = rk.shopper_candidates(ctx, queries.anchor, users, cand_u, inv, M_TEST + 20)
-        s_s = rk.predict_lists(rankers.shopper, ctx, queries.anchor, sc, users, rankers.shopper_cols, weeks=weeks, times=qtimes)
+        s_s = rk.predict_lists(rankers.shopper, ctx, queries.anchor, sc, users, rankers.shopper_cols, weeks=weeks, times=qtimes, stores=qstores)
         recs["shopper_model"] = rk.top_k(sc, s_s, K)[0]
         secs["shopper_model"] = time.perf_counter() - t0
         known = users >= 0

@@ -3,9 +3,11 @@
 Data options (backtest and recommend)::
 
     --preset completejourney
-    --orders FILE [--products FILE] --columns basket=COL,product=COL,time=COL[,customer=COL,quantity=COL,price=COL,name=COL]
+    --orders FILE [--products FILE] --columns basket=COL,product=COL,time=COL[,customer=COL,quantity=COL,price=COL,name=COL,store=COL]
 
-A raw export given with ``--orders`` is read with ``bundling_ml.ingest``
+``store=COL`` (optional) maps the order's store, branch or channel: the
+ranker then learns store-conditional co-purchase features, and a query that
+carries ``store_id`` is ranked for that store. A raw export given with ``--orders`` is read with ``bundling_ml.ingest``
 (``read_orders_csv``: the Django import's cleaning rules: cancellations,
 adjustments, non-product codes, guest orders) when quantity and price columns
 are mapped; otherwise the CSV is read as text and every line counts one unit.
@@ -22,7 +24,7 @@ Examples::
 evaluation protocol on the rest and prints the tables (anonymous, known
 shopper, cold-start anchors): system, HR@10, NDCG@10, queries, seconds.
 ``recommend`` trains on the lines before --train-until and writes, for every
-query (query_id, product_id[, customer_id]) whose anchor is known, k
+query (query_id, product_id[, customer_id, time, store_id]) whose anchor is known, k
 companions (query_id, rank, product_id, score); never the anchor; ids are
 text.
 """
@@ -96,6 +98,8 @@ def load_orders(path, columns: str, products_path=None, encoding: str = "utf-8")
             "quantity": pd.to_numeric(raw[mapping["quantity"]], errors="coerce") if mapping.get("quantity") else 1.0,
             "price": pd.to_numeric(raw[mapping["price"]], errors="coerce") if mapping.get("price") else float("nan"),
         })
+        if mapping.get("store"):
+            lines["store_id"] = raw[mapping["store"]].str.strip()
         products = pd.DataFrame({"product_id": lines["product_id"].unique()})
         if mapping.get("name"):
             products["name"] = raw.groupby(raw[mapping["product"]].str.strip())[mapping["name"]].first().reindex(products["product_id"]).to_numpy()
@@ -120,7 +124,7 @@ def _add_data_options(p):
     p.add_argument("--preset", choices=PRESETS)
     p.add_argument("--orders", help="order-lines CSV")
     p.add_argument("--products", help="products CSV: product_id + attribute columns")
-    p.add_argument("--columns", help="basket=COL,product=COL,time=COL[,customer=COL,quantity=COL,price=COL,name=COL]")
+    p.add_argument("--columns", help="basket=COL,product=COL,time=COL[,customer=COL,quantity=COL,price=COL,name=COL,store=COL]")
     p.add_argument("--encoding", default="utf-8", help="text encoding of --orders (cp1252 is tried when utf-8 fails)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=2)
@@ -154,7 +158,11 @@ def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int =
         promotions: optional weekly promotions; the week of the query's time
             (without a time: the week starting at ``train_until``) is used as
             the query week. The query's time also gives the time-of-day and
-            weekday features; without it they are neutral (0).
+            weekday features; without it they are neutral (0). An optional
+            ``store_id`` column (text, empty = unknown) ranks the query for
+            that store when the lines carry ``store_id`` (store features of
+            ``bundling_ml.ranking.pair_features``); an unknown store is ranked
+            without store context.
 
     Returns:
         DataFrame query_id, rank (1..k), product_id, score (str ids). Queries
@@ -204,6 +212,7 @@ def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int =
         qweeks = rk.week_index(ctx, np.where(pd.isna(qtimes), split.to_datetime64(), qtimes))
     else:
         qweeks = np.full(len(q), rk.week_index(ctx, [split])[0])
+    qstores = rk.store_index(ctx, q["store_id"]) if "store_id" in q.columns else None
     qa = pidx.get_indexer(q["product_id"].str.strip())
     users = rk.user_index(ctx, q["customer_id"].str.strip() if "customer_id" in q.columns else [None] * len(q))
     known = qa >= 0
@@ -217,21 +226,31 @@ def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int =
             s_u = -np.broadcast_to(np.arange(cand_u.shape[1], dtype=np.float32), cand_u.shape)
         else:
             s_u = None
-        if s_u is not None or qtimes is None:
+        if s_u is not None or (qtimes is None and qstores is None):
             if s_u is None:
                 s_u = rk.predict_lists(rankers.anon, ctx, uniq, cand_u, None, rankers.anon_cols, weeks=np.full(len(uniq), qweeks[0]))
             t, s = rk.top_k(cand_u, s_u, k)
             top[known], sc[known] = t[inv], s[inv]
-        else:  # per-query time: score each known query's list at its own time
+        else:  # per-query time / store: score each distinct (anchor, week, time slot, store) once
             kq = np.flatnonzero(known)
-            s_q = rk.predict_lists(rankers.anon, ctx, qa[kq], cand_u[inv], None, rankers.anon_cols, weeks=qweeks[kq], times=qtimes[kq])
-            top[kq], sc[kq] = rk.top_k(cand_u[inv], s_q, k)
+            tq = pd.DatetimeIndex(qtimes[kq]) if qtimes is not None else None
+            slot = np.full(len(kq), -1, np.int64) if tq is None else np.where(
+                tq.isna(), -1, (tq.hour.to_numpy() // rk.HOUR_BUCKET_HOURS) * 7 + tq.day_of_week.to_numpy())
+            st = np.full(len(kq), -1, np.int64) if qstores is None else qstores[kq]
+            _, first, back = np.unique(np.stack([qa[kq], qweeks[kq], slot, st], 1), axis=0, return_index=True, return_inverse=True)
+            back = back.ravel()
+            f = kq[first]
+            lists = cand_u[inv[first]]
+            s_q = rk.predict_lists(rankers.anon, ctx, qa[f], lists, None, rankers.anon_cols, weeks=qweeks[f],
+                                   times=None if qtimes is None else qtimes[f], stores=None if qstores is None else qstores[f])
+            t, s = rk.top_k(lists, s_q, k)
+            top[kq], sc[kq] = t[back], s[back]
         shop = np.flatnonzero(known & (users >= 0))
         if len(shop) and rankers is not None and rankers.shopper is not None:
             row = inv[np.searchsorted(np.flatnonzero(known), shop)]
             cs = rk.shopper_candidates(ctx, qa[shop], users[shop], cand_u, row, bt.M_TEST + 20)
             ss = rk.predict_lists(rankers.shopper, ctx, qa[shop], cs, users[shop], rankers.shopper_cols, weeks=qweeks[shop],
-                                  times=None if qtimes is None else qtimes[shop])
+                                  times=None if qtimes is None else qtimes[shop], stores=None if qstores is None else qstores[shop])
             t, s = rk.top_k(cs, ss, k)
             top[shop], sc[shop] = t, s
     # unknown anchors: products of the same category, most recently popular first
@@ -270,7 +289,7 @@ def main(argv=None) -> int:
     r = sub.add_parser("recommend", help="train before --train-until and write k companions per query")
     _add_data_options(r)
     r.add_argument("--train-until", required=True, help="YYYY-MM-DD: train on lines before this day")
-    r.add_argument("--queries", required=True, help="CSV: query_id, product_id[, customer_id][, time]")
+    r.add_argument("--queries", required=True, help="CSV: query_id, product_id[, customer_id][, time][, store_id]")
     r.add_argument("--k", type=int, default=10)
     r.add_argument("--out", default="-", help="CSV path or - for stdout")
     s = sub.add_parser("score", help="score bundles with a saved model and write CSV")

@@ -13,7 +13,10 @@ Implements steps 1-3 of the offline evaluation protocol in
 
 The "lines" frame is the standard order-lines frame of ``docs/contracts.md``:
 basket_id (str), product_id (str), customer_id ("string", <NA> for guests),
-time (datetime64[ns]), quantity (float64), price (float64, unit shelf price).
+time (datetime64[ns]), quantity (float64), price (float64, unit shelf price),
+and optionally store_id ("string", <NA> when unknown): the store, branch or
+channel the basket was bought in, a context the ranker can use
+(:data:`bundling_ml.ranking.STORE_FEATURES`).
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ import scipy.sparse as sp
 
 LINE_COLUMNS = ("basket_id", "product_id", "customer_id", "time", "quantity", "price")
 REQUIRED_LINE_COLUMNS = ("basket_id", "product_id", "time", "quantity", "price")
+#: optional context column kept by :func:`prepare_lines` when present
+STORE_COLUMN = "store_id"
 PRODUCT_COLUMNS = ("product_id", "department", "category", "product_type", "brand", "price")
 
 
@@ -39,14 +44,16 @@ def prepare_lines(lines: pd.DataFrame) -> pd.DataFrame:
 
     Args:
         lines: order-lines frame with at least basket_id, product_id, time,
-            quantity, price (customer_id optional). Ids may be any dtype; they
-            are converted to str.
+            quantity, price (customer_id and store_id optional). Ids may be
+            any dtype; they are converted to str.
 
     Returns:
         New DataFrame with columns basket_id (str), product_id (str),
         customer_id ("string"), time (datetime64[ns]), quantity (float64),
-        price (float64); one row per (basket, product), sorted by time then
-        basket_id, with a fresh RangeIndex.
+        price (float64), and store_id ("string", the basket's first
+        non-empty store; only when ``lines`` has that column); one row per
+        (basket, product), sorted by time then basket_id, with a fresh
+        RangeIndex.
 
     Raises:
         ValueError: if a required column is missing.
@@ -64,6 +71,10 @@ def prepare_lines(lines: pd.DataFrame) -> pd.DataFrame:
             "price": pd.to_numeric(lines["price"], errors="coerce").astype("float64"),
         }
     )
+    has_store = STORE_COLUMN in lines.columns
+    if has_store:
+        st = lines[STORE_COLUMN].astype("string").str.strip()
+        df[STORE_COLUMN] = st.mask(st == "")
     ok = (
         (df["quantity"] > 0)
         & ~(df["price"] < 0)
@@ -77,20 +88,24 @@ def prepare_lines(lines: pd.DataFrame) -> pd.DataFrame:
     df["time"] = df.groupby("basket_id", sort=False)["time"].transform("min")
     df["_value"] = df["quantity"] * df["price"].fillna(0.0)
     g = df.groupby(["basket_id", "product_id"], sort=False)
+    extra = {STORE_COLUMN: (STORE_COLUMN, "first")} if has_store else {}
     out = g.agg(
         customer_id=("customer_id", "first"),
         time=("time", "first"),
         quantity=("quantity", "sum"),
         _value=("_value", "sum"),
         _has_price=("price", "count"),
+        **extra,
     ).reset_index()
     price = out["_value"] / out["quantity"]
     out["price"] = price.where(out["_has_price"] > 0).astype("float64")
     out = out.drop(columns=["_value", "_has_price"])
     out["customer_id"] = out["customer_id"].astype("string")
     out["time"] = out["time"].astype("datetime64[ns]")
+    if has_store:  # one store per basket: its first known one
+        out[STORE_COLUMN] = out.groupby("basket_id", sort=False)[STORE_COLUMN].transform("first").astype("string")
     out = out.sort_values(["time", "basket_id"], kind="stable").reset_index(drop=True)
-    return out[list(LINE_COLUMNS)]
+    return out[list(LINE_COLUMNS) + ([STORE_COLUMN] if has_store else [])]
 
 
 def prepare_products(products: pd.DataFrame | None, lines: pd.DataFrame | None = None) -> pd.DataFrame:

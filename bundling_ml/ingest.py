@@ -137,13 +137,14 @@ __all__ = [
 DEFAULT_NON_PRODUCT_CODES = (
     "POST", "DOT", "M", "B", "C2", "CRUK", "D", "S", "BANK CHARGES", "AMAZONFEE", "PADS",
 )
-MAPPING_FIELDS = ("basket", "product", "time", "quantity", "price", "customer", "name", "description")
+MAPPING_FIELDS = ("basket", "product", "time", "quantity", "price", "customer", "name", "description", "store")
 REQUIRED_MAPPING_FIELDS = ("basket", "product", "time", "quantity", "price")
 CJ_WEEK1_START = dt.date(2017, 1, 1)
 CJ_VOLUME_QUANTITY = 100  # a Complete Journey quantity above this is a volume (fuel), not units
 
 _FIELD_WORDS = {"basket": "order id", "product": "SKU", "time": "date", "quantity": "quantity",
-                "price": "price", "customer": "customer id", "name": "name", "description": "description"}
+                "price": "price", "customer": "customer id", "name": "name", "description": "description",
+                "store": "store"}
 
 
 class IngestError(ValueError):
@@ -311,8 +312,9 @@ def parse_mapping(text: str | dict) -> dict:
     """Parse ``"basket=InvoiceNo,product=StockCode,..."`` into ``{"basket": "InvoiceNo", ...}``.
 
     Keys are the logical fields basket, product, time, quantity, price
-    (required) and customer, name, description (optional; description is an
-    alias of name). Values are the file's column names (whitespace trimmed).
+    (required) and customer, name, description, store (optional; description
+    is an alias of name; store is the order's store, branch or channel, kept
+    as the lines' ``store_id``). Values are the file's column names (whitespace trimmed).
 
     Raises:
         IngestError: unknown key, missing ``=``, or a required key missing.
@@ -551,7 +553,7 @@ def read_orders_csv(
     Args:
         path: the CSV file.
         mapping: ``{"basket": col, "product": col, "time": col, "quantity": col,
-            "price": col, "customer": col?, "name"/"description": col?}`` or the
+            "price": col, "customer": col?, "name"/"description": col?, "store": col?}`` or the
             ``"basket=InvoiceNo,..."`` text form (see :func:`parse_mapping`).
         encoding: text encoding (e.g. ``"cp1252"``); BOMs are honoured.
         delimiter: field separator (``","``, ``";"``, ``"\\t"``...).
@@ -705,6 +707,8 @@ def read_orders_csv(
         "name": (raw["name"][keep] if "name" in raw else pd.Series("", index=raw.index)[keep]).astype(str),
         "source_line": src_line[keep].astype("int64"),
     }).reset_index(drop=True)
+    if "store" in raw:  # optional context: the store, branch or channel of the order
+        lines["store_id"] = raw["store"][keep].astype(str).to_numpy()
 
     lines = apply_cleaning_rules(lines, report, non_product_codes=non_product_codes,
                                  cancellation_prefix=cancellation_prefix, adjustment_prefix=adjustment_prefix)

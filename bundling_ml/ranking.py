@@ -56,7 +56,10 @@ ANON_FEATURES = (
     "cand_log_price", "anchor_log_price",
     "cand_display", "cand_mailer", "anchor_promo",
     "cand_hour_lift", "cand_dow_lift", "cand_log_basket_size", "cand_log_codegree", "anchor_log_basket_size",
+    "store_known", "store_confidence", "store_conf_log_ratio", "store_cand_log_lift", "store_anchor_log_baskets",
 )
+#: the store-context features (a subset of ANON_FEATURES; see :func:`pair_features`)
+STORE_FEATURES = ANON_FEATURES[27:32]
 SHOPPER_FEATURES = ("shopper_bought", "shopper_log_count", "shopper_share", "shopper_recency", "shopper_log_baskets", "shopper_anchor_share", "shopper_category_share")
 ALL_FEATURES = ANON_FEATURES + SHOPPER_FEATURES
 
@@ -69,10 +72,16 @@ FEATURE_GROUPS = {
     "attributes": ("same_category", "same_department", "same_product_type", "same_brand", "cand_log_price", "anchor_log_price"),
     "query_time": ("cand_hour_lift", "cand_dow_lift"),
     "basket_size": ("cand_log_basket_size", "cand_log_codegree", "anchor_log_basket_size"),
+    "store": STORE_FEATURES,
 }
 
 #: hours per time-of-day bucket of the query-time features (8 buckets of 3 h)
 HOUR_BUCKET_HOURS = 3
+
+#: shrinkage of the store-conditional confidence towards the global one
+#: (pseudo-baskets) and of the candidate's store share towards its overall share
+STORE_CONF_PRIOR = 10.0
+STORE_SHARE_PRIOR = 20.0
 
 HALF_LIFE_DAYS = 56.0
 RECENT_DAYS = 28
@@ -115,6 +124,12 @@ class Context:
             products of the baskets holding the product).
         log_codegree: (n_products,) float32 log1p(co-purchase pairs of the
             product per 100k baskets) = log1p(sum_b n_pb * 100k / N).
+        stores: pd.Index of store ids (str) seen in the window, or None when
+            the lines carry no ``store_id``; b_store: (n_baskets,) int64 store
+            row of each basket (-1 unknown); X: (n_baskets, n_products) binary
+            CSR basket matrix and Xcsc the same in CSC (anchor -> baskets);
+            store_n: (n_stores,) float64 baskets per store; store_item:
+            (n_stores, n_products) CSR float32 baskets per store and product.
     """
 
     S: PairStats
@@ -147,6 +162,12 @@ class Context:
     dow_lift: np.ndarray | None = None
     log_basket_size: np.ndarray | None = None
     log_codegree: np.ndarray | None = None
+    stores: pd.Index | None = None
+    b_store: np.ndarray | None = None
+    X: sp.csr_matrix | None = None
+    Xcsc: sp.csc_matrix | None = None
+    store_n: np.ndarray | None = None
+    store_item: sp.csr_matrix | None = None
 
     @property
     def n_products(self) -> int:
@@ -247,6 +268,15 @@ def build_context(lines: pd.DataFrame, product_index: pd.Index, table: ProductTa
     size = np.diff(X.indptr).astype(np.float32)
     ctx.log_basket_size = np.log1p(np.divide(np.asarray(Xf.T @ size).ravel(), n_item, out=np.zeros(nP), where=n_item > 0)).astype(np.float32)
     ctx.log_codegree = np.log1p(np.asarray(S.co.sum(axis=1)).ravel() * COUNT_SCALE / N).astype(np.float32)
+    if "store_id" in lines.columns and lines["store_id"].notna().any():
+        bs = lines.groupby("basket_id", sort=False)["store_id"].first().reindex(bids)
+        ctx.stores = pd.Index(np.sort(bs.dropna().astype(str).unique()))
+        ctx.b_store = ctx.stores.get_indexer(bs.astype("object").where(bs.notna(), None)).astype(np.int64)
+        ctx.X, ctx.Xcsc = X, X.tocsc()
+        okb = ctx.b_store >= 0
+        Sm = sp.csr_matrix((np.ones(okb.sum(), np.float32), (ctx.b_store[okb], np.flatnonzero(okb))), shape=(len(ctx.stores), nb_))
+        ctx.store_n = np.bincount(ctx.b_store[okb], minlength=len(ctx.stores)).astype(np.float64)
+        ctx.store_item = (Sm @ Xf).tocsr()
     key = ctx.recent.astype(np.float64) + 1e-6 * S.item_counts
     idx = np.flatnonzero(S.item_counts > 0)
     ctx.rec_order = idx[np.lexsort((idx, -key[idx]))]
@@ -308,6 +338,53 @@ def _sparse_values(M: sp.csr_matrix, a: np.ndarray, b: np.ndarray) -> np.ndarray
     return out
 
 
+def store_index(ctx: Context, store_ids) -> np.ndarray:
+    """(n,) int64 store rows of ``store_ids`` (str / None); -1 for unknown or when ``ctx`` has no stores."""
+    s = pd.Series(store_ids, dtype="object").fillna("").astype(str).str.strip().to_numpy()
+    if ctx.stores is None:
+        return np.full(len(s), -1, np.int64)
+    return ctx.stores.get_indexer(s).astype(np.int64)
+
+
+def store_pair_counts(ctx: Context, s: np.ndarray, a: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Co-purchase counts within the query's store.
+
+    Args:
+        s, a, c: (n,) int64 store rows (-1 unknown), anchor and candidate indices.
+
+    Returns:
+        (n_sac, n_sa): (n,) float64 baskets of store ``s`` holding both ``a``
+        and ``c``, and baskets of store ``s`` holding ``a`` (0 where the store
+        is unknown). Computed per distinct (store, anchor) from the anchor's
+        baskets in that store (no per-store pair matrix is kept).
+    """
+    n = len(a)
+    n_sac, n_sa = np.zeros(n), np.zeros(n)
+    if ctx.stores is None or n == 0:
+        return n_sac, n_sa
+    ok = np.flatnonzero(s >= 0)
+    if len(ok) == 0:
+        return n_sac, n_sa
+    nP = ctx.n_products
+    keys = s[ok] * nP + a[ok]
+    order = np.argsort(keys, kind="stable")
+    ks = keys[order]
+    starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
+    ends = np.r_[starts[1:], len(ks)]
+    X, Xc = ctx.X, ctx.Xcsc
+    for lo, hi in zip(starts, ends):
+        st, an = divmod(int(ks[lo]), nP)
+        rows = Xc.indices[Xc.indptr[an]:Xc.indptr[an + 1]]
+        rows = rows[ctx.b_store[rows] == st]
+        if len(rows) == 0:
+            continue
+        idx = ok[order[lo:hi]]
+        cnt = np.bincount(X[rows].indices, minlength=nP)
+        n_sac[idx] = cnt[c[idx]]
+        n_sa[idx] = len(rows)
+    return n_sac, n_sa
+
+
 def user_index(ctx: Context, customers) -> np.ndarray:
     """(n,) int64 shopper rows of ``customers`` (str / None); -1 for unknown or guest."""
     c = pd.Series(customers, dtype="object").fillna("").astype(str).to_numpy()
@@ -315,7 +392,7 @@ def user_index(ctx: Context, customers) -> np.ndarray:
 
 
 def pair_features(ctx: Context, a: np.ndarray, c: np.ndarray, u: np.ndarray | None = None, *, shopper: bool = False, weeks: np.ndarray | None = None,
-                  times=None) -> np.ndarray:
+                  times=None, stores: np.ndarray | None = None) -> np.ndarray:
     """Features of (anchor, candidate[, shopper]) triples.
 
     Args:
@@ -339,7 +416,19 @@ def pair_features(ctx: Context, a: np.ndarray, c: np.ndarray, u: np.ndarray | No
         (:class:`Context` ``hour_lift`` / ``dow_lift``) at that time; 0 (no
         preference) when ``times`` is None or NaT. Basket size: log mean basket
         size of the candidate and of the anchor, the candidate's log co-purchase
-        degree.
+        degree. Store context ``stores`` ((n,) int64 rows of
+        :func:`store_index`, -1 unknown; optional): ``store_known`` (0/1);
+        ``store_confidence`` = (n_sac + k * conf) / (n_sa + k), the
+        confidence P(candidate | anchor) among the store's baskets, shrunk
+        towards the global confidence ``conf`` with k =
+        :data:`STORE_CONF_PRIOR` pseudo-baskets (empirical-Bayes style
+        shrinkage; equals ``conf`` when the store is unknown);
+        ``store_conf_log_ratio`` = log((store_confidence + 1e-4) / (conf +
+        1e-4)); ``store_cand_log_lift`` = log of the candidate's smoothed share
+        of the store's baskets, (n_sc + k' * p_c) / (n_s + k'), over its
+        overall share p_c (k' = :data:`STORE_SHARE_PRIOR`); and
+        ``store_anchor_log_baskets`` = log1p(n_sa). All 0 (and the confidence
+        global) for an unknown store.
     """
     a = np.asarray(a, np.int64)
     c = np.asarray(c, np.int64)
@@ -399,6 +488,21 @@ def pair_features(ctx: Context, a: np.ndarray, c: np.ndarray, u: np.ndarray | No
         out[:, 24] = ctx.log_basket_size[c]
         out[:, 25] = ctx.log_codegree[c]
         out[:, 26] = ctx.log_basket_size[a]
+    out[:, 28] = out[:, 2]
+    if stores is not None and ctx.stores is not None:
+        st = np.asarray(stores, np.int64)
+        known_s = st >= 0
+        if known_s.any():
+            n_sac, n_sa = store_pair_counts(ctx, st, a, c)
+            conf = out[:, 2].astype(np.float64)
+            sconf = (n_sac + STORE_CONF_PRIOR * conf) / (n_sa + STORE_CONF_PRIOR)
+            out[:, 27] = known_s
+            out[known_s, 28] = sconf[known_s]
+            out[known_s, 29] = np.log((sconf[known_s] + 1e-4) / (conf[known_s] + 1e-4))
+            p_c = (nb[known_s] + 1.0) / (N + 1.0)
+            n_sc = _sparse_values(ctx.store_item, st[known_s], c[known_s])
+            out[known_s, 30] = np.log((n_sc + STORE_SHARE_PRIOR * p_c) / (ctx.store_n[st[known_s]] + STORE_SHARE_PRIOR) / p_c)
+            out[known_s, 31] = np.log1p(n_sa[known_s])
     if shopper:
         u = np.asarray(u, np.int64) if u is not None else np.full(n, -1, np.int64)
         k0 = len(ANON_FEATURES)
@@ -577,6 +681,33 @@ def repeat_count_rank(ctx: Context, anchors: np.ndarray, users: np.ndarray, cooc
 
 # ----------------------------------------------------------------------------- substitutes
 
+def store_count_rank(ctx: Context, anchors: np.ndarray, stores: np.ndarray, k: int = 10, m: int = 100) -> np.ndarray:
+    """Store-aware co-occurrence baseline: (n, k) int64 companions, -1 padded.
+
+    The anchor's top ``m`` companions by co-purchase count (ties by
+    popularity, back-filled by popularity, as the count baseline) re-ranked by
+    the shrunk store-conditional confidence ``store_confidence`` of
+    :func:`pair_features` in the query's store (``stores``: (n,) int64 rows of
+    :func:`store_index`; an unknown store keeps the count order).
+    """
+    from bundling_ml.candidates import candidate_companions
+
+    anchors = np.asarray(anchors, np.int64)
+    stores = np.asarray(stores, np.int64)
+    uniq, inv = np.unique(anchors, return_inverse=True)
+    cands = candidate_companions(ctx.S, uniq, n_total=m, n_cooc=m, n_category=0)[inv]
+    n, mm = cands.shape
+    valid = cands >= 0
+    A = np.repeat(anchors, mm)
+    C = np.where(valid, cands, 0).ravel()
+    na = ctx.S.item_counts[A].astype(np.float64)
+    conf = np.divide(_sparse_values(ctx.S.co, A, C), na, out=np.zeros(len(A)), where=na > 0)
+    n_sac, n_sa = store_pair_counts(ctx, np.repeat(stores, mm), A, C)
+    score = ((n_sac + STORE_CONF_PRIOR * conf) / (n_sa + STORE_CONF_PRIOR)).reshape(n, mm)
+    score = score - 1e-9 * np.arange(mm)[None, :]  # ties: count order
+    return top_k(cands, np.where(valid, score, -np.inf), k)[0]
+
+
 def substitute_mask(ctx: Context, a: np.ndarray, c: np.ndarray, *, min_lift: float = 1.5, min_count: int = 5) -> np.ndarray:
     """True where (anchor, candidate) look like substitutes: same non-empty
     product_type and not (lift > ``min_lift`` and co-purchase count >= ``min_count``)."""
@@ -640,10 +771,10 @@ def build_listwise_model(vocab, n_features: int, *, mean=None, var=None, seed: i
 
 
 def list_inputs(ctx: Context, anchors: np.ndarray, cands: np.ndarray, users: np.ndarray | None, cols: np.ndarray, weeks: np.ndarray | None = None,
-                times=None) -> dict:
+                times=None, stores: np.ndarray | None = None) -> dict:
     """Keras inputs for (n, M) candidate lists (see :func:`build_listwise_model`);
-    ``weeks`` (n,) promotion-week indices and ``times`` (n,) datetime64 query
-    times are optional (see :func:`pair_features`)."""
+    ``weeks`` (n,) promotion-week indices, ``times`` (n,) datetime64 query
+    times and ``stores`` (n,) int64 store rows are optional (see :func:`pair_features`)."""
     n, m = cands.shape
     valid = cands >= 0
     cc = np.where(valid, cands, 0)
@@ -652,7 +783,8 @@ def list_inputs(ctx: Context, anchors: np.ndarray, cands: np.ndarray, users: np.
     shopper = bool(cols.max() >= len(ANON_FEATURES))
     W = np.repeat(np.asarray(weeks, np.int64), m) if weeks is not None else None
     T = np.repeat(pd.to_datetime(np.asarray(times)).to_numpy(), m) if times is not None else None
-    feats = pair_features(ctx, A, cc.ravel(), U, shopper=shopper, weeks=W, times=T)[:, cols]
+    St = np.repeat(np.asarray(stores, np.int64), m) if stores is not None else None
+    feats = pair_features(ctx, A, cc.ravel(), U, shopper=shopper, weeks=W, times=T, stores=St)[:, cols]
     x = {"pair": feats.reshape(n, m, len(cols)), "bias": np.where(valid, 0.0, -1e4).astype(np.float32)}
     for f in CATEGORICAL_FIELDS:
         x[f"a_{f}"] = np.broadcast_to(ctx.table.codes[f][np.asarray(anchors, np.int64)][:, None], (n, m)).astype(np.int32)
@@ -723,14 +855,15 @@ def average_models(models: list, name: str = "bundle_list_ranker_ensemble"):
 
 
 def predict_lists(model, ctx: Context, anchors: np.ndarray, cands: np.ndarray, users, cols: np.ndarray, *, chunk: int = 2000, weeks=None,
-                  times=None) -> np.ndarray:
-    """(n, M) float32 logits (padding gets about -1e4); ``weeks`` / ``times``
-    as in :func:`list_inputs`."""
+                  times=None, stores=None) -> np.ndarray:
+    """(n, M) float32 logits (padding gets about -1e4); ``weeks`` / ``times`` /
+    ``stores`` as in :func:`list_inputs`."""
     names = {t.name for t in model.inputs}
     out = []
     for s in range(0, len(anchors), chunk):
         x = list_inputs(ctx, anchors[s:s + chunk], cands[s:s + chunk], None if users is None else users[s:s + chunk], cols,
-                        None if weeks is None else weeks[s:s + chunk], None if times is None else times[s:s + chunk])
+                        None if weeks is None else weeks[s:s + chunk], None if times is None else times[s:s + chunk],
+                        None if stores is None else stores[s:s + chunk])
         x = {k: v for k, v in x.items() if k in names}
         out.append(np.asarray(model.predict(x, batch_size=256, verbose=0)))
     if not out:

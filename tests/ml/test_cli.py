@@ -38,3 +38,26 @@ def test_recommend_queries_with_time_column(cases_dir, tmp_path, capsys):
     pd.DataFrame({"query_id": ["q1", "q2"], "product_id": ["22001", "22003"], "time": ["2011-01-06", "tomorrow-ish"]}).to_csv(queries, index=False)
     assert cli.main(args + ["--queries", str(queries), "--out", str(out)]) != 0
     assert "queries row 2: field time: cannot parse 'tomorrow-ish' as a date/time" in capsys.readouterr().err
+
+
+def test_recommend_with_store_column(cases_dir, tmp_path):
+    """store=Country maps the export's country as the order's store; queries may carry store_id."""
+    from bundling_ml import ingest
+
+    path = cases_dir / "import" / "retail_export_messy.csv"
+    columns = "basket=InvoiceNo,product=StockCode,time=InvoiceDate,quantity=Quantity,price=UnitPrice,customer=CustomerID,name=Description"
+    res = ingest.read_orders_csv(path, mapping=columns + ",store=Country", encoding="cp1252")
+    assert "store_id" in res.lines.columns
+    assert res.lines.loc[res.lines.basket_id == "540001", "store_id"].unique().tolist() == ["United Kingdom"]
+    assert "store_id" not in ingest.read_orders_csv(path, mapping=columns, encoding="cp1252").lines.columns
+    queries = tmp_path / "q.csv"
+    pd.DataFrame({"query_id": ["q1", "q2", "q3"], "product_id": ["22001", "22003", "22001"],
+                  "store_id": ["United Kingdom", "", "Atlantis"]}).to_csv(queries, index=False)
+    out = tmp_path / "recs.csv"
+    assert cli.main(["recommend", "--orders", str(path), "--columns", columns + ",store=Country", "--train-until", "2011-01-05",
+                     "--queries", str(queries), "--k", "3", "--out", str(out)]) == 0
+    recs = pd.read_csv(out, dtype=str)
+    # known, empty and unseen stores all rank; the companion sets are those of the training baskets
+    assert recs[recs.query_id == "q1"].product_id.tolist() == ["22003"]
+    assert recs[recs.query_id == "q3"].product_id.tolist() == ["22003"]
+    assert recs[recs.query_id == "q2"].product_id.tolist()[0] == "22001"

@@ -46,7 +46,10 @@ def trained(cj_small, cj_small_promotions, tmp_path_factory):
 def test_model_beats_popularity_on_backtest(trained):
     res, calls = trained
     rows = {r["system"]: r for r in res.metrics["rows"]}
-    assert set(rows) == {"model", "model+substitute_rule", "sar_jaccard_decay", "popularity", "cooccurrence_count"}
+    # the slice's lines carry store_id: the store-context rows are there too
+    assert set(rows) == {"model", "model+substitute_rule", "model_without_store", "store_count", "sar_jaccard_decay", "popularity",
+                         "cooccurrence_count"}
+    assert res.metrics["info"]["store_known_share"] == 1.0
     assert res.metrics["rows"][0]["system"] == "model"
     assert res.metrics["split_date"] == SPLIT and res.metrics["queries"] > 1000
     assert rows["model"]["ndcg@10"] > rows["popularity"]["ndcg@10"] + 0.01

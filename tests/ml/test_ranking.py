@@ -138,3 +138,60 @@ def test_query_time_and_basket_size_features():
     assert f[1, col["cand_hour_lift"]] == 0.0 and f[1, col["cand_dow_lift"]] == 0.0
     assert f[0, col["anchor_log_basket_size"]] == pytest.approx(np.log1p(2.0))  # MILK1: baskets of 2 and 2
     assert (rk.pair_features(ctx, a, c)[:, [col["cand_hour_lift"], col["cand_dow_lift"]]] == 0).all()  # no query time: neutral
+
+
+def store_context():
+    """Store S1: 4 x [BREAD, JAM] + 1 x [BREAD]; store S2: 5 x [BREAD, CHEESE] (10 baskets)."""
+    rows = [(f"s1-{i}", p, "S1") for i in range(4) for p in ("BREAD", "JAM")] + [("s1-4", "BREAD", "S1")]
+    rows += [(f"s2-{i}", p, "S2") for i in range(5) for p in ("BREAD", "CHEESE")]
+    df = pd.DataFrame(rows, columns=["basket_id", "product_id", "store_id"])
+    df["time"], df["quantity"], df["price"] = pd.Timestamp("2024-01-02"), 1.0, 1.0
+    L = prepare_lines(df)
+    P = prepare_products(PRODUCTS, L)
+    idx = pd.Index(np.sort(L["product_id"].unique()))
+    table = ProductTable.build(P, idx, ProductVocab.fit(P, idx))
+    return rk.build_context(L, idx, table, P), idx, L
+
+
+def test_prepare_lines_keeps_one_store_per_basket():
+    df = pd.DataFrame({"basket_id": ["b1", "b1", "b2", "b3"], "product_id": ["A", "B", "A", "A"], "store_id": [" 7 ", None, "", 9],
+                       "time": pd.Timestamp("2024-01-02"), "quantity": 1.0, "price": 1.0})
+    L = prepare_lines(df)
+    st = L.set_index(["basket_id", "product_id"])["store_id"]
+    assert st.drop(("b2", "A")).to_dict() == {("b1", "A"): "7", ("b1", "B"): "7", ("b3", "A"): "9"}
+    assert pd.isna(st[("b2", "A")])  # an empty store is unknown
+    assert "store_id" not in prepare_lines(df.drop(columns="store_id")).columns
+
+
+def test_store_features_have_known_values():
+    ctx, idx, _ = store_context()
+    i = {p: k for k, p in enumerate(idx)}
+    cols = {n: rk.ANON_FEATURES.index(n) for n in rk.STORE_FEATURES}
+    s1, s2 = rk.store_index(ctx, ["S1", "S2"])
+    assert rk.store_index(ctx, ["S3", None]).tolist() == [-1, -1]
+    a = np.array([i["BREAD"]] * 3)
+    c = np.array([i["JAM"], i["CHEESE"], i["JAM"]])
+    f = rk.pair_features(ctx, a, c, stores=np.array([s1, s1, -1]))
+    # global confidence P(JAM | BREAD) = 4/10, P(CHEESE | BREAD) = 5/10
+    assert f[:, rk.ANON_FEATURES.index("confidence")] == pytest.approx([0.4, 0.5, 0.4])
+    assert f[:, cols["store_known"]].tolist() == [1.0, 1.0, 0.0]
+    # in S1: 5 baskets with BREAD, 4 with JAM, 0 with CHEESE; shrunk with 10 pseudo-baskets
+    assert f[:, cols["store_confidence"]] == pytest.approx([(4 + 10 * 0.4) / 15, (0 + 10 * 0.5) / 15, 0.4], rel=1e-6)
+    assert f[0, cols["store_conf_log_ratio"]] == pytest.approx(np.log((8 / 15 + 1e-4) / (0.4 + 1e-4)), rel=1e-5)
+    # JAM's share of S1 (4 of 5 baskets) vs overall (4 + 1) / (10 + 1), smoothed with 20 pseudo-baskets
+    p = 5 / 11
+    assert f[0, cols["store_cand_log_lift"]] == pytest.approx(np.log((4 + 20 * p) / 25 / p), rel=1e-5)
+    assert f[:, cols["store_anchor_log_baskets"]] == pytest.approx([np.log1p(5), np.log1p(5), 0.0])
+    # without stores the features say "unknown" and the confidence stays global
+    g = rk.pair_features(ctx, a, c)
+    assert g[:, cols["store_known"]].tolist() == [0.0, 0.0, 0.0]
+    assert g[:, cols["store_confidence"]] == pytest.approx([0.4, 0.5, 0.4])
+
+
+def test_store_count_baseline_reranks_by_the_query_store():
+    ctx, idx, _ = store_context()
+    i = {p: k for k, p in enumerate(idx)}
+    s1, s2 = rk.store_index(ctx, ["S1", "S2"])
+    recs = rk.store_count_rank(ctx, np.array([i["BREAD"]] * 3), np.array([s1, s2, -1]), k=2)
+    # globally CHEESE (5) beats JAM (4); in S1 JAM comes first, in S2 CHEESE
+    assert [[idx[j] for j in r] for r in recs] == [["JAM", "CHEESE"], ["CHEESE", "JAM"], ["CHEESE", "JAM"]]
