@@ -21,8 +21,10 @@ hash) and per basket, in time order:
    cart is emptied through the cart form, so the next basket starts clean.
 
 Afterwards the order is marked ``source="simulated"`` and dated at the real
-basket's time, and the session's offer events are marked ``simulated=True``
-and re-dated, so replay figures never mix with live ones and never feed
+basket's time, and, once the household is done and the impression buffer
+drained (``services.impression_buffer``: the product pages RPUSH their
+impressions to Redis), the session's offer events are marked ``simulated=True``
+and re-dated basket by basket; the replay drains once more at its end, so replay figures never mix with live ones and never feed
 training (``ml_bridge`` excludes them).
 
 Assumptions and what is *not* replayed as in a real shop: campaigns live
@@ -69,6 +71,7 @@ from ..models import OfferEvent, Order, OrderLine, Product
 from ..selectors.experiment import SHOPPER_SESSION_KEY, assignment_group
 from ..selectors.offers import live_offer
 from ..storefront.cart import SESSION_KEY as CART_SESSION_KEY
+from .impression_buffer import impression_buffer_drain
 
 OFFER_RE = re.compile(r'data-campaign="(\d+)"')
 ERROR_RE = re.compile(r'<li class="msg msg-error">(.*?)</li>', re.S)
@@ -263,6 +266,7 @@ class _Replayer:
         report.groups[assignment_group(identity)] += 1
         spent: Counter = Counter()
         clock = _time.perf_counter
+        marks: list[tuple[str, datetime, datetime, datetime, int | None]] = []
         for basket in baskets:
             report.baskets += 1
             started = timezone.now()
@@ -327,19 +331,39 @@ class _Replayer:
                 in_cart = client.session.get(CART_SESSION_KEY) or {}
                 client.post(self.cart_update_url, {f"qty_{pid}": 0 for pid in in_cart})  # next basket starts clean
                 report.requests += 2
-                OfferEvent.objects.filter(session_key=client.cookies[settings.SESSION_COOKIE_NAME].value,
-                                          created_at__gte=started).update(simulated=True, created_at=basket.placed_at)
+                marks.append((client.cookies[settings.SESSION_COOKIE_NAME].value, started, timezone.now(),
+                              basket.placed_at, None))
                 continue
             session_key = client.cookies[settings.SESSION_COOKIE_NAME].value
             Order.objects.filter(pk=placed_pk).update(source=Order.SOURCE_SIMULATED, placed_at=basket.placed_at)
-            OfferEvent.objects.filter(Q(session_key=session_key, created_at__gte=started) | Q(order_id=placed_pk)
-                                      ).update(simulated=True, created_at=basket.placed_at)
+            marks.append((session_key, started, timezone.now(), basket.placed_at, placed_pk))
             report.orders += 1
+        _mark_simulated(marks)
         client.session.delete()  # the household is done: free its session
         report.failure_reasons = dict(reasons)
         report.request_seconds = dict(spent)
         report.cpu_seconds = _time.process_time() - cpu_started
         return report
+
+
+def _mark_simulated(marks) -> None:
+    """Mark a household's offer events as simulated and date them at their real basket's time.
+
+    The product pages buffer their impressions in Redis
+    (``services.impression_buffer``), so the buffer is drained first
+    (synchronously, in this process): then every impression of the household
+    is a row. ``marks`` holds per basket ``(session key, started, ended,
+    basket time, order id or None)``; a basket's events are the session's
+    events created in ``[started, ended)`` and the order's purchase events.
+    """
+    if not marks:
+        return
+    impression_buffer_drain()
+    for session_key, started, ended, placed_at, order_id in marks:
+        which = Q(session_key=session_key, created_at__gte=started, created_at__lt=ended)
+        if order_id is not None:
+            which |= Q(order_id=order_id)
+        OfferEvent.objects.filter(which).update(simulated=True, created_at=placed_at)
 
 
 def _merge(total: SimulationReport, part: SimulationReport) -> None:
@@ -418,6 +442,7 @@ def shoppers_simulate(*, date_from: date, date_to: date, limit: int | None = Non
         stop_at = None if stop_after is None else _time.time() + stop_after
         report = _replay(households, seed=seed, responses=responses, base=base, progress=progress, workers=workers,
                          stop_at=stop_at)
+    impression_buffer_drain()  # every impression of the replay is a row before anyone computes results
     report.skipped_baskets = skipped
     report.already_replayed = already
     report.failure_reasons = dict(sorted(report.failure_reasons.items(), key=lambda kv: -kv[1]))

@@ -31,6 +31,7 @@ from shop_bundles.models import (
 )
 from shop_bundles.selectors.experiment import assignment_bucket, assignment_group
 from shop_bundles.services.experiment import experiment_results, experiment_results_csv
+from shop_bundles.services.impression_buffer import impression_buffer_drain
 
 pytestmark = pytest.mark.django_db
 
@@ -88,6 +89,7 @@ def test_holdout_shopper_sees_no_offer_and_pays_full_price(client, settings, sho
     assert cart.context["priced"].discount_total == D("0.00") and cart.context["priced"].total == D("25.00")
     order = Order.objects.get(source=Order.SOURCE_STOREFRONT)
     assert order.experiment_group == "holdout" and order.discount_total == D("0.00") and order.total == D("25.00")
+    assert impression_buffer_drain()["inserted"] == 1
     impression = OfferEvent.objects.get(kind="impression")
     assert impression.experiment_group == "holdout" and impression.campaign_id == campaign.pk
     assert client.post(reverse("shop_bundles:bundle_add", kwargs={"campaign_id": campaign.pk})).status_code == 404
@@ -100,18 +102,23 @@ def test_treatment_shopper_sees_the_offer_and_gets_the_bundle(client, shop):
     assert cart.context["priced"].discount_total == D("2.50")
     order = Order.objects.get(source=Order.SOURCE_STOREFRONT)
     assert order.experiment_group == "treatment" and order.total == D("22.50")
+    assert impression_buffer_drain()["inserted"] == 1
     assert OfferEvent.objects.get(kind="impression").experiment_group == "treatment"
 
 
-def test_impressions_are_one_insert_per_page_view(client, shop):
-    client.get(reverse("shop_bundles:product_detail", kwargs={"sku": "A"}))  # creates the session
+def test_impressions_are_one_buffer_message_per_page_view_and_no_database_write(client, shop, impression_buffer):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
+    from shop_bundles.services.impression_buffer import redis_client
+
+    client.get(reverse("shop_bundles:product_detail", kwargs={"sku": "A"}))  # creates the session
     with CaptureQueriesContext(connection) as ctx:
         client.get(reverse("shop_bundles:product_detail", kwargs={"sku": "A"}))
-    inserts = [q["sql"] for q in ctx.captured_queries if q["sql"].startswith('INSERT INTO "shop_bundles_offerevent"')]
-    assert len(inserts) == 1
+    assert not [q for q in ctx.captured_queries if "shop_bundles_offerevent" in q["sql"]]
+    assert redis_client().llen(impression_buffer) == 2
+    assert not OfferEvent.objects.exists()
+    assert impression_buffer_drain()["inserted"] == 2
     assert OfferEvent.objects.filter(kind="impression").count() == 2
 
 
@@ -210,6 +217,20 @@ def test_dashboard_page_and_csv_export(client, settings, shop):
     csv_response = client.get(url + "?data=live&format=csv")
     assert csv_response["Content-Type"] == "text/csv"
     assert "attach_rate,treatment,1.000000" in csv_response.content.decode()
+
+
+def test_dashboard_drains_the_impression_buffer_before_computing(client, settings, shop):
+    """A shopper's page view is still in Redis; the dashboard stores it first, so the visitor is counted."""
+    from django.test import Client
+
+    shopper = Client()
+    shopper.get(reverse("shop_bundles:product_detail", kwargs={"sku": "A"}))
+    assert not OfferEvent.objects.exists()  # buffered, not yet drained
+    client.force_login(User.objects.create_superuser("boss", "b@example.com", "pw-For-tests-1"))
+    page = client.get(reverse("admin:shop_bundles_experimentdashboard_changelist") + "?data=live")
+    assert page.status_code == 200
+    assert page.context["overall"]["visitors"] == {"treatment": 1, "holdout": 0}
+    assert OfferEvent.objects.get(kind="impression").session_key == shopper.cookies["sessionid"].value
 
 
 # --- replay ------------------------------------------------------------------------------------
