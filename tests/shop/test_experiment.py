@@ -334,3 +334,57 @@ def test_simulate_shoppers_stop_after_leaves_households_for_the_next_run(setting
     assert not OfferEvent.objects.exists()
     done = shoppers_simulate(limit=2, responses={}, **window)
     assert (done.shoppers, done.orders, done.households_not_started) == (2, 4, 0) and done.cpu_seconds > 0
+
+
+@pytest.fixture
+def take_model_exhausts_stock(shop):
+    """Household hh0 buys only Pasta (A) in three baskets, hh1 then buys 5 Sauce (B), both with 1 unit in stock.
+
+    The A + B bundle is shown on both product pages and (take rate 1) accepted each time from the take model,
+    so every basket also takes a B the baskets alone never asked for.
+    """
+    a, b, campaign = shop
+    Product.objects.filter(pk__in=[a.pk, b.pk]).update(stock=1)
+    start = timezone.make_aware(datetime(2017, 11, 1, 12))
+    for h, baskets in enumerate([[[(a, 1)], [(a, 1)], [(a, 1)]], [[(b, 5)]]]):
+        customer = Customer.objects.create(external_id=f"hh{h}")
+        for k, lines in enumerate(baskets):
+            order = Order.objects.create(external_id=f"cj{h}-{k}", customer=customer, source=Order.SOURCE_IMPORT,
+                                         placed_at=start + timedelta(days=k, hours=h))
+            for product, qty in lines:
+                OrderLine.objects.create(order=order, product=product, quantity=qty, unit_price=product.price)
+    return a, b, campaign
+
+
+def test_replay_top_up_reserves_the_units_of_bundles_the_take_model_may_accept(take_model_exhausts_stock):
+    """The top-up used to count only the baskets' own units (A: 3 + 2, B: 5 + 2), so the three A + B bundles
+    taken by hh0 left 4 Sauce for hh1's 5 and its checkout was refused ("Only 4 of Sauce in stock"). Now each
+    basket reserves, per product, max(its own units, the units of every bundle it may be shown):
+    A: 3 x max(1, 1) + max(0, 1) = 4, B: 3 x max(0, 1) + max(5, 1) = 8, each + 2."""
+    from bundling_ml.economics import TakeResponse
+    from shop_bundles.services.simulation import shoppers_simulate
+
+    a, b, campaign = take_model_exhausts_stock
+    always = {"*": TakeResponse(a=0.0, b=1000.0)}  # take(d = 0.10) = sigmoid(logit(0.02) + 100) = 1.0
+    report = shoppers_simulate(date_from=datetime(2017, 10, 30).date(), date_to=datetime(2017, 12, 31).date(),
+                               responses=always)
+    assert (report.baskets, report.orders, report.failed_checkouts, report.failure_reasons) == (4, 4, 0, {})
+    assert (report.accepted_by_take_model, report.accepted_by_basket) == (4, 0)
+    units = {sku: sum(OrderLine.objects.filter(order__source=Order.SOURCE_SIMULATED, product__sku=sku)
+                      .values_list("quantity", flat=True)) for sku in "AB"}
+    assert units == {"A": 4, "B": 8}
+    assert dict(Product.objects.filter(sku__in="AB").values_list("sku", "stock")) == {"A": 2, "B": 2}
+    campaign.refresh_from_db()
+    assert campaign.status == BundleCampaign.ACTIVE  # nothing sold out, nothing auto-paused
+    assert Order.objects.filter(source=Order.SOURCE_SIMULATED, discount_total=D("2.50")).count() == 4
+
+
+def test_replay_top_up_keeps_stock_a_real_constraint(take_model_exhausts_stock):
+    """Holdout shoppers are shown no bundle, so only their baskets' own units are reserved; stock is never
+    raised beyond what the replay can sell plus 2."""
+    from shop_bundles.services.simulation import _load, _stock_needed
+
+    households, _, _ = _load(datetime(2017, 10, 30).date(), datetime(2017, 12, 31).date(), None)
+    a, b, _ = take_model_exhausts_stock
+    assert _stock_needed(households, holdout_share=0.0) == {a.pk: 4, b.pk: 8}
+    assert _stock_needed(households, holdout_share=1.0) == {a.pk: 3, b.pk: 5}
