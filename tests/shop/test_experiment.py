@@ -233,6 +233,16 @@ def test_dashboard_drains_the_impression_buffer_before_computing(client, setting
     assert OfferEvent.objects.get(kind="impression").session_key == shopper.cookies["sessionid"].value
 
 
+def test_dashboard_still_shows_with_the_impression_buffer_unreachable_and_says_so(client, settings, shop):
+    from tests.integration.test_outbox_faults import _free_port
+
+    settings.SHOP_BUNDLES_IMPRESSION_BUFFER_URL = f"redis://127.0.0.1:{_free_port()}/0"  # nobody listens
+    client.force_login(User.objects.create_superuser("boss", "b@example.com", "pw-For-tests-1"))
+    page = client.get(reverse("admin:shop_bundles_experimentdashboard_changelist") + "?data=live")
+    assert page.status_code == 200
+    assert [str(m) for m in page.context["messages"]][0].startswith("The impression buffer (Redis) is unreachable")
+
+
 # --- replay ------------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -285,6 +285,7 @@ def test_malformed_messages_go_to_the_dead_letter_list_and_the_good_ones_land(of
             assert base64.b64decode(entry["message_base64"]) == raw
     warnings = [r.getMessage() for r in caplog.records if "malformed message" in r.getMessage()]
     assert len(warnings) == 12 and "unknown message version 2" in " ".join(warnings)
+    assert buffer.impression_buffer_length() == {"enabled": True, "waiting": 0, "dead": 12}
 
 
 # --- the direct path: buffer off ------------------------------------------------------------------
