@@ -3,7 +3,18 @@
 Run (needs ``pip install -r benchmarks/requirements.txt`` and a database with live campaigns)::
 
     .venv/bin/python benchmarks/load_storefront.py \\
-        [--database-url postgres://postgres@127.0.0.1:5432/sb_bench] [--users 50] [--spawn-rate 10] [--duration 60]
+        [--database-url postgres://postgres@127.0.0.1:5432/sb_bench] [--users 50] [--spawn-rate 10] [--duration 60] \\
+        [--broker-url redis://127.0.0.1:6391/0] [--locust PATH]
+
+``--broker-url`` runs gunicorn as in production with Redis: ``CELERY_BROKER_URL``
+(the bundle button's outbox event is sent to the broker after commit) and,
+by default, the impression buffer on the same Redis (product pages ``RPUSH``
+their impressions). Use a Redis of the benchmark's own (e.g. ``redis-server
+--port 6391 --save ''``): no worker consumes the messages during the run
+(its CPU is not part of the figures); afterwards this script drains the
+impression buffer into PostgreSQL before the cleanup. Without it gunicorn
+runs in demo mode (tasks eager, in the request; impressions written directly).
+``--locust`` is the locust executable (default ``.venv/bin/locust``).
 
 What it does:
 
@@ -62,8 +73,10 @@ DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/sb_bench"
 REQUEST_ORDER = ("product page", "add bundle (POST)", "add product (POST)", "cart")
 
 
-def setup_django(database_url: str) -> None:
+def setup_django(database_url: str, broker_url: str = "") -> None:
     os.environ["DATABASE_URL"] = database_url
+    if broker_url:
+        os.environ["CELERY_BROKER_URL"] = broker_url  # the same impression buffer as gunicorn's
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ["DJANGO_DEBUG"] = "0"
     sys.path.insert(0, str(ROOT))
@@ -108,10 +121,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_gunicorn(port: int, database_url: str, log_path: Path) -> subprocess.Popen:
+def start_gunicorn(port: int, database_url: str, log_path: Path, broker_url: str = "") -> subprocess.Popen:
     env = dict(os.environ, DATABASE_URL=database_url, DJANGO_ENV="development", DJANGO_DEBUG="0",
                DJANGO_ALLOWED_HOSTS="127.0.0.1")
     env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.pop("CELERY_BROKER_URL", None)
+    if broker_url:
+        env["CELERY_BROKER_URL"] = broker_url
     cmd = [str(VENV_BIN / "gunicorn"), "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "3"]
     log = open(log_path, "w")
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -175,7 +191,7 @@ def run_locust(label: str, user_class: str, skus: list[str], base: str, args, wo
                SB_BENCH_SALT=str(app_settings.get("EXPERIMENT_SALT")),
                SB_BENCH_HOLDOUT_SHARE=str(app_settings.get("HOLDOUT_SHARE")))
     prefix = workdir / label
-    cmd = [str(VENV_BIN / "locust"), "-f", str(LOCUSTFILE), "--headless", "--host", base,
+    cmd = [args.locust, "-f", str(LOCUSTFILE), "--headless", "--host", base,
            "-u", str(args.users), "-r", str(args.spawn_rate), "-t", f"{args.duration}s", "--stop-timeout", "10",
            "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING", user_class]
     load_before = os.getloadavg()
@@ -221,11 +237,13 @@ def run_locust(label: str, user_class: str, skus: list[str], base: str, args, wo
 
 
 def cleanup(session_keys: set[str]) -> dict:
-    """Delete the sessions the benchmark created and the offer events recorded under them."""
+    """Drain the impression buffer, then delete the sessions the benchmark created and their offer events."""
     from django.contrib.sessions.models import Session
 
     from shop_bundles.models import OfferEvent
+    from shop_bundles.services.impression_buffer import impression_buffer_drain
 
+    drained = impression_buffer_drain()
     keys = sorted(k for k in session_keys if k)
     events = sessions = 0
     for i in range(0, len(keys), 500):
@@ -233,12 +251,14 @@ def cleanup(session_keys: set[str]) -> dict:
         events += OfferEvent.objects.filter(session_key__in=chunk, order__isnull=True,
                                             kind__in=[OfferEvent.IMPRESSION, OfferEvent.ADD_TO_CART]).delete()[0]
         sessions += Session.objects.filter(session_key__in=chunk).delete()[0]
-    return {"offer_events_deleted": events, "sessions_deleted": sessions}
+    return {"impression_messages_drained": drained["messages"], "offer_events_deleted": events,
+            "sessions_deleted": sessions}
 
 
 def print_table(runs: list[dict], meta: dict) -> None:
     print(f"\nStorefront load: {meta['users']} shoppers, spawn {meta['spawn_rate']}/s, {meta['duration_s']} s per run, "
-          f"no think time; gunicorn 3 sync workers, PostgreSQL sb_bench; locust {meta['locust_version']}")
+          f"no think time; gunicorn 3 sync workers, PostgreSQL {meta['database']}, broker {meta['broker']}; "
+          f"locust {meta['locust_version']}")
     header = f"| {'run':<14} | {'request':<18} | {'requests':>8} | {'req/s':>6} | {'p50 ms':>7} | {'p95 ms':>7} | {'p99 ms':>7} | {'errors':>6} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
@@ -264,6 +284,9 @@ def main() -> int:
     parser.add_argument("--spawn-rate", type=float, default=10)
     parser.add_argument("--duration", type=int, default=60, help="seconds per run")
     parser.add_argument("--keep-rows", action="store_true", help="keep the sessions and offer events written")
+    parser.add_argument("--broker-url", default="", help="Redis broker (and impression buffer) for gunicorn; "
+                                                         "empty: demo mode (eager tasks, direct impression writes)")
+    parser.add_argument("--locust", default=str(VENV_BIN / "locust"), help="the locust executable")
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args()
 
@@ -271,7 +294,7 @@ def main() -> int:
         raise SystemExit(f"stopped by signal {signum}")
 
     signal.signal(signal.SIGTERM, _sigterm)
-    setup_django(args.database_url)
+    setup_django(args.database_url, args.broker_url)
     from importlib.metadata import version
 
     with_offers, without_offers, sku_info = pick_skus()
@@ -280,9 +303,11 @@ def main() -> int:
         return 2
     meta = {"started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "users": args.users,
             "spawn_rate": args.spawn_rate, "duration_s": args.duration, "think_time_s": 0,
-            "locust_version": version("locust"), "gunicorn_version": version("gunicorn"),
+            "locust_version": subprocess.run([args.locust, "--version"], capture_output=True, text=True)
+            .stdout.split()[1], "gunicorn_version": version("gunicorn"),
             "gunicorn": "gunicorn config.wsgi --workers 3 (sync), DJANGO_ENV=development DJANGO_DEBUG=0",
             "holdout_share": None, "database": args.database_url.rsplit("/", 1)[-1], **sku_info,
+            "broker": args.broker_url or "none (eager tasks, direct impression writes)",
             "cpu_count": os.cpu_count()}
     from shop_bundles import app_settings
 
@@ -300,7 +325,7 @@ def main() -> int:
         try:
             port = free_port()
             base = f"http://127.0.0.1:{port}"
-            gunicorn = start_gunicorn(port, args.database_url, workdir / "gunicorn.log")
+            gunicorn = start_gunicorn(port, args.database_url, workdir / "gunicorn.log", args.broker_url)
             wait_ready(base, gunicorn)
             session_keys |= warm_up(base, with_offers + without_offers)
             for label, user_class, skus in (("with offers", "BundleShopper", with_offers),

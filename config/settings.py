@@ -23,6 +23,9 @@ DATABASE_URL          e.g. ``postgres://postgres@127.0.0.1:5432/shop_bundles``.
 CELERY_BROKER_URL     e.g. ``redis://127.0.0.1:6379/0``. Unset: tasks run eagerly
                       in the calling process (demo mode).
 SHOP_BUNDLES_ARTIFACT_DIR  where trained models are written (default ``var/models``).
+SHOP_BUNDLES_IMPRESSION_BUFFER_URL  Redis URL of the impression buffer; unset: the Celery broker URL
+                      when it is redis://, else none. Empty: impressions are written to the
+                      database directly (see shop_bundles/app_settings.py).
 SHOP_BUNDLES_EVENT_TOKEN   bearer token of ``POST /bundles/events/`` (external shop front / POS
                       events). Unset: the endpoint refuses every request (503).
 """
@@ -175,6 +178,10 @@ SHOP_BUNDLES_ARTIFACT_DIR = os.environ.get("SHOP_BUNDLES_ARTIFACT_DIR", str(VAR_
 SHOP_BUNDLES_CURRENCY = os.environ.get("SHOP_BUNDLES_CURRENCY", "USD")
 # Anonymous rankers averaged into the product-page model (seed ensemble; docs/quality.md).
 SHOP_BUNDLES_ANONYMOUS_ENSEMBLE = int(os.environ.get("SHOP_BUNDLES_ANONYMOUS_ENSEMBLE", "3"))
+# Impression buffer (Redis list drained by Celery): None = derive from CELERY_BROKER_URL; "" = off.
+SHOP_BUNDLES_IMPRESSION_BUFFER_URL = os.environ.get("SHOP_BUNDLES_IMPRESSION_BUFFER_URL")
+if os.environ.get("SHOP_BUNDLES_IMPRESSION_BUFFER_KEY"):
+    SHOP_BUNDLES_IMPRESSION_BUFFER_KEY = os.environ["SHOP_BUNDLES_IMPRESSION_BUFFER_KEY"]
 # Secret: only from the environment; empty disables the events endpoint.
 SHOP_BUNDLES_EVENT_TOKEN = os.environ.get("SHOP_BUNDLES_EVENT_TOKEN", "").strip()
 

@@ -856,6 +856,31 @@ class ExperimentDashboardAdmin(ReadOnlyMixin, admin.ModelAdmin):
     def has_module_permission(self, request):
         return self.has_view_permission(request)
 
+    #: Buffered impression messages the dashboard stores itself before computing (the rest waits for the task).
+    DRAIN_MAX = 20_000
+
+    def _drain_impressions(self, request) -> None:
+        """Store the impressions still buffered in Redis before reading them (``impression_buffer_drain``).
+
+        At most ``DRAIN_MAX`` messages, so a long backlog (workers stopped) does
+        not hold the page; what is left, or a Redis outage, is said on the page.
+        """
+        import redis
+
+        from .services.impression_buffer import impression_buffer_drain
+
+        try:
+            drained = impression_buffer_drain(max_messages=self.DRAIN_MAX)
+        except redis.RedisError as exc:
+            self.message_user(request, f"The impression buffer (Redis) is unreachable ({exc}); impressions "
+                                       "recorded in the last seconds may be missing from these figures.",
+                              level=messages.WARNING)
+            return
+        if drained["waiting"]:
+            self.message_user(request, f"{drained['waiting']:,} impression messages are still waiting in the "
+                                       "buffer (is the drain_impression_buffer task running?); they are not "
+                                       "in these figures yet.", level=messages.WARNING)
+
     def _results(self, simulated: bool) -> list[dict]:
         from .services.experiment import experiment_results
 
@@ -879,6 +904,7 @@ class ExperimentDashboardAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
         if not self.has_view_permission(request):
             raise PermissionDenied
+        self._drain_impressions(request)
         data = request.GET.get("data")
         if data not in ("live", "simulated"):
             live = OfferEvent.objects.filter(kind=OfferEvent.IMPRESSION, simulated=False).exists()

@@ -22,6 +22,21 @@ SHOP_BUNDLES_BASE_TAKE_RATE      incremental take of a shown offer with no disco
 SHOP_BUNDLES_HOLDOUT_SHARE       share of shoppers in the holdout group that never sees offers (default 0.10).
 SHOP_BUNDLES_EXPERIMENT_SALT     per-experiment salt of the assignment hash (default "bundles-2026-1");
                                  change it to start a new experiment with a fresh split.
+SHOP_BUNDLES_IMPRESSION_BUFFER_URL  Redis URL of the impression buffer (``services.impression_buffer``).
+                                 Unset/None: the Celery broker URL when it is ``redis://`` or ``rediss://``,
+                                 else "". "" = no buffer: the product page writes impressions to the
+                                 database directly.
+SHOP_BUNDLES_IMPRESSION_BUFFER_KEY  Redis list of buffered impression messages (default
+                                 ``shop_bundles:impressions``); malformed messages go to ``<key>:dead``.
+SHOP_BUNDLES_IMPRESSION_BUFFER_TIMEOUT  socket connect and read timeout of the product page's RPUSH, in
+                                 seconds (default 0.1).
+SHOP_BUNDLES_IMPRESSION_BUFFER_PAUSE  seconds the product page skips Redis after a Redis error (circuit
+                                 breaker; default 10), writing to the database directly meanwhile.
+SHOP_BUNDLES_IMPRESSION_BUFFER_MAX_LENGTH  messages the buffer may hold; a push that finds it longer (the
+                                 drain is not running) pauses the buffer as an error does (default 1,000,000).
+SHOP_BUNDLES_IMPRESSION_DRAIN_BATCH  messages per LRANGE / INSERT / LTRIM step of the drain (default 1000).
+SHOP_BUNDLES_IMPRESSION_DRAIN_MAX   messages one ``drain_impression_buffer`` task run drains at most
+                                 (default 50,000; the next beat run continues).
 """
 from decimal import Decimal
 
@@ -43,7 +58,15 @@ DEFAULTS = {
     "BASE_TAKE_RATE": 0.02,
     "HOLDOUT_SHARE": 0.10,
     "EXPERIMENT_SALT": "bundles-2026-1",
+    "IMPRESSION_BUFFER_KEY": "shop_bundles:impressions",
+    "IMPRESSION_BUFFER_TIMEOUT": 0.1,
+    "IMPRESSION_BUFFER_PAUSE": 10.0,
+    "IMPRESSION_BUFFER_MAX_LENGTH": 1_000_000,
+    "IMPRESSION_DRAIN_BATCH": 1000,
+    "IMPRESSION_DRAIN_MAX": 50_000,
 }
+
+REDIS_SCHEMES = ("redis://", "rediss://")
 
 
 def margin_rate(department: str) -> float:
@@ -65,3 +88,17 @@ def get(name: str):
 def artifact_dir() -> str:
     """Directory where model artifacts are written (str path)."""
     return getattr(settings, "SHOP_BUNDLES_ARTIFACT_DIR")
+
+
+def impression_buffer_url() -> str:
+    """Redis URL of the impression buffer, or "" when impressions go to the database directly.
+
+    ``SHOP_BUNDLES_IMPRESSION_BUFFER_URL`` when set (also when set to ""),
+    else the Celery broker URL when it is a ``redis://`` / ``rediss://`` URL,
+    else "" (``memory://`` demo mode, other brokers).
+    """
+    url = getattr(settings, "SHOP_BUNDLES_IMPRESSION_BUFFER_URL", None)
+    if url is None:
+        broker = getattr(settings, "CELERY_BROKER_URL", "") or ""
+        url = broker if broker.startswith(REDIS_SCHEMES) else ""
+    return url.strip()

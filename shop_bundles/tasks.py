@@ -107,3 +107,24 @@ def refresh_suggestion_economics(self) -> dict:
     from .services.economics import suggestions_economics_refresh
 
     return {"updated": suggestions_economics_refresh()}
+
+
+@shared_task(name="shop_bundles.tasks.drain_impression_buffer", ignore_result=True)
+def drain_impression_buffer(max_messages: int | None = None) -> dict:
+    """Store the impressions buffered in Redis as ``OfferEvent`` rows (beat: every 5 seconds).
+
+    Idempotent and safe to run concurrently (``services.impression_buffer``):
+    a crash between insert and trim, or two drains at once, store nothing twice.
+    A no-op when the buffer is off.
+
+    Args:
+        max_messages: messages to read at most in this run (None: ``SHOP_BUNDLES_IMPRESSION_DRAIN_MAX``).
+
+    Returns:
+        ``impression_buffer_drain``'s counts (``messages``, ``inserted``, ``dead``, ``waiting``, ...).
+    """
+    from . import app_settings
+    from .services.impression_buffer import impression_buffer_drain
+
+    limit = app_settings.get("IMPRESSION_DRAIN_MAX") if max_messages is None else max_messages
+    return impression_buffer_drain(max_messages=int(limit))

@@ -13,9 +13,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 # 3-seed ensemble: the ensemble itself is trained and checked by tests/ml/test_pipeline_cj.py.
 os.environ.setdefault("SHOP_BUNDLES_ANONYMOUS_ENSEMBLE", "1")
 
+import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+#: Redis of the impression buffer in tests: a database index no other test fixture uses (the worker
+#: fixtures flush 13), and a key of each test's own (below), so parallel runs never share a list.
+BUFFER_REDIS_URL = os.environ.get("SHOP_BUNDLES_TEST_BUFFER_REDIS_URL", "redis://127.0.0.1:6379/12")
 
 CASES_DIR = Path(os.environ.get("SHOP_BUNDLES_CASES_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "cases"))
 
@@ -59,3 +64,29 @@ def _outbox_fast_path_not_paused(monkeypatch):
     from shop_bundles.services import outbox
 
     monkeypatch.setattr(outbox, "_fast_path_paused_until", 0.0)
+
+
+@pytest.fixture(autouse=True)
+def impression_buffer(settings):
+    """Every test buffers impressions in Redis (as a production storefront with a Redis broker does), under a
+    key of its own: ``sb-test:<pid>:<random>:impressions`` on ``SHOP_BUNDLES_TEST_BUFFER_REDIS_URL``.
+
+    Tests that read impressions drain first (``impression_buffer_drain``); tests of the direct path set
+    ``settings.SHOP_BUNDLES_IMPRESSION_BUFFER_URL = ""``. The circuit breaker starts closed, and the
+    test's lists are deleted afterwards.
+
+    Yields:
+        the buffer key.
+    """
+    from shop_bundles.services import impression_buffer as buffer
+
+    key = f"sb-test:{os.getpid()}:{uuid.uuid4().hex[:12]}:impressions"
+    settings.SHOP_BUNDLES_IMPRESSION_BUFFER_URL = BUFFER_REDIS_URL
+    settings.SHOP_BUNDLES_IMPRESSION_BUFFER_KEY = key
+    buffer.reset_breaker()
+    yield key
+    buffer.reset_breaker()
+    try:
+        buffer.redis_client(BUFFER_REDIS_URL, timeout=2.0).delete(key, key + ":dead")
+    except Exception:  # noqa: BLE001 - no Redis: nothing was buffered there
+        pass

@@ -31,6 +31,12 @@ class OfferEvent(models.Model):
     (``treatment`` or ``holdout``); a holdout impression records an offer that
     *would* have been shown (it is hidden), so both groups have the same
     exposure definition. A purchase event is unique per (campaign, order).
+    ``event_id`` is the unique id an impression gets on the product page
+    (``services.events.offer_impressions_record``); draining the Redis
+    impression buffer inserts with ``ON CONFLICT DO NOTHING`` on it, so a
+    message drained twice (or written to PostgreSQL by the fallback and also
+    buffered) is stored once. Rows written before it existed, and other
+    kinds, leave it NULL (PostgreSQL allows many NULLs in a unique column).
     """
 
     IMPRESSION, CLICK, ADD_TO_CART, PURCHASE = "impression", "click", "add_to_cart", "purchase"
@@ -46,6 +52,8 @@ class OfferEvent(models.Model):
     experiment_group = models.CharField(max_length=16, blank=True, db_index=True)
     simulated = models.BooleanField(default=False, help_text="Written by the simulate_shoppers replay.")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    event_id = models.UUIDField(null=True, blank=True, unique=True, editable=False,
+                                help_text="Unique id of a buffered impression (idempotent drain).")
 
     class Meta:
         ordering = ["-created_at"]

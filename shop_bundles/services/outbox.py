@@ -26,7 +26,7 @@ Kinds (``OutboxEvent.kind``) and their handlers:
   cost or active; checkouts that sell a product's last unit; the events endpoint);
 * ``offer_event`` ``{"kind": "click" | "add_to_cart", "campaign_id", ...}``:
   writes the ``OfferEvent`` (``offer_event_record``). Impressions are not
-  sent through the outbox (they are bulk-inserted directly on the product page).
+  sent through the outbox (the product page buffers them in Redis, ``services.impression_buffer``).
 
 Settings (all optional): ``SHOP_BUNDLES_OUTBOX_REDISPATCH_SECONDS`` (300),
 ``SHOP_BUNDLES_OUTBOX_MAX_ATTEMPTS`` (10 handler runs, then the relay stops
@@ -166,7 +166,7 @@ def stock_changed_record(*, product_ids, fields=(), source: str = "", using: str
     return event
 
 
-#: Offer event kinds sent through the outbox (impressions are bulk-inserted directly, purchases come
+#: Offer event kinds sent through the outbox (impressions go through the Redis buffer, purchases come
 #: from the ``order_placed`` handler).
 OUTBOX_OFFER_KINDS = (OfferEvent.CLICK, OfferEvent.ADD_TO_CART)
 

@@ -21,18 +21,22 @@ hash) and per basket, in time order:
    cart is emptied through the cart form, so the next basket starts clean.
 
 Afterwards the order is marked ``source="simulated"`` and dated at the real
-basket's time, and the session's offer events are marked ``simulated=True``
-and re-dated, so replay figures never mix with live ones and never feed
+basket's time, and, once the household is done and the impression buffer
+drained (``services.impression_buffer``: the product pages RPUSH their
+impressions to Redis), the session's offer events are marked ``simulated=True``
+and re-dated basket by basket; the replay drains once more at its end, so replay figures never mix with live ones and never feed
 training (``ml_bridge`` excludes them).
 
 Assumptions and what is *not* replayed as in a real shop: campaigns live
 *now* are the ones offered (the replay does not time-travel campaign
-windows); inventory is simulated: before the replay, every replayed product
-is topped up once to the units all its replayed baskets need plus 2 (one
-statement per 1,000 products), and the products of a bundle accepted from the
-take model get 3 more units when they run low, so stock never sells out and
-never auto-pauses a campaign mid-replay; products that are inactive now are
-left out of the baskets (a basket left empty is not replayed).
+windows); inventory is simulated: before the replay, every product the
+replay can sell is topped up once to the most units it can sell plus 2 (one
+statement per 1,000 products; ``_stock_needed``: per basket, its own units
+or, if more, the units of every bundle it may be shown, since the take model
+may accept any of them), so stock never sells out and never auto-pauses a
+campaign mid-replay, while the storefront still checks it on every checkout;
+products that are inactive now are left out of the baskets (a basket left
+empty is not replayed).
 
 Speed (the nine-week replay is ~26,600 baskets, ~257,000 product pages): the
 baskets and their products are read once up front; the replay's sessions
@@ -59,16 +63,17 @@ from html import unescape
 import numpy as np
 from django.conf import settings
 from django.db import connection, connections
-from django.db.models import F, Q
+from django.db.models import Q
 from django.test import Client, override_settings
 from django.urls import Resolver404, resolve, reverse
 from django.utils import timezone
 
 from .. import app_settings
-from ..models import OfferEvent, Order, OrderLine, Product
-from ..selectors.experiment import SHOPPER_SESSION_KEY, assignment_group
+from ..models import BundleCampaign, BundleCampaignItem, OfferEvent, Order, OrderLine, Product
+from ..selectors.experiment import HOLDOUT, SHOPPER_SESSION_KEY, assignment_group
 from ..selectors.offers import live_offer
 from ..storefront.cart import SESSION_KEY as CART_SESSION_KEY
+from .impression_buffer import impression_buffer_drain
 
 OFFER_RE = re.compile(r'data-campaign="(\d+)"')
 ERROR_RE = re.compile(r'<li class="msg msg-error">(.*?)</li>', re.S)
@@ -140,7 +145,7 @@ def _load(date_from: date, date_to: date, limit: int | None):
     run did not reach (``--stop-after`` stops between households, so each
     replayed household is complete and is one visitor with one session).
 
-    Returns ``([(customer_id, external_id, [_Basket])], skipped_baskets, already_replayed, {product_id: units})``.
+    Returns ``([(customer_id, external_id, [_Basket])], skipped_baskets, already_replayed)``.
     """
     orders = Order.objects.filter(source=Order.SOURCE_IMPORT, customer__isnull=False,
                                   placed_at__gte=_aware(date_from), placed_at__lt=_aware(date_to, end=True))
@@ -157,12 +162,10 @@ def _load(date_from: date, date_to: date, limit: int | None):
     already = sum(1 for _, cid, _ in rows if cid in done)
     rows = [r for r in rows if r[1] not in done]
     lines: dict[int, list[tuple[int, str, int]]] = {}
-    needed: Counter = Counter()
     line_rows = (OrderLine.objects.filter(order_id__in=[r[0] for r in rows], quantity__gt=0, product__active=True)
                  .order_by("order_id", "pk").values_list("order_id", "product_id", "product__sku", "quantity"))
     for order_id, pid, sku, qty in line_rows.iterator(chunk_size=20000):
         lines.setdefault(order_id, []).append((pid, sku, qty))
-        needed[pid] += qty
     per_customer: dict[int, list[_Basket]] = {cid: [] for cid in wanted}
     skipped = 0
     for pk, cid, placed_at in rows:
@@ -172,11 +175,60 @@ def _load(date_from: date, date_to: date, limit: int | None):
             skipped += 1
     households = [(cid, ext, per_customer[cid]) for cid, ext in customers
                   if cid not in done and per_customer[cid]]
-    return households, skipped, already, needed
+    return households, skipped, already
+
+
+def _stock_needed(households, *, holdout_share: float | None = None) -> Counter:
+    """The most units of each product the replay of ``households`` can sell: ``{product_id: units}``.
+
+    A basket's cart holds, per product, its own units or, when bundles were
+    added, the bundles' units if more (the replay adds only the rest of a
+    line after the bundles: ``max(own, added)``). Which bundles are taken
+    depends on the take-model draws, so every bundle the basket may be shown
+    counts as taken: the campaigns that are active now, in their window and
+    with no inactive product, holding any product of the basket (the product
+    pages show those, ``offers_for_product``). Holdout households are shown
+    none. Per basket and product: ``max(own units, sum of those bundles'
+    units)``, summed over baskets. An upper bound, so the replay never runs
+    out of stock; exact when every bundle shown is taken.
+
+    Args:
+        households: ``_load``'s ``[(customer_id, external_id, [_Basket])]``.
+        holdout_share: the experiment's holdout share (None: ``SHOP_BUNDLES_HOLDOUT_SHARE``).
+
+    Returns:
+        Counter ``{product_id: units}``.
+    """
+    now = timezone.now()
+    campaigns = (BundleCampaign.objects.filter(status=BundleCampaign.ACTIVE, starts_at__lte=now)
+                 .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=now))
+                 .exclude(items__product__active=False))
+    units: dict[int, Counter] = {}
+    by_product: dict[int, list[int]] = {}
+    for cid, pid, qty in (BundleCampaignItem.objects.filter(campaign__in=campaigns)
+                          .values_list("campaign_id", "product_id", "quantity")):
+        units.setdefault(cid, Counter())[pid] += qty
+    for cid, items in units.items():
+        for pid in items:
+            by_product.setdefault(pid, []).append(cid)
+    needed: Counter = Counter()
+    for _customer_id, external_id, baskets in households:
+        shown_offers = assignment_group(f"cj-{external_id}", holdout_share=holdout_share) != HOLDOUT
+        for basket in baskets:
+            own: Counter = Counter()
+            for pid, _sku, qty in basket.lines:
+                own[pid] += qty
+            bundles: Counter = Counter()
+            if shown_offers:
+                for cid in {c for pid in own for c in by_product.get(pid, ())}:
+                    bundles.update(units[cid])
+            for pid in own.keys() | bundles.keys():
+                needed[pid] += max(own[pid], bundles[pid])
+    return needed
 
 
 def _top_up_stock(needed: Counter) -> None:
-    """Simulated inventory: raise each product's stock to the units its replayed baskets need, plus 2.
+    """Simulated inventory: raise each product's stock to the units the replay can sell (``_stock_needed``), plus 2.
 
     PostgreSQL: one ``UPDATE ... FROM (VALUES ...)`` per 1,000 products; other databases: one UPDATE per product.
     """
@@ -193,11 +245,6 @@ def _top_up_stock(needed: Counter) -> None:
         with connection.cursor() as cursor:
             cursor.execute(f"UPDATE {table} AS p SET stock = v.need FROM (VALUES {values}) AS v(id, need) "
                            f"WHERE p.id = v.id AND p.stock < v.need", params)
-
-
-def _restock_ids(product_ids) -> None:
-    """Simulated inventory for a bundle accepted from the take model (its items may not be in the basket)."""
-    Product.objects.filter(pk__in=list(product_ids), stock__lt=3).update(stock=F("stock") + 3)
 
 
 def _failure_reason(client: Client) -> str:
@@ -263,6 +310,7 @@ class _Replayer:
         report.groups[assignment_group(identity)] += 1
         spent: Counter = Counter()
         clock = _time.perf_counter
+        marks: list[tuple[str, datetime, datetime, datetime, int | None]] = []
         for basket in baskets:
             report.baskets += 1
             started = timezone.now()
@@ -289,8 +337,6 @@ class _Replayer:
                         why = "model"
                     if not take:
                         continue
-                    if why == "model":
-                        _restock_ids(items)
                     t0 = clock()
                     client.post(reverse("shop_bundles:bundle_add", kwargs={"campaign_id": cid}), {"quantity": 1})
                     spent["bundle_add"] += clock() - t0
@@ -327,19 +373,39 @@ class _Replayer:
                 in_cart = client.session.get(CART_SESSION_KEY) or {}
                 client.post(self.cart_update_url, {f"qty_{pid}": 0 for pid in in_cart})  # next basket starts clean
                 report.requests += 2
-                OfferEvent.objects.filter(session_key=client.cookies[settings.SESSION_COOKIE_NAME].value,
-                                          created_at__gte=started).update(simulated=True, created_at=basket.placed_at)
+                marks.append((client.cookies[settings.SESSION_COOKIE_NAME].value, started, timezone.now(),
+                              basket.placed_at, None))
                 continue
             session_key = client.cookies[settings.SESSION_COOKIE_NAME].value
             Order.objects.filter(pk=placed_pk).update(source=Order.SOURCE_SIMULATED, placed_at=basket.placed_at)
-            OfferEvent.objects.filter(Q(session_key=session_key, created_at__gte=started) | Q(order_id=placed_pk)
-                                      ).update(simulated=True, created_at=basket.placed_at)
+            marks.append((session_key, started, timezone.now(), basket.placed_at, placed_pk))
             report.orders += 1
+        _mark_simulated(marks)
         client.session.delete()  # the household is done: free its session
         report.failure_reasons = dict(reasons)
         report.request_seconds = dict(spent)
         report.cpu_seconds = _time.process_time() - cpu_started
         return report
+
+
+def _mark_simulated(marks) -> None:
+    """Mark a household's offer events as simulated and date them at their real basket's time.
+
+    The product pages buffer their impressions in Redis
+    (``services.impression_buffer``), so the buffer is drained first
+    (synchronously, in this process): then every impression of the household
+    is a row. ``marks`` holds per basket ``(session key, started, ended,
+    basket time, order id or None)``; a basket's events are the session's
+    events created in ``[started, ended)`` and the order's purchase events.
+    """
+    if not marks:
+        return
+    impression_buffer_drain()
+    for session_key, started, ended, placed_at, order_id in marks:
+        which = Q(session_key=session_key, created_at__gte=started, created_at__lt=ended)
+        if order_id is not None:
+            which |= Q(order_id=order_id)
+        OfferEvent.objects.filter(which).update(simulated=True, created_at=placed_at)
 
 
 def _merge(total: SimulationReport, part: SimulationReport) -> None:
@@ -408,8 +474,8 @@ def shoppers_simulate(*, date_from: date, date_to: date, limit: int | None = Non
     responses = department_responses_fit() if responses is None else responses
     started_at = _time.perf_counter()
     base = float(app_settings.get("BASE_TAKE_RATE"))
-    households, skipped, already, needed = _load(date_from, date_to, limit)
-    _top_up_stock(needed)
+    households, skipped, already = _load(date_from, date_to, limit)
+    _top_up_stock(_stock_needed(households))
 
     caches_setting = {**settings.CACHES, REPLAY_CACHE_ALIAS: {
         "BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": REPLAY_CACHE_ALIAS,
@@ -418,6 +484,7 @@ def shoppers_simulate(*, date_from: date, date_to: date, limit: int | None = Non
         stop_at = None if stop_after is None else _time.time() + stop_after
         report = _replay(households, seed=seed, responses=responses, base=base, progress=progress, workers=workers,
                          stop_at=stop_at)
+    impression_buffer_drain()  # every impression of the replay is a row before anyone computes results
     report.skipped_baskets = skipped
     report.already_replayed = already
     report.failure_reasons = dict(sorted(report.failure_reasons.items(), key=lambda kv: -kv[1]))

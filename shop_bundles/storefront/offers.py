@@ -12,7 +12,8 @@ from ..services.events import offer_impressions_record
 def product_offers_shown(request: HttpRequest, product: Product) -> list[Offer]:
     """Select ``product``'s live offers, record their impressions, and return what this shopper sees.
 
-    The impressions (one INSERT, ``services.events.offer_impressions_record``)
+    The impressions (one RPUSH to the Redis impression buffer, or one INSERT
+    when the buffer is off or unreachable: ``services.events.offer_impressions_record``)
     are recorded for treatment and holdout alike: the holdout's rows say what
     it would have seen. A first-time anonymous shopper gets a session so the
     impressions carry its key.

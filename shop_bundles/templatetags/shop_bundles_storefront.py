@@ -56,7 +56,7 @@ def bundle_offers(context, product, offers=None):
             storefront's product page); None selects them here with
             ``selectors.offers.offers_for_product`` (two queries) and records
             the impressions exactly as the storefront view does
-            (``services.events.offer_impressions_record``: one INSERT, the
+            (``services.events.offer_impressions_record``: one RPUSH, the
             holdout's hidden offers included), so a shop that drops the tag
             into its own product page feeds the experiment too.
     """

@@ -31,6 +31,7 @@ from shop_bundles.models import (
 )
 from shop_bundles.selectors.experiment import assignment_bucket, assignment_group
 from shop_bundles.services.experiment import experiment_results, experiment_results_csv
+from shop_bundles.services.impression_buffer import impression_buffer_drain
 
 pytestmark = pytest.mark.django_db
 
@@ -88,6 +89,7 @@ def test_holdout_shopper_sees_no_offer_and_pays_full_price(client, settings, sho
     assert cart.context["priced"].discount_total == D("0.00") and cart.context["priced"].total == D("25.00")
     order = Order.objects.get(source=Order.SOURCE_STOREFRONT)
     assert order.experiment_group == "holdout" and order.discount_total == D("0.00") and order.total == D("25.00")
+    assert impression_buffer_drain()["inserted"] == 1
     impression = OfferEvent.objects.get(kind="impression")
     assert impression.experiment_group == "holdout" and impression.campaign_id == campaign.pk
     assert client.post(reverse("shop_bundles:bundle_add", kwargs={"campaign_id": campaign.pk})).status_code == 404
@@ -100,18 +102,23 @@ def test_treatment_shopper_sees_the_offer_and_gets_the_bundle(client, shop):
     assert cart.context["priced"].discount_total == D("2.50")
     order = Order.objects.get(source=Order.SOURCE_STOREFRONT)
     assert order.experiment_group == "treatment" and order.total == D("22.50")
+    assert impression_buffer_drain()["inserted"] == 1
     assert OfferEvent.objects.get(kind="impression").experiment_group == "treatment"
 
 
-def test_impressions_are_one_insert_per_page_view(client, shop):
-    client.get(reverse("shop_bundles:product_detail", kwargs={"sku": "A"}))  # creates the session
+def test_impressions_are_one_buffer_message_per_page_view_and_no_database_write(client, shop, impression_buffer):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
+    from shop_bundles.services.impression_buffer import redis_client
+
+    client.get(reverse("shop_bundles:product_detail", kwargs={"sku": "A"}))  # creates the session
     with CaptureQueriesContext(connection) as ctx:
         client.get(reverse("shop_bundles:product_detail", kwargs={"sku": "A"}))
-    inserts = [q["sql"] for q in ctx.captured_queries if q["sql"].startswith('INSERT INTO "shop_bundles_offerevent"')]
-    assert len(inserts) == 1
+    assert not [q for q in ctx.captured_queries if "shop_bundles_offerevent" in q["sql"]]
+    assert redis_client().llen(impression_buffer) == 2
+    assert not OfferEvent.objects.exists()
+    assert impression_buffer_drain()["inserted"] == 2
     assert OfferEvent.objects.filter(kind="impression").count() == 2
 
 
@@ -210,6 +217,30 @@ def test_dashboard_page_and_csv_export(client, settings, shop):
     csv_response = client.get(url + "?data=live&format=csv")
     assert csv_response["Content-Type"] == "text/csv"
     assert "attach_rate,treatment,1.000000" in csv_response.content.decode()
+
+
+def test_dashboard_drains_the_impression_buffer_before_computing(client, settings, shop):
+    """A shopper's page view is still in Redis; the dashboard stores it first, so the visitor is counted."""
+    from django.test import Client
+
+    shopper = Client()
+    shopper.get(reverse("shop_bundles:product_detail", kwargs={"sku": "A"}))
+    assert not OfferEvent.objects.exists()  # buffered, not yet drained
+    client.force_login(User.objects.create_superuser("boss", "b@example.com", "pw-For-tests-1"))
+    page = client.get(reverse("admin:shop_bundles_experimentdashboard_changelist") + "?data=live")
+    assert page.status_code == 200
+    assert page.context["overall"]["visitors"] == {"treatment": 1, "holdout": 0}
+    assert OfferEvent.objects.get(kind="impression").session_key == shopper.cookies["sessionid"].value
+
+
+def test_dashboard_still_shows_with_the_impression_buffer_unreachable_and_says_so(client, settings, shop):
+    from tests.integration.test_outbox_faults import _free_port
+
+    settings.SHOP_BUNDLES_IMPRESSION_BUFFER_URL = f"redis://127.0.0.1:{_free_port()}/0"  # nobody listens
+    client.force_login(User.objects.create_superuser("boss", "b@example.com", "pw-For-tests-1"))
+    page = client.get(reverse("admin:shop_bundles_experimentdashboard_changelist") + "?data=live")
+    assert page.status_code == 200
+    assert [str(m) for m in page.context["messages"]][0].startswith("The impression buffer (Redis) is unreachable")
 
 
 # --- replay ------------------------------------------------------------------------------------
@@ -313,3 +344,57 @@ def test_simulate_shoppers_stop_after_leaves_households_for_the_next_run(setting
     assert not OfferEvent.objects.exists()
     done = shoppers_simulate(limit=2, responses={}, **window)
     assert (done.shoppers, done.orders, done.households_not_started) == (2, 4, 0) and done.cpu_seconds > 0
+
+
+@pytest.fixture
+def take_model_exhausts_stock(shop):
+    """Household hh0 buys only Pasta (A) in three baskets, hh1 then buys 5 Sauce (B), both with 1 unit in stock.
+
+    The A + B bundle is shown on both product pages and (take rate 1) accepted each time from the take model,
+    so every basket also takes a B the baskets alone never asked for.
+    """
+    a, b, campaign = shop
+    Product.objects.filter(pk__in=[a.pk, b.pk]).update(stock=1)
+    start = timezone.make_aware(datetime(2017, 11, 1, 12))
+    for h, baskets in enumerate([[[(a, 1)], [(a, 1)], [(a, 1)]], [[(b, 5)]]]):
+        customer = Customer.objects.create(external_id=f"hh{h}")
+        for k, lines in enumerate(baskets):
+            order = Order.objects.create(external_id=f"cj{h}-{k}", customer=customer, source=Order.SOURCE_IMPORT,
+                                         placed_at=start + timedelta(days=k, hours=h))
+            for product, qty in lines:
+                OrderLine.objects.create(order=order, product=product, quantity=qty, unit_price=product.price)
+    return a, b, campaign
+
+
+def test_replay_top_up_reserves_the_units_of_bundles_the_take_model_may_accept(take_model_exhausts_stock):
+    """The top-up used to count only the baskets' own units (A: 3 + 2, B: 5 + 2), so the three A + B bundles
+    taken by hh0 left 4 Sauce for hh1's 5 and its checkout was refused ("Only 4 of Sauce in stock"). Now each
+    basket reserves, per product, max(its own units, the units of every bundle it may be shown):
+    A: 3 x max(1, 1) + max(0, 1) = 4, B: 3 x max(0, 1) + max(5, 1) = 8, each + 2."""
+    from bundling_ml.economics import TakeResponse
+    from shop_bundles.services.simulation import shoppers_simulate
+
+    a, b, campaign = take_model_exhausts_stock
+    always = {"*": TakeResponse(a=0.0, b=1000.0)}  # take(d = 0.10) = sigmoid(logit(0.02) + 100) = 1.0
+    report = shoppers_simulate(date_from=datetime(2017, 10, 30).date(), date_to=datetime(2017, 12, 31).date(),
+                               responses=always)
+    assert (report.baskets, report.orders, report.failed_checkouts, report.failure_reasons) == (4, 4, 0, {})
+    assert (report.accepted_by_take_model, report.accepted_by_basket) == (4, 0)
+    units = {sku: sum(OrderLine.objects.filter(order__source=Order.SOURCE_SIMULATED, product__sku=sku)
+                      .values_list("quantity", flat=True)) for sku in "AB"}
+    assert units == {"A": 4, "B": 8}
+    assert dict(Product.objects.filter(sku__in="AB").values_list("sku", "stock")) == {"A": 2, "B": 2}
+    campaign.refresh_from_db()
+    assert campaign.status == BundleCampaign.ACTIVE  # nothing sold out, nothing auto-paused
+    assert Order.objects.filter(source=Order.SOURCE_SIMULATED, discount_total=D("2.50")).count() == 4
+
+
+def test_replay_top_up_keeps_stock_a_real_constraint(take_model_exhausts_stock):
+    """Holdout shoppers are shown no bundle, so only their baskets' own units are reserved; stock is never
+    raised beyond what the replay can sell plus 2."""
+    from shop_bundles.services.simulation import _load, _stock_needed
+
+    households, _, _ = _load(datetime(2017, 10, 30).date(), datetime(2017, 12, 31).date(), None)
+    a, b, _ = take_model_exhausts_stock
+    assert _stock_needed(households, holdout_share=0.0) == {a.pk: 4, b.pk: 8}
+    assert _stock_needed(households, holdout_share=1.0) == {a.pk: 3, b.pk: 5}
