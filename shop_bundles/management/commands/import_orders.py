@@ -30,7 +30,7 @@ class Command(BaseCommand):
         src.add_argument("--preset", choices=["completejourney"], help="built-in data set")
         parser.add_argument("--map", dest="mapping", metavar="K=COL,...",
                             help="column mapping: basket=,product=,time=,quantity=,price= (required), "
-                                 "customer=, name= / description= (optional)")
+                                 "customer=, name= / description=, store= (optional)")
         parser.add_argument("--encoding", default="utf-8", help="file encoding, e.g. cp1252 (default utf-8)")
         parser.add_argument("--delimiter", default=",", help="field delimiter, e.g. ';' or 'tab' (default ',')")
         parser.add_argument("--decimal", default=".", choices=[".", ","], help="decimal separator (default '.')")
@@ -64,7 +64,7 @@ class Command(BaseCommand):
             else:
                 if not opts["mapping"]:
                     raise CommandError("--csv needs --map basket=COL,product=COL,time=COL,quantity=COL,price=COL"
-                                       "[,customer=COL][,name=COL]")
+                                       "[,customer=COL][,name=COL][,store=COL]")
                 if opts["weeks"] or opts["households"]:
                     raise CommandError("--weeks and --households apply to --preset completejourney only")
                 report = orders_import_csv(
