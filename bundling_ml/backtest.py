@@ -98,7 +98,9 @@ def fit_rankers(train: pd.DataFrame, products: pd.DataFrame, product_index: pd.I
     label_start = split - pd.Timedelta(weeks=label_weeks)
     feat, lab = temporal_split(train, label_start)
     if feat.empty or lab.empty:
-        raise ValueError("training window too short to separate feature and label weeks")
+        raise ValueError(f"training window too short to separate feature and label weeks: the {label_weeks} label weeks "
+                         f"from {label_start.date()} to {split.date()} hold {lab['basket_id'].nunique()} orders and the weeks "
+                         f"before them {feat['basket_id'].nunique()}; both need orders (import more history)")
     prog(0.0, "training statistics")
     ctx = rk.attach_promotions(rk.build_context(feat, product_index, table, products, end=label_start), promotions)
     seen = product_index[ctx.S.item_counts > 0]

@@ -7,10 +7,10 @@ Data options (backtest and recommend)::
 
 ``store=COL`` (optional) maps the order's store, branch or channel: the
 ranker then learns store-conditional co-purchase features, and a query that
-carries ``store_id`` is ranked for that store. A raw export given with ``--orders`` is read with ``bundling_ml.ingest``
-(``read_orders_csv``: the Django import's cleaning rules: cancellations,
-adjustments, non-product codes, guest orders) when quantity and price columns
-are mapped; otherwise the CSV is read as text and every line counts one unit.
+carries ``store_id`` is ranked for that store. A raw export given with ``--orders`` is always read with ``bundling_ml.ingest``
+(``read_orders_csv``: the Django import's cleaning rules: dates, rejected
+rows, cancellations, adjustments, non-product codes, guest orders); without
+quantity and price columns every line counts one unit at an unknown price.
 ``--products`` is a CSV with a product_id column and any of department,
 category, product_type (or type), brand, price, name.
 
@@ -63,8 +63,17 @@ def _read_products(path):
 
 def load_orders(path, columns: str, products_path=None, encoding: str = "utf-8"):
     """(lines, products) frames from a retailer CSV (see the module docstring).
-    A file that is not valid ``encoding`` is retried as cp1252 (Windows exports)."""
-    import pandas as pd
+
+    Always read with :func:`bundling_ml.ingest.read_orders_csv`, the Django
+    import's rules (dates with day/month order inferred and refused when
+    undecidable, rejected rows reported and skipped, duplicates, non-product
+    codes, cancellations, adjustments); without quantity and price columns
+    every line counts one unit at an unknown price (``require_amounts=False``).
+    A file that is not valid ``encoding`` is retried as cp1252 (Windows
+    exports). Rejected rows are printed to stderr with their line, field and
+    reason; the good rows are kept.
+    """
+    from bundling_ml import ingest
 
     mapping = {}
     for part in str(columns).split(","):
@@ -74,38 +83,23 @@ def load_orders(path, columns: str, products_path=None, encoding: str = "utf-8")
     for need in ("basket", "product", "time"):
         if not mapping.get(need):
             raise SystemExit(f"--columns needs {need}=COL")
-    products = None
-    if mapping.get("quantity") and mapping.get("price"):
+    try:
         try:
-            from bundling_ml import ingest
-        except ImportError:  # pragma: no cover - ingest is optional
-            ingest = None
-        if ingest is not None:
-            try:
-                res = ingest.read_orders_csv(path, mapping=mapping, encoding=encoding)
-            except ingest.IngestError as exc:
-                if "not text in encoding" not in str(exc) or encoding.lower() == "cp1252":
-                    raise SystemExit(str(exc)) from exc
-                res = ingest.read_orders_csv(path, mapping=mapping, encoding="cp1252")
-            lines, products = res.lines, res.products
-    if products is None:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding, encoding_errors="replace")
-        lines = pd.DataFrame({
-            "basket_id": raw[mapping["basket"]].str.strip(),
-            "product_id": raw[mapping["product"]].str.strip(),
-            "customer_id": (raw[mapping["customer"]].str.strip().replace("", pd.NA) if mapping.get("customer") else pd.Series(pd.NA, index=raw.index)).astype("string"),
-            "time": pd.to_datetime(raw[mapping["time"]], errors="coerce"),
-            "quantity": pd.to_numeric(raw[mapping["quantity"]], errors="coerce") if mapping.get("quantity") else 1.0,
-            "price": pd.to_numeric(raw[mapping["price"]], errors="coerce") if mapping.get("price") else float("nan"),
-        })
-        if mapping.get("store"):
-            lines["store_id"] = raw[mapping["store"]].str.strip()
-        products = pd.DataFrame({"product_id": lines["product_id"].unique()})
-        if mapping.get("name"):
-            products["name"] = raw.groupby(raw[mapping["product"]].str.strip())[mapping["name"]].first().reindex(products["product_id"]).to_numpy()
+            res = ingest.read_orders_csv(path, mapping=mapping, encoding=encoding, require_amounts=False)
+        except ingest.IngestError as exc:
+            if "not text in encoding" not in str(exc) or encoding.lower() == "cp1252":
+                raise
+            res = ingest.read_orders_csv(path, mapping=mapping, encoding="cp1252", require_amounts=False)
+    except ingest.IngestError as exc:
+        raise SystemExit(str(exc)) from exc
+    for r in res.report.rejections[:20]:
+        print(f"{path}: line {r.line}: {r.field}: {r.reason} (row skipped)", file=sys.stderr)
+    if len(res.report.rejections) > 20:
+        print(f"{path}: ... {len(res.report.rejections) - 20} more rejected rows", file=sys.stderr)
+    lines, products = res.lines, res.products
     if products_path:
         extra = _read_products(products_path)
-        products = extra if products is None else extra.merge(products[["product_id"]], how="outer", on="product_id")
+        products = extra.merge(products[["product_id"]], how="outer", on="product_id")
     return lines, products
 
 

@@ -198,11 +198,23 @@ def temporal_split(lines: pd.DataFrame, split_date) -> tuple[pd.DataFrame, pd.Da
 
 
 def default_split_date(lines: pd.DataFrame, test_fraction: float = 0.2) -> pd.Timestamp:
-    """Split date that leaves about the last ``test_fraction`` of weeks for testing.
+    """Split date that leaves about the last ``test_fraction`` of the weeks *with orders* for testing.
 
     Weeks are counted in whole 7-day blocks from the midnight of the first
-    line's day. The result is that midnight plus ceil((1 - test_fraction) *
-    n_weeks) weeks, and at least one week after the start.
+    line's day; only weeks that hold at least one line count, so a gap in the
+    history (a year-old import followed by this week's storefront orders)
+    does not push the split past all the history. The result is the start of
+    active week number ceil((1 - test_fraction) * n_active_weeks) (0-based
+    among the active weeks), i.e. at least one active week trains and, with
+    two or more active weeks, at least one tests. With no gap this is the
+    midnight of the first day plus that many weeks.
+
+    Args:
+        lines: lines frame with a datetime64 ``time`` column.
+        test_fraction: share of the active weeks left for testing (0..1).
+
+    Returns:
+        pd.Timestamp (naive, midnight) of the first test day.
 
     Raises:
         ValueError: if ``lines`` is empty.
@@ -210,11 +222,13 @@ def default_split_date(lines: pd.DataFrame, test_fraction: float = 0.2) -> pd.Ti
     if len(lines) == 0:
         raise ValueError("cannot choose a split date for empty lines")
     start = lines["time"].min().normalize()
-    n_weeks = int((lines["time"].max() - start).days // 7) + 1
+    week = np.unique(((lines["time"] - start).dt.days // 7).to_numpy(np.int64))
+    n_weeks = len(week)
     train_weeks = max(1, int(np.ceil((1.0 - test_fraction) * n_weeks)))
     if n_weeks > 1:
         train_weeks = min(train_weeks, n_weeks - 1)
-    return start + pd.Timedelta(weeks=train_weeks)
+        return start + pd.Timedelta(weeks=int(week[train_weeks]))
+    return start + pd.Timedelta(weeks=int(week[0]) + 1)
 
 
 def basket_matrix(lines: pd.DataFrame, product_index: pd.Index) -> tuple[sp.csr_matrix, np.ndarray]:

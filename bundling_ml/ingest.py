@@ -308,13 +308,16 @@ class IngestResult:
 # Mapping
 # --------------------------------------------------------------------------
 
-def parse_mapping(text: str | dict) -> dict:
+def parse_mapping(text: str | dict, *, require_amounts: bool = True) -> dict:
     """Parse ``"basket=InvoiceNo,product=StockCode,..."`` into ``{"basket": "InvoiceNo", ...}``.
 
     Keys are the logical fields basket, product, time, quantity, price
     (required) and customer, name, description, store (optional; description
     is an alias of name; store is the order's store, branch or channel, kept
     as the lines' ``store_id``). Values are the file's column names (whitespace trimmed).
+
+    With ``require_amounts=False`` quantity and price are optional too (see
+    :func:`read_orders_csv`).
 
     Raises:
         IngestError: unknown key, missing ``=``, or a required key missing.
@@ -333,7 +336,8 @@ def parse_mapping(text: str | dict) -> dict:
     unknown = sorted(set(mapping) - set(MAPPING_FIELDS))
     if unknown:
         raise IngestError(f"unknown mapping key(s) {', '.join(unknown)}; known keys: {', '.join(MAPPING_FIELDS)}")
-    missing = [k for k in REQUIRED_MAPPING_FIELDS if not mapping.get(k)]
+    required = REQUIRED_MAPPING_FIELDS if require_amounts else ("basket", "product", "time")
+    missing = [k for k in required if not mapping.get(k)]
     if missing:
         raise IngestError(f"the mapping needs {', '.join(missing)} (e.g. basket=InvoiceNo,product=StockCode,"
                           f"time=InvoiceDate,quantity=Quantity,price=UnitPrice)")
@@ -547,6 +551,7 @@ def read_orders_csv(
     adjustment_prefix: str | None = "A",
     max_bytes: int | None = None,
     max_id_length: int = 64,
+    require_amounts: bool = True,
 ) -> IngestResult:
     """Read a retailer CSV export into the standard lines frame and a report.
 
@@ -566,6 +571,13 @@ def read_orders_csv(
         max_bytes: refuse files larger than this many bytes (None: no limit).
         max_id_length: order / SKU / customer ids longer than this are rejected
             (the database columns hold 64 characters).
+        require_amounts: when False (the ML command line), quantity and price
+            may be left unmapped: every line then counts one unit (quantity
+            1.0) with an unknown price (NaN), and the rules that need them
+            (quantity <= 0, negative price, measured quantities, cancelled
+            units) can only use what the file has: a cancellation invoice
+            cancels one unit per line. All other rules (dates, rejected rows,
+            duplicates, non-product codes, adjustments) apply as in the import.
 
     Returns:
         :class:`IngestResult`: ``lines`` with basket_id, product_id (str),
@@ -580,7 +592,7 @@ def read_orders_csv(
             order lines / undecidable or mixed day-month order.
     """
     path = Path(path)
-    mapping = parse_mapping(mapping)
+    mapping = parse_mapping(mapping, require_amounts=require_amounts)
     if decimal not in (".", ","):
         raise IngestError(f"decimal separator must be '.' or ',', not {decimal!r}")
     if delimiter in ("\\t", "tab", "TAB"):
@@ -645,7 +657,13 @@ def read_orders_csv(
              lambda v: f"customer id is longer than {max_id_length} characters")
     other = "," if decimal == "." else "."
     numbers = {}
+    if "quantity" not in raw:  # not mapped (require_amounts=False): one unit per line
+        numbers["quantity"] = pd.Series(1.0, index=raw.index)
+    if "price" not in raw:  # not mapped: unknown price
+        numbers["price"] = pd.Series(np.nan, index=raw.index)
     for key in ("quantity", "price"):
+        if key not in raw:
+            continue
         num = _parse_numbers(raw[key], decimal)
         numbers[key] = num
         flag(raw[key] == "", key, lambda v, k=key: f"{k} missing")

@@ -160,7 +160,9 @@ def train_model(
     split = pd.Timestamp(split_date) if split_date is not None else default_split_date(L)
     train, test = temporal_split(L, split)
     if train.empty or test.empty:
-        raise ValueError(f"split date {split.date()} leaves {len(train)} training and {len(test)} test lines")
+        raise ValueError(f"split date {split.date()} leaves {len(train)} training and {len(test)} test lines "
+                         f"(orders from {L['time'].min().date()} to {L['time'].max().date()}); a model needs orders on both "
+                         "sides of the split: import more history or choose another split date")
     train_start = train["time"].min().normalize()
     train_weeks = max(1, int(np.ceil((split - train_start).days / 7)))
     if label_weeks is None:
@@ -225,6 +227,16 @@ def _label(products: pd.DataFrame) -> pd.Series:
     return lab
 
 
+def _name_codes(products: pd.DataFrame, product_index: pd.Index) -> np.ndarray:
+    """(n_products,) int64 code of each product's display name (case and spacing folded); -1 when it has none."""
+    names = products.drop_duplicates("product_id").set_index("product_id")["name"].reindex(product_index)
+    folded = names.fillna("").astype(str).str.casefold().str.split().str.join(" ").to_numpy(dtype=object)
+    codes, _ = pd.factorize(folded)
+    codes = codes.astype(np.int64)
+    codes[folded == ""] = -1
+    return codes
+
+
 def _reasons(count: int, lift: float, conf: float, anchor: str, others: list[str]) -> str:
     what = others[0] if len(others) == 1 else f"both {others[0]} and {others[1]}"
     chance = f"{lift:.1f}x more often than chance" if lift >= 1.05 else ("about as often as chance" if lift >= 0.95 else f"{lift:.1f}x as often as chance")
@@ -254,8 +266,10 @@ def score_bundles(
     ``min_co_purchase``) are scored by the model (listwise ranker logits
     mapped to 0..1 with the logistic function). Substitutes are never
     bundled: two products of the same non-empty product_type only when their
-    lift is > 1.5 and count >= 5 (:func:`bundling_ml.ranking.substitute_mask`).
-    Bundles:
+    lift is > 1.5 and count >= 5 (:func:`bundling_ml.ranking.substitute_mask`),
+    and never two products with the same display name (case and spacing
+    folded; e.g. two flavours both named "Yogurt Not Multi-Packs 6 OZ"),
+    which a shopper could not tell apart in the offer. Bundles:
 
     * 2 items: anchor + best-scored companion; score = its model probability.
     * 3 items: anchor + two of the ``n_three_way`` best companions that also
@@ -350,6 +364,10 @@ def score_bundles(
     logits = rk.predict_lists(model, ctx, anchors, cands, None, cols, weeks=None if week is None else np.full(len(anchors), week))
     # complements, not substitutes: same product_type only with lift > 1.5 and count >= 5
     drop = rk.substitute_mask(ctx, np.repeat(anchors, cands.shape[1]), cands.ravel()).reshape(cands.shape)
+    # and never two products the shopper sees under the same name
+    name = _name_codes(P, product_index)
+    cand_name = np.where(cands >= 0, name[np.maximum(cands, 0)], -2)
+    drop |= (cand_name == name[anchors][:, None]) & (name[anchors][:, None] >= 0)
     top, lg = rk.top_k(cands, logits, max(n_three_way, 1), drop)
     sc = np.where(top >= 0, 1.0 / (1.0 + np.exp(-np.clip(lg, -50, 50))), -1.0)
 
@@ -364,6 +382,7 @@ def score_bundles(
     ok = (C1 >= 0) & (C2 >= 0)
     ok[ok] = S.count(C1[ok], C2[ok]) >= min_co_purchase
     ok[ok] = ~rk.substitute_mask(ctx, C1[ok], C2[ok])
+    ok[ok] = ~((name[C1[ok]] == name[C2[ok]]) & (name[C1[ok]] >= 0))
     A, C1, C2, P1, P2 = A[ok], C1[ok], C2[ok], P1[ok], P2[ok]
     l12 = rk.predict_lists(model, ctx, C1, C2.reshape(-1, 1), None, cols, weeks=None if week is None else np.full(len(C1), week)).reshape(-1)
     P12 = 1.0 / (1.0 + np.exp(-np.clip(l12, -50, 50)))

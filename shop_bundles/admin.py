@@ -602,7 +602,13 @@ class TrainingRunAdmin(ReadOnlyMixin, admin.ModelAdmin):
         from .services.training import training_run_queue
 
         run = training_run_queue(user=request.user, trigger="manual")
-        self.message_user(request, f"Training run {run.pk} queued; this page shows its progress.", messages.SUCCESS)
+        run.refresh_from_db()  # demo mode runs the training right away
+        if run.status == TrainingRun.FAILED:
+            self.message_user(request, f"Training run {run.pk} failed: {run.error.split(chr(10))[0]}", messages.ERROR)
+        elif run.status == TrainingRun.SUCCEEDED:
+            self.message_user(request, f"Training run {run.pk} finished.", messages.SUCCESS)
+        else:
+            self.message_user(request, f"Training run {run.pk} queued; this page shows its progress.", messages.SUCCESS)
 
     @admin.action(description="Retrain now (queue a new training run)", permissions=["retrain"])
     def retrain_now(self, request, queryset):

@@ -330,18 +330,35 @@ def _train(run: TrainingRun, *, attempts: int, trigger: str, split_date, queue_s
         TrainingRun.objects.filter(pk=run.pk).update(
             status=TrainingRun.FAILED, finished_at=timezone.now(), error=f"{text}\n\n{tb}"[:20000])
         run.status = TrainingRun.FAILED
-        logger.exception("training run %s failed", run.pk)
+        if isinstance(exc, ValueError):  # the data cannot be trained on (too little history...): no traceback needed
+            logger.warning("training run %s failed: %s", run.pk, text)
+        else:
+            logger.exception("training run %s failed", run.pk)
         raise
 
 
 def training_run_queue(*, user=None, trigger: str = "manual") -> TrainingRun:
     """Create a queued TrainingRun and send ``retrain_model`` for it on commit.
 
-    In demo mode (no broker) the task runs eagerly in this process when the
-    transaction commits.
+    In demo mode (no broker, ``task_always_eager``) the task runs eagerly in
+    this process when the transaction commits; a training that fails there is
+    marked failed with its reason (as on a worker) and is not raised to the
+    caller, so the admin page reports it instead of erroring. Read
+    ``run.status`` / ``run.error`` after the call (``refresh_from_db``).
     """
+    from celery import current_app
+
     from ..tasks import retrain_model
 
     run = TrainingRun.objects.create(requested_by=user, params={"trigger": trigger})
-    transaction.on_commit(lambda: retrain_model.delay(run_id=run.pk, trigger=trigger))
+
+    def send() -> None:
+        try:
+            retrain_model.delay(run_id=run.pk, trigger=trigger)
+        except Exception:
+            if not current_app.conf.task_always_eager:
+                raise
+            logger.warning("training run %s failed in eager mode; see the run's error", run.pk)
+
+    transaction.on_commit(send)
     return run

@@ -61,3 +61,28 @@ def test_recommend_with_store_column(cases_dir, tmp_path):
     assert recs[recs.query_id == "q1"].product_id.tolist() == ["22003"]
     assert recs[recs.query_id == "q3"].product_id.tolist() == ["22003"]
     assert recs[recs.query_id == "q2"].product_id.tolist()[0] == "22001"
+
+
+def test_recommend_without_quantity_and_price_applies_the_import_rules(cases_dir, tmp_path, capsys):
+    """Without quantity/price columns every line is one unit, but dates, rejected rows, cancellations,
+    adjustments and non-product codes follow the import's rules (the field cases' values)."""
+    messy = cases_dir / "import" / "retail_export_messy.csv"
+    queries = tmp_path / "q.csv"
+    pd.DataFrame({"query_id": ["q1"], "product_id": ["22001"]}).to_csv(queries, index=False)
+    out = tmp_path / "recs.csv"
+    assert cli.main(["recommend", "--orders", str(messy), "--columns", "basket=InvoiceNo,product=StockCode,time=InvoiceDate,customer=CustomerID",
+                     "--train-until", "2011-01-06", "--queries", str(queries), "--k", "10", "--out", str(out)]) == 0
+    # baskets 540001 {22001}, 540002 {22001, 22003}, 540005 {22001}, 540007 {22001, 22003}: the only companion is 22003
+    assert pd.read_csv(out, dtype=str).product_id.tolist() == ["22003"]
+
+    lines, _ = cli.load_orders(cases_dir / "import" / "dates_day_first.csv", "basket=order_id,product=sku,time=ordered_at")
+    times = lines.groupby("basket_id")["time"].first()
+    assert times.astype(str).to_dict() == {"9001": "2021-12-01 08:26:00", "9002": "2021-12-13 09:02:00"}  # day-first, both kept
+
+    capsys.readouterr()
+    lines, _ = cli.load_orders(cases_dir / "import" / "bad_rows.csv", "basket=order_id,product=sku,time=ordered_at")
+    err = capsys.readouterr().err
+    assert "line 5: sku: SKU missing (row skipped)" in err and "line 6: ordered_at:" in err and "line 7: (row): 6 fields where 5 expected" in err
+    # no quantity column: 7002 ('two') and 7008 ('x') keep their lines, each one unit
+    assert sorted(lines.basket_id.unique()) == ["7001", "7002", "7006", "7007", "7008"]
+    assert (lines.quantity == 1.0).all() and lines.price.isna().all()

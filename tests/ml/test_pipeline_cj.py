@@ -163,10 +163,20 @@ def test_substitute_rule_applies_to_bundles(trained, cj_small):
     L = exclude_departments(L, P, ("FUEL", "COUPON"))
     idx = pd.Index(np.sort(L.product_id.unique()))
     ctx = rk.build_context(L, idx, ProductTable.build(P, idx, ProductVocab.fit(P, idx)), P)
+    names = P.set_index("product_id")["name"].str.casefold()
     for items in df["items"]:
+        assert len({names[i] for i in items}) == len(items), [names[i] for i in items]  # never two products of one name
         for i in range(len(items)):
             for j in range(i + 1, len(items)):
                 if ptype.get(items[i], "") and ptype.get(items[i]) == ptype.get(items[j]):
                     a, c = idx.get_indexer([items[i], items[j]])
                     n, lift = ctx.S.count([a], [c])[0], ctx.S.lift([a], [c])[0]
                     assert n >= 5 and lift > 1.5, (items, n, lift)
+
+
+def test_name_codes_fold_case_and_spacing():
+    products = pd.DataFrame({"product_id": ["1", "2", "3", "4", "5"],
+                             "name": ["Yogurt Not Multi-Packs 6 OZ", "yogurt  not multi-packs 6 oz", "Bananas", "", None]})
+    codes = pipeline._name_codes(products, pd.Index(["1", "2", "3", "4", "5", "6"]))
+    assert codes[0] == codes[1] != codes[2] and codes[0] >= 0 and codes[2] >= 0
+    assert codes[3:].tolist() == [-1, -1, -1]  # no name (or unknown product): never "the same name"

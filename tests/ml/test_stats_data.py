@@ -58,6 +58,16 @@ def test_default_split_date_keeps_last_fifth_of_weeks():
     assert default_split_date(lines) == pd.Timestamp("2024-01-01") + pd.Timedelta(weeks=8)
 
 
+def test_default_split_date_counts_only_weeks_with_orders():
+    """A year-old history plus this week's storefront orders: the split stays inside the history."""
+    history = [(f"b{d}", "A", d, 1, 1.0) for d in range(0, 70, 7)]  # 10 weeks from 2024-01-01
+    lines = prepare_lines(make_lines(history + [("new", "A", 700, 1, 1.0)]))  # + one order 100 weeks later
+    # 11 active weeks: ceil(0.8 * 11) = 9 train -> the split is the start of active week 9 (calendar week 9)
+    assert default_split_date(lines) == pd.Timestamp("2024-01-01") + pd.Timedelta(weeks=9)
+    one_week = prepare_lines(make_lines([("b1", "A", 2, 1, 1.0)]))
+    assert default_split_date(one_week) == pd.Timestamp("2024-01-03") + pd.Timedelta(weeks=1)
+
+
 def test_cooccurrence_counts_known_values():
     s = PairStats.from_lines(prepare_lines(TINY))
     assert list(s.product_ids) == ["A", "B", "C"]

@@ -266,3 +266,17 @@ def test_svg_chart_and_backtest_table_escape_and_render():
     assert with_personal.count("<tr>") == 4 + 3 + 2
     assert "Known shopper" in with_personal and "0.2776" in with_personal and "Cold start" in with_personal
 
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retrain_in_demo_mode_reports_a_failed_training_instead_of_an_error_page(admin_client, monkeypatch):
+    """No broker (eager tasks): the training runs inside the request; a run that cannot train is shown as failed."""
+    from celery import current_app
+
+    monkeypatch.setitem(current_app.conf, "task_always_eager", True)
+    response = admin_client.post(reverse("admin:shop_bundles_trainingrun_retrain"), follow=True)
+    assert response.status_code == 200
+    run = TrainingRun.objects.get()
+    assert run.status == "failed" and run.error.startswith("ValueError: There are no order lines to train on")
+    shown = [str(m) for m in response.context["messages"]]
+    assert shown == [f"Training run {run.pk} failed: ValueError: There are no order lines to train on; import orders first."]

@@ -49,6 +49,8 @@ class Command(BaseCommand):
                 result = training_run_execute(trigger="manual", slot=options["slot"],
                                               split_date=options["split_date"], queue_scoring=False,
                                               max_queries=options["max_queries"], on_progress=progress)
+        except ValueError as exc:  # the data cannot be trained on; the run is marked failed with this reason
+            raise CommandError(f"Training failed: {exc}") from exc
         finally:
             ml_logger.setLevel(saved_level)
         if result["status"] == "duplicate":
