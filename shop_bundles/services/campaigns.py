@@ -178,6 +178,8 @@ def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str
             problems.append(f"{product} is inactive")
         elif product.stock <= 0:
             problems.append(f"{product} is out of stock")
+        elif product.price <= 0:
+            problems.append(f"{product} has no price ({product.price}) and is not for sale")
         elif product.cost is not None and product.price < product.cost:
             problems.append(f"{product} is priced {product.price}, below its cost {product.cost}")
     if problems:
@@ -395,7 +397,7 @@ AUTO_PREFIX = "auto: "
 def _campaign_problem(campaign: BundleCampaign, items) -> str | None:
     """Why ``campaign`` must not be offered (an ``"auto: ..."`` reason), or None when all items are fine.
 
-    Checks each item (inactive, then out of stock), then the margin floor:
+    Checks each item (inactive, then out of stock, then unpriced), then the margin floor:
     the discounted bundle price must be at least the bundle cost ×
     (1 + ``MIN_MARGIN_RATE``). The margin check runs only when every item has
     a known ``cost``. The product blamed for a margin break is the item with
@@ -410,6 +412,8 @@ def _campaign_problem(campaign: BundleCampaign, items) -> str | None:
             return f"{AUTO_PREFIX}{product} is inactive"
         if product.stock <= 0:
             return f"{AUTO_PREFIX}{product} is out of stock"
+        if product.price <= 0:
+            return f"{AUTO_PREFIX}{product} has no price"
     if not items or any(item.product.cost is None for item in items):
         return None
     units = [item.product for item in items for _ in range(max(item.quantity, 1))]

@@ -19,7 +19,7 @@ from ..models import Order, Product
 from ..selectors.experiment import HOLDOUT, request_group
 from ..selectors.offers import live_offer
 from ..services.events import offer_event_add_to_cart
-from ..services.orders import customer_get_or_create, order_place
+from ..services.orders import NOT_FOR_SALE, customer_get_or_create, order_place
 from .cart import SessionCart, cart_price
 from .offers import product_offers_shown
 from .forms import AddToCartForm, CartUpdateForm, CheckoutForm, ProductSearchForm
@@ -46,9 +46,9 @@ def _redirect_back(request: HttpRequest, default: str) -> HttpResponse:
 
 @require_GET
 def product_list(request: HttpRequest) -> HttpResponse:
-    """Active products, paginated (24 a page), searchable by name/SKU and filterable by department."""
+    """Active products priced above 0.00, paginated (24 a page), searchable by name/SKU, by department."""
     form = ProductSearchForm(request.GET or None)
-    products = Product.objects.filter(active=True)
+    products = Product.objects.filter(active=True, price__gt=0)
     q = department = ""
     if form.is_valid():
         q = form.cleaned_data["q"].strip()
@@ -59,7 +59,7 @@ def product_list(request: HttpRequest) -> HttpResponse:
             products = products.filter(department=department)
     products = products.order_by("name", "sku").only("sku", "name", "department", "price", "stock", "active")
     page = Paginator(products, PAGE_SIZE).get_page(request.GET.get("page"))
-    departments = (Product.objects.filter(active=True).exclude(department="")
+    departments = (Product.objects.filter(active=True, price__gt=0).exclude(department="")
                    .order_by("department").values_list("department", flat=True).distinct())
     query = request.GET.copy()
     query.pop("page", None)
@@ -71,8 +71,15 @@ def product_list(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def product_detail(request: HttpRequest, sku: str) -> HttpResponse:
-    """A product with its "Frequently bought together" offers (live campaigns only)."""
+    """A product with its "Frequently bought together" offers (live campaigns only).
+
+    A product without a positive price is not for sale: the shopper is sent to the
+    product list with a message.
+    """
     product = get_object_or_404(Product, sku=sku, active=True)
+    if product.price <= 0:
+        messages.error(request, NOT_FOR_SALE.format(name=product.name or product.sku))
+        return redirect("shop_bundles:product_list")
     # Impressions recorded for treatment and holdout; the holdout sees no offers.
     offers = product_offers_shown(request, product)
     return render(request, "shop_bundles/storefront/product_detail.html", {
@@ -82,8 +89,14 @@ def product_detail(request: HttpRequest, sku: str) -> HttpResponse:
 
 @require_POST
 def cart_add(request: HttpRequest, sku: str) -> HttpResponse:
-    """Add units of one product. Only ``quantity`` is read; a posted ``price`` is ignored."""
+    """Add units of one product. Only ``quantity`` is read; a posted ``price`` is ignored.
+
+    A product without a positive price is refused with a message.
+    """
     product = get_object_or_404(Product, sku=sku, active=True)
+    if product.price <= 0:
+        messages.error(request, NOT_FOR_SALE.format(name=product.name or product.sku))
+        return redirect("shop_bundles:product_list")
     form = AddToCartForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Choose a quantity between 1 and 99.")

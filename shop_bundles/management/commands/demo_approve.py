@@ -41,7 +41,7 @@ class Command(BaseCommand):
 
         user = self._staff_user(options["username"])
         unavailable = BundleSuggestionItem.objects.filter(suggestion=OuterRef("pk")).filter(
-            Q(product__active=False) | Q(product__stock__lte=0))
+            Q(product__active=False) | Q(product__stock__lte=0) | Q(product__price__lte=0))
         queue = (BundleSuggestion.objects.filter(status=BundleSuggestion.PENDING)
                  .filter(~Exists(unavailable)).prefetch_related("items__product"))
         if options["by"] == "margin":
