@@ -183,6 +183,7 @@ SHOP_BUNDLES_IMPRESSION_BUFFER_URL = os.environ.get("SHOP_BUNDLES_IMPRESSION_BUF
 if os.environ.get("SHOP_BUNDLES_IMPRESSION_BUFFER_KEY"):
     SHOP_BUNDLES_IMPRESSION_BUFFER_KEY = os.environ["SHOP_BUNDLES_IMPRESSION_BUFFER_KEY"]
 # Secret: only from the environment; empty disables the events endpoint.
+SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD = env_bool("SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD", False)
 SHOP_BUNDLES_EVENT_TOKEN = os.environ.get("SHOP_BUNDLES_EVENT_TOKEN", "").strip()
 
 # --- Production hardening (what `manage.py check --deploy` asks for) -----

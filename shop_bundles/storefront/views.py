@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from .. import app_settings
 from ..models import Order, Product
 from ..selectors.experiment import HOLDOUT, request_group
 from ..selectors.offers import live_offer
@@ -42,6 +43,21 @@ def _redirect_back(request: HttpRequest, default: str) -> HttpResponse:
                                                    require_https=request.is_secure()):
         return redirect(target)
     return redirect(default)
+
+
+def customer_field_allowed(request: HttpRequest) -> bool:
+    """Whether the checkout takes a customer id: ``SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD`` on, or staff.
+
+    Off by default: a free-text customer id would let any shopper attach an
+    order (and its training data) to any customer. A shop that identifies
+    customers itself links them another way; staff taking an order for a
+    customer (logged in, ``is_staff``) may enter one; the ``simulate_shoppers``
+    replay turns the setting on for its own run.
+    """
+    if app_settings.get("CHECKOUT_CUSTOMER_FIELD"):
+        return True
+    user = getattr(request, "user", None)
+    return bool(user is not None and user.is_authenticated and user.is_staff)
 
 
 @require_GET
@@ -133,7 +149,7 @@ def cart_view(request: HttpRequest) -> HttpResponse:
     cart = SessionCart(request.session)
     priced = cart_price(cart.quantities(), with_offers=request_group(request) != HOLDOUT)
     return render(request, "shop_bundles/storefront/cart.html", {
-        "priced": priced, "checkout_form": CheckoutForm(),
+        "priced": priced, "checkout_form": CheckoutForm(with_customer=customer_field_allowed(request)),
         "can_checkout": bool(priced.rows) and all(row.available for row in priced.rows),
     })
 
@@ -165,14 +181,14 @@ def checkout(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         return redirect("shop_bundles:cart")
     cart = SessionCart(request.session)
-    form = CheckoutForm(request.POST)
+    form = CheckoutForm(request.POST, with_customer=customer_field_allowed(request))
     if not form.is_valid():
         for error in form.errors.get("customer_id", []):
             messages.error(request, error)
         return redirect("shop_bundles:cart")
     try:
         customer = None
-        if form.cleaned_data["customer_id"]:
+        if form.cleaned_data.get("customer_id"):
             customer = customer_get_or_create(external_id=form.cleaned_data["customer_id"])
         # The group is fixed by the identity the shopper browsed with, so the order is priced as the cart was.
         group = request_group(request)
