@@ -55,6 +55,23 @@ def mean_estimate(x) -> Estimate:
     return Estimate(m, m - Z95 * se, m + Z95 * se, se)
 
 
+def clip_interval(e: Estimate, low: float, high: float) -> Estimate:
+    """``e`` with its interval clipped to ``[low, high]`` (value and se unchanged; NaN stays NaN).
+
+    Used for rates: a normal (Wald) interval of a 0/1 mean can leave [0, 1] with
+    few visitors (3 visitors, 2 attached: 66.7 % [13.3 %, 120 %]); a rate outside
+    [0, 1] is impossible, so the bound is the nearer end of the range.
+    """
+    lo = e.low if not math.isfinite(e.low) else min(max(e.low, low), high)
+    hi = e.high if not math.isfinite(e.high) else min(max(e.high, low), high)
+    return Estimate(e.value, lo, hi, e.se)
+
+
+def rate_estimate(x) -> Estimate:
+    """A rate (mean of 0/1 per visitor, e.g. attach rate): :func:`mean_estimate` clipped to [0, 1]."""
+    return clip_interval(mean_estimate(x), 0.0, 1.0)
+
+
 def ratio_estimate(num, den) -> Estimate:
     """Ratio of sums ``sum(num) / sum(den)`` over visitors (e.g. AOV = revenue / orders), delta method.
 
@@ -139,13 +156,18 @@ def compare_groups(treatment: dict, holdout: dict) -> dict:
         ``{metric: {"treatment": Estimate dict, "holdout": ..., "uplift": ..., "relative_uplift": ...},
         "visitors": {"treatment": n, "holdout": n}}`` for metrics ``attach_rate`` (mean of attached),
         ``aov`` (revenue / orders, delta method), ``revenue_per_visitor`` and ``margin_per_visitor``.
+        The attach rate's group intervals are clipped to [0, 1] and its absolute uplift's to
+        [-1, 1] (:func:`rate_estimate`); intervals are NaN ("too few visitors") below 2 visitors.
     """
     out: dict = {"visitors": {"treatment": int(len(treatment["revenue"])), "holdout": int(len(holdout["revenue"]))}}
-    for metric, fn in (("attach_rate", lambda g: mean_estimate(g["attached"])),
+    for metric, fn in (("attach_rate", lambda g: rate_estimate(g["attached"])),
                        ("aov", lambda g: ratio_estimate(g["revenue"], g["orders"])),
                        ("revenue_per_visitor", lambda g: mean_estimate(g["revenue"])),
                        ("margin_per_visitor", lambda g: mean_estimate(g["margin"]))):
         t, h = fn(treatment), fn(holdout)
-        out[metric] = {"treatment": t.as_dict(), "holdout": h.as_dict(), "uplift": difference(t, h).as_dict(),
+        uplift = difference(t, h)
+        if metric == "attach_rate":
+            uplift = clip_interval(uplift, -1.0, 1.0)
+        out[metric] = {"treatment": t.as_dict(), "holdout": h.as_dict(), "uplift": uplift.as_dict(),
                        "relative_uplift": relative_uplift(t, h).as_dict()}
     return out

@@ -28,6 +28,11 @@ SHOP_BUNDLES_IMPRESSION_BUFFER_URL  Redis URL of the impression buffer; unset: t
                       database directly (see shop_bundles/app_settings.py).
 SHOP_BUNDLES_EVENT_TOKEN   bearer token of ``POST /bundles/events/`` (external shop front / POS
                       events). Unset: the endpoint refuses every request (503).
+SHOP_BUNDLES_CURRENCY  ISO code of the shop currency for display (default USD).
+SHOP_BUNDLES_ANONYMOUS_ENSEMBLE  anonymous rankers averaged (default 3).
+SHOP_BUNDLES_IMPRESSION_BUFFER_KEY  Redis list of the impression buffer (default shop_bundles:impressions).
+SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD  ``1`` lets every shopper enter a customer id at checkout
+                      (default off: only logged-in staff).
 """
 import os
 from pathlib import Path
@@ -183,6 +188,7 @@ SHOP_BUNDLES_IMPRESSION_BUFFER_URL = os.environ.get("SHOP_BUNDLES_IMPRESSION_BUF
 if os.environ.get("SHOP_BUNDLES_IMPRESSION_BUFFER_KEY"):
     SHOP_BUNDLES_IMPRESSION_BUFFER_KEY = os.environ["SHOP_BUNDLES_IMPRESSION_BUFFER_KEY"]
 # Secret: only from the environment; empty disables the events endpoint.
+SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD = env_bool("SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD", False)
 SHOP_BUNDLES_EVENT_TOKEN = os.environ.get("SHOP_BUNDLES_EVENT_TOKEN", "").strip()
 
 # --- Production hardening (what `manage.py check --deploy` asks for) -----

@@ -66,8 +66,18 @@ def _report(modeladmin, request, verb: str, done: list[str], refused: list[str])
 # --------------------------------------------------------------------------- rendering helpers
 
 
+LEGEND_CHAR_PX = 6  # width of one legend character at font-size 10 (generous for sans-serif)
+LEGEND_ROW_PX = 14  # height of one legend row
+
+
+def _round_label(value: float) -> str:
+    """A value for a legend label: 3 significant digits (``-0.345``, ``1.23e+03`` for large ones)."""
+    return f"{value:.3g}"
+
+
 def svg_line_chart(series: dict[str, list[float]], *, width: int = 420, height: int = 180,
-                   x_labels: tuple[str, str] | None = None, label: str = "training curve") -> str:
+                   x_labels: tuple[str, str] | None = None, label: str = "training curve",
+                   empty_text: str = "No training curve recorded.") -> str:
     """Render named numeric series (e.g. loss and val_loss per epoch) as a small inline SVG.
 
     Args:
@@ -75,18 +85,32 @@ def svg_line_chart(series: dict[str, list[float]], *, width: int = 420, height: 
         width, height: size in pixels.
         x_labels: texts under the first and last point (default "epoch 1" / "epoch n").
         label: the chart's aria-label.
+        empty_text: what to say instead of the chart when there is nothing to draw.
 
     Returns:
         Safe HTML (an ``<svg>`` element with one polyline per series, axis labels and a
-        legend), or a short text when there is nothing to draw.
+        legend), or ``empty_text`` when there is nothing to draw. Legend entries are
+        placed by the width of their labels (about 6 px per character at font size 10)
+        and wrap to a new row, which makes the chart taller, instead of overlapping; the
+        last values in the labels are rounded to 3 significant digits.
     """
     colours = ["#2b6cb0", "#dd6b20", "#2f855a", "#9b2c2c"]
     clean = {name: [float(v) for v in values if v is not None and math.isfinite(float(v))]
              for name, values in (series or {}).items()}
     clean = {name: values for name, values in clean.items() if values}
     if not clean:
-        return format_html("<span>{}</span>", "No training curve recorded.")
-    pad_left, pad_right, pad_top, pad_bottom = 48, 10, 10, 34
+        return format_html("<span>{}</span>", empty_text)
+    # Legend layout first: entries placed by label width, wrapping to new rows (no overlap).
+    legend, row, x = [], 0, 48
+    for name, values in clean.items():
+        text = f"{name} (last {_round_label(values[-1])})"
+        entry_w = 14 + LEGEND_CHAR_PX * len(text) + 12
+        if x > 48 and x + entry_w > width:
+            row, x = row + 1, 48
+        legend.append((x, row, text))
+        x += entry_w
+    height += LEGEND_ROW_PX * row
+    pad_left, pad_right, pad_top, pad_bottom = 48, 10, 10, 34 + LEGEND_ROW_PX * row
     n = max(len(v) for v in clean.values())
     lo = min(min(v) for v in clean.values())
     hi = max(max(v) for v in clean.values())
@@ -106,10 +130,10 @@ def svg_line_chart(series: dict[str, list[float]], *, width: int = 420, height: 
              f'stroke="#999"/>',
              f'<text x="{pad_left - 4}" y="{pad_top + 8}" font-size="10" text-anchor="end">{hi:.3g}</text>',
              f'<text x="{pad_left - 4}" y="{pad_top + plot_h}" font-size="10" text-anchor="end">{lo:.3g}</text>',
-             format_html('<text x="{}" y="{}" font-size="10">{}</text>', pad_left, height - 20,
+             format_html('<text x="{}" y="{}" font-size="10">{}</text>', pad_left, pad_top + plot_h + 14,
                          x_labels[0] if x_labels else "epoch 1"),
              format_html('<text x="{}" y="{}" font-size="10" text-anchor="end">{}</text>', pad_left + plot_w,
-                         height - 20, x_labels[1] if x_labels else f"epoch {n}")]
+                         pad_top + plot_h + 14, x_labels[1] if x_labels else f"epoch {n}")]
     for k, (name, values) in enumerate(clean.items()):
         colour = colours[k % len(colours)]
         points = " ".join(xy(i, v) for i, v in enumerate(values))
@@ -117,11 +141,11 @@ def svg_line_chart(series: dict[str, list[float]], *, width: int = 420, height: 
         for i, v in enumerate(values):
             parts.append(f'<circle cx="{xy(i, v).split(",")[0]}" cy="{xy(i, v).split(",")[1]}" r="2" '
                          f'fill="{colour}"/>')
-        legend_x = pad_left + 90 * k
-        parts.append(f'<rect x="{legend_x}" y="{height - 12}" width="10" height="3" fill="{colour}"/>')
+        legend_x, legend_row, text = legend[k]
+        legend_y = height - 8 - LEGEND_ROW_PX * (row - legend_row)
+        parts.append(f'<rect x="{legend_x}" y="{legend_y - 4}" width="10" height="3" fill="{colour}"/>')
         # series names come from our own JSON keys; escape them anyway
-        parts.append(format_html('<text x="{}" y="{}" font-size="10">{}</text>', legend_x + 14, height - 8,
-                                 f"{name} (last {values[-1]:.4f})"))
+        parts.append(format_html('<text x="{}" y="{}" font-size="10">{}</text>', legend_x + 14, legend_y, text))
     parts.append("</svg>")
     return mark_safe("".join(str(p) for p in parts))  # noqa: S308 - every interpolated value is numeric or escaped
 
@@ -160,6 +184,33 @@ def backtest_table(metrics: dict | None) -> str:
     return format_html_join("", "<div style='margin-bottom:1em'>{}</div>", ((p,) for p in parts))
 
 
+def _percent(value) -> str:
+    """A 0..1 rate as a percentage: 2 decimals under 10 % (``2.12%``), else 1 (``45.3%``)."""
+    if value is None:
+        return "—"
+    return f"{value:.2%}" if abs(value) < 0.1 else f"{value:.1%}"
+
+
+def _currency(value, places: int = 2) -> str:
+    """An amount in the shop currency (``SHOP_BUNDLES_CURRENCY``), e.g. ``$12.50`` or ``-$0.0123``.
+
+    ``places`` > 2 is for the small per-offer-shown expectations; Decimals are
+    rounded half-up, floats (display-only economics) with Python's rounding.
+    """
+    from decimal import ROUND_HALF_UP, Decimal
+
+    from django.conf import settings
+
+    if value is None:
+        return "—"
+    amount = Decimal(str(value)).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    code = getattr(settings, "SHOP_BUNDLES_CURRENCY", "USD")
+    symbol = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}.get(code)
+    sign = "-" if amount < 0 else ""
+    number = f"{abs(amount):,.{places}f}"
+    return f"{sign}{symbol}{number}" if symbol else f"{sign}{number} {code}"
+
+
 def economics_html(economics: dict | None) -> str:
     """Render ``BundleSuggestion.economics`` as a summary, the grid table and an SVG chart of margin vs discount.
 
@@ -167,25 +218,34 @@ def economics_html(economics: dict | None) -> str:
     """
     if not economics or not economics.get("table"):
         return format_html("<span>{}</span>", "No economics computed (run scoring or the economics refresh).")
-    chosen = economics["discount"]
+    offer = economics.get("offer")
+    chosen = offer["discount"] if offer else None
     response = economics.get("response") or {}
+    if offer:
+        headline = format_html(
+            "<p>Discount on approval: <strong>{}%</strong> ({}). At that discount: take rate {}, incremental "
+            "revenue {} and incremental margin <strong>{}</strong> per offer shown.</p>",
+            f"{100 * offer['discount']:g}", offer.get("note", ""), f"{offer['take_rate']:.2%}",
+            _currency(offer["incremental_revenue"], 4), _currency(offer["incremental_margin"], 4))
+    else:
+        headline = format_html(
+            "<p><strong>No valid offer</strong>: no discount on the grid keeps the bundle price above the floor "
+            "price {}; approving this suggestion will be refused.</p>", _currency(economics["floor_price"]))
     summary = format_html(
-        "<p>Chosen discount <strong>{}%</strong>: take rate {}, incremental revenue {} and incremental margin "
-        "<strong>{}</strong> per offer shown. Regular price {}, cost {} ({}), floor price {} "
-        "(min margin {}%){}.<br>Take-rate response: department “{}”, slope b = {} log-odds per unit depth "
-        "({}, {} product-weeks); base take {}, natural attach rate {}.</p>",
-        f"{economics['discount_percent']:g}", f"{economics['take_rate']:.2%}",
-        f"{economics['incremental_revenue']:.4f}", f"{economics['incremental_margin']:.4f}",
-        f"{economics['regular_price']:.2f}", f"{economics['cost']:.2f}", economics.get("cost_source", ""),
-        f"{economics['floor_price']:.2f}", f"{100 * economics.get('min_margin_rate', 0):g}",
+        "{}<p>Regular price {}, cost {} ({}), floor price {} (min margin {}%){}.<br>Take-rate response: "
+        "department “{}”, slope b = {} log-odds per unit depth ({}, {} product-weeks); base take {}, natural "
+        "attach rate {} (= confidence: anchor baskets that already hold the companions).</p>",
+        headline, _currency(economics["regular_price"]), _currency(economics["cost"]),
+        economics.get("cost_source", ""), _currency(economics["floor_price"]),
+        f"{100 * economics.get('min_margin_rate', 0):g}",
         " — the margin floor limits the discount" if economics.get("floor_binding") else "",
         economics.get("department", ""), f"{response.get('b', 0):.2f}", response.get("source", ""),
         response.get("n_obs", 0), f"{economics.get('base_take_rate', 0):.2%}",
         f"{economics.get('natural_attach_rate', 0):.2%}")
     rows = format_html_join("", "<tr{}><td>{}%</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", (
         (mark_safe(' style="font-weight:bold;background:#ebf8ff"') if r["discount"] == chosen else "",
-         f"{100 * r['discount']:g}", f"{r['take_rate']:.2%}", f"{r['incremental_revenue']:.4f}",
-         f"{r['incremental_margin']:.4f}", "yes" if r["allowed"] else "below floor")
+         f"{100 * r['discount']:g}", f"{r['take_rate']:.2%}", _currency(r["incremental_revenue"], 4),
+         _currency(r["incremental_margin"], 4), "yes" if r["allowed"] else "below floor")
         for r in economics["table"]))
     table = format_html("<table><thead><tr><th>discount</th><th>take rate</th><th>incremental revenue</th>"
                         "<th>incremental margin</th><th>allowed</th></tr></thead><tbody>{}</tbody></table>", rows)
@@ -194,13 +254,46 @@ def economics_html(economics: dict | None) -> str:
                             "incremental revenue": [r["incremental_revenue"] for r in grid]},
                            x_labels=(f"{100 * grid[0]['discount']:g}% off", f"{100 * grid[-1]['discount']:g}% off"),
                            label="incremental margin vs discount")
-    offer = economics.get("offer")
-    if offer:
-        summary = format_html("{}<p>Default campaign discount <strong>{}%</strong> ({}): take rate {}, incremental "
-                              "margin <strong>{}</strong> per offer shown.</p>", summary,
-                              f"{100 * offer['discount']:g}", offer.get("note", ""), f"{offer['take_rate']:.2%}",
-                              f"{offer['incremental_margin']:.4f}")
     return format_html("{}{}<div>{}</div>", summary, table, chart)
+
+
+def baseline_warnings(metrics: dict | None, key: str = "ndcg@10") -> list[str]:
+    """Warnings when a trained model scores below its baseline in the backtest (NDCG@10).
+
+    Checks the anonymous model ("model") against the co-occurrence count
+    ("cooccurrence_count") in ``rows``, and the shopper model ("shopper_model")
+    against repeat + count ("repeat_count") in ``shopper_rows``. Missing rows
+    give no warning.
+    """
+    def value(rows, system):
+        return next((r.get(key) for r in rows or [] if r.get("system") == system), None)
+
+    metrics = metrics or {}
+    out = []
+    for table, model, baseline, model_name, baseline_name in (
+            ("rows", "model", "cooccurrence_count", "anonymous model", "co-occurrence count"),
+            ("shopper_rows", "shopper_model", "repeat_count", "shopper model", "repeat + count")):
+        m, b = value(metrics.get(table), model), value(metrics.get(table), baseline)
+        if m is not None and b is not None and m < b:
+            out.append(f"The {model_name} scores below the {baseline_name} baseline: {key.upper()} {m:.4f} < "
+                       f"{b:.4f}. Do not activate it without looking into why.")
+    return out
+
+
+def _warnings_html(metrics: dict | None) -> str:
+    """The :func:`baseline_warnings` as red lines, or "—"."""
+    warnings = baseline_warnings(metrics)
+    if not warnings:
+        return "—"
+    return format_html_join("", '<p style="color:#c53030;font-weight:bold">⚠ {}</p>', ((w,) for w in warnings))
+
+
+def _json_block(value) -> str:
+    """A JSON value as an indented, escaped, read-only ``<pre>`` block."""
+    import json
+
+    return format_html('<pre style="white-space:pre-wrap;max-width:80em;max-height:30em;overflow:auto">{}</pre>',
+                       json.dumps(value or {}, indent=2, sort_keys=True, default=str))
 
 
 def _metric(metrics: dict | None, system: str, key: str = "ndcg@10"):
@@ -262,15 +355,16 @@ class BundleSuggestionAdmin(admin.ModelAdmin):
     show_full_result_count = False
     actions = ("approve_selected", "reject_selected")
     inlines = (BundleSuggestionItemInline,)
-    readonly_fields = ("bundle", "status", "score", "co_purchase_count", "support", "confidence", "lift",
-                       "expected_attach_rate", "suggested_discount_percent", "regular_price", "reasons_text",
+    readonly_fields = ("bundle", "status", "score_display", "co_purchase_count", "support_display",
+                       "confidence_display", "lift_display", "attach_rate_detail", "discount_display",
+                       "regular_price", "reasons_text",
                        "model_version", "signature", "created_at", "reviewed_by", "reviewed_at", "campaign_link",
                        "economics_panel")
     fieldsets = (
         (None, {"fields": ("bundle", "status", "campaign_link", "model_version", "created_at",
                            "reviewed_by", "reviewed_at")}),
-        ("Evidence", {"fields": ("score", "co_purchase_count", "support", "confidence", "lift",
-                                 "expected_attach_rate", "regular_price", "suggested_discount_percent",
+        ("Evidence", {"fields": ("score_display", "co_purchase_count", "support_display", "confidence_display",
+                                 "lift_display", "attach_rate_detail", "regular_price", "discount_display",
                                  "reasons_text", "signature")}),
         ("Economics (per offer shown)", {"fields": ("economics_panel",)}),
     )
@@ -309,17 +403,37 @@ class BundleSuggestionAdmin(admin.ModelAdmin):
 
     @admin.display(description="confidence", ordering="confidence")
     def confidence_display(self, obj):
-        return f"{obj.confidence:.1%}"
+        return _percent(obj.confidence)
+
+    @admin.display(description="support", ordering="support")
+    def support_display(self, obj):
+        return _percent(obj.support)
 
     @admin.display(description="expected attach rate", ordering="expected_attach_rate")
     def attach_rate_display(self, obj):
         return f"{obj.expected_attach_rate:.1%}"
 
+    @admin.display(description="expected attach rate (no offer)")
+    def attach_rate_detail(self, obj):
+        """The attach rate without any offer: by design equal to the confidence (see the economics panel)."""
+        return format_html("{} <span class='help'>{}</span>", _percent(obj.expected_attach_rate),
+                           "= confidence by design: the share of anchor baskets that already hold the "
+                           "companions, before any offer. What an offer adds is the take rate in the economics "
+                           "panel below.")
+
+    @admin.display(description="discount on approval")
+    def discount_display(self, obj):
+        """The one discount an approval with the defaults uses, and why."""
+        offer = (obj.economics or {}).get("offer")
+        if offer:
+            return format_html("{}% ({})", f"{obj.suggested_discount_percent.normalize():f}", offer.get("note", ""))
+        return f"{obj.suggested_discount_percent.normalize():f}%"
+
     @admin.display(description="regular bundle price")
     def regular_price(self, obj):
         from .services.campaigns import bundle_regular_price
 
-        return bundle_regular_price(item.product for item in obj.items.all())
+        return _currency(bundle_regular_price(item.product for item in obj.items.all()))
 
     @admin.display(description="discount optimisation")
     def economics_panel(self, obj):
@@ -548,13 +662,18 @@ class TrainingRunAdmin(ReadOnlyMixin, admin.ModelAdmin):
     actions = ("retrain_now",)
     readonly_fields = ("status", "slot", "progress_bar", "stage", "requested_by", "created_at", "started_at",
                        "finished_at", "duration", "data_start", "data_end", "split_date", "params", "model_version",
-                       "backtest", "training_curve", "error_text")
+                       "baseline_check", "backtest", "training_curve", "error_text")
     fieldsets = (
         (None, {"fields": ("status", "progress_bar", "stage", "slot", "requested_by", "model_version")}),
         ("Timing", {"fields": ("created_at", "started_at", "finished_at", "duration")}),
         ("Data", {"fields": ("data_start", "data_end", "split_date", "params")}),
-        ("Result", {"fields": ("backtest", "training_curve", "error_text")}),
+        ("Result", {"fields": ("baseline_check", "backtest", "training_curve", "error_text")}),
     )
+
+    @admin.display(description="below baseline?")
+    def baseline_check(self, obj):
+        """A visible warning when a model scores below its baseline (``baseline_warnings``)."""
+        return _warnings_html(obj.metrics)
 
     def has_retrain_permission(self, request) -> bool:
         """Queuing a retrain needs shop_bundles.add_trainingrun."""
@@ -646,8 +765,17 @@ class ModelVersionAdmin(admin.ModelAdmin):
     list_filter = ("is_active",)
     search_fields = ("label",)
     actions = ("activate",)
+    # Everything measured or produced by training is read-only (staff must not edit results); only
+    # ``notes`` is editable. ``metrics`` is shown as the backtest tables plus the raw JSON.
     readonly_fields = ("label", "is_active", "activated_at", "created_at", "artifact_path", "data_start", "data_end",
-                       "split_date", "backtest", "metadata", "notes")
+                       "split_date", "baseline_check", "backtest", "metrics_json", "metadata_json")
+    fields = ("label", "is_active", "activated_at", "created_at", "artifact_path", "data_start", "data_end",
+              "split_date", "baseline_check", "backtest", "metrics_json", "metadata_json", "notes")
+
+    @admin.display(description="below baseline?")
+    def baseline_check(self, obj):
+        """A visible warning when a model scores below its baseline (``baseline_warnings``)."""
+        return _warnings_html(obj.metrics)
 
     def has_add_permission(self, request):
         return False
@@ -670,6 +798,14 @@ class ModelVersionAdmin(admin.ModelAdmin):
     @admin.display(description="backtest")
     def backtest(self, obj):
         return backtest_table(obj.metrics)
+
+    @admin.display(description="metrics (measured, read-only)")
+    def metrics_json(self, obj):
+        return _json_block(obj.metrics)
+
+    @admin.display(description="artifact metadata (read-only)")
+    def metadata_json(self, obj):
+        return _json_block(obj.metadata)
 
     @admin.action(description="Activate the selected model version", permissions=["change"])
     def activate(self, request, queryset):
@@ -829,11 +965,14 @@ class ImportRunAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 
 def _fmt_estimate(e: dict, pattern: str) -> str:
-    """``value [low, high]`` with a format pattern; "—" for NaN."""
+    """``value [low, high]`` with a format pattern; "—" for NaN; "value (too few visitors)" without an interval.
+
+    ``bundling_ml.abtest`` gives no interval below 2 visitors in a group (NaN bounds).
+    """
     if e is None or e.get("value") is None or not math.isfinite(e["value"]):
         return "—"
     if not math.isfinite(e.get("low", math.nan)):
-        return pattern.format(e["value"])
+        return f"{pattern.format(e['value'])} (too few visitors for an interval)"
     return f"{pattern.format(e['value'])} [{pattern.format(e['low'])}, {pattern.format(e['high'])}]"
 
 
@@ -929,6 +1068,8 @@ class ExperimentDashboardAdmin(ReadOnlyMixin, admin.ModelAdmin):
             tables.append({"label": res["label"], "rows": rows, "visitors": res["visitors"], "srm": res["srm"]})
         overall = results[0]
         charts = {}
+        empty_text = ("No simulated data yet: run simulate_shoppers." if simulated
+                      else "No storefront orders from shoppers who saw an offer yet.")
         for metric, title in (("attach_rate", "daily attach rate"), ("aov", "daily AOV")):
             dates = sorted({d["date"] for d in overall["daily"]})
             series = {}
@@ -936,7 +1077,8 @@ class ExperimentDashboardAdmin(ReadOnlyMixin, admin.ModelAdmin):
                 by_date = {d["date"]: d[metric] for d in overall["daily"] if d["group"] == group}
                 series[group] = [by_date[d] for d in dates if d in by_date]
             charts[title] = svg_line_chart(series, width=560, height=200,
-                                           x_labels=(dates[0], dates[-1]) if dates else None, label=title)
+                                           x_labels=(dates[0], dates[-1]) if dates else None, label=title,
+                                           empty_text=empty_text)
         context = {
             **self.admin_site.each_context(request),
             "title": "Holdout experiment" + (" — SIMULATED replay" if simulated else ""),

@@ -34,6 +34,10 @@ SHOP_BUNDLES_IMPRESSION_BUFFER_PAUSE  seconds the product page skips Redis after
                                  breaker; default 10), writing to the database directly meanwhile.
 SHOP_BUNDLES_IMPRESSION_BUFFER_MAX_LENGTH  messages the buffer may hold; a push that finds it longer (the
                                  drain is not running) pauses the buffer as an error does (default 1,000,000).
+SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD  the storefront checkout shows and accepts a free-text customer id for
+                                 every shopper (default False: only logged-in staff get the field; any
+                                 other posted ``customer_id`` is ignored). ``simulate_shoppers`` turns it
+                                 on for its replay.
 SHOP_BUNDLES_IMPRESSION_DRAIN_BATCH  messages per LRANGE / INSERT / LTRIM step of the drain (default 1000).
 SHOP_BUNDLES_IMPRESSION_DRAIN_MAX   messages one ``drain_impression_buffer`` task run drains at most
                                  (default 50,000; the next beat run continues).
@@ -64,6 +68,7 @@ DEFAULTS = {
     "IMPRESSION_BUFFER_MAX_LENGTH": 1_000_000,
     "IMPRESSION_DRAIN_BATCH": 1000,
     "IMPRESSION_DRAIN_MAX": 50_000,
+    "CHECKOUT_CUSTOMER_FIELD": False,
 }
 
 REDIS_SCHEMES = ("redis://", "rediss://")

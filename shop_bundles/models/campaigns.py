@@ -77,7 +77,7 @@ class BundleCampaign(models.Model):
     bundle's regular price), ``amount`` (a fixed amount off the bundle) or
     ``fixed_price`` (the bundle sells for ``discount_value``). A campaign is
     live when its status is ``active`` and now is inside its window; the
-    storefront also hides it when any item is inactive or out of stock.
+    storefront also hides it when any item is inactive, out of stock or priced 0.00.
     ``suggestion`` is unique, so one suggestion can become at most one
     campaign (a database constraint, not only a Python check).
     """

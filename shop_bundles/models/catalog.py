@@ -85,8 +85,12 @@ class Product(models.Model):
 
     @property
     def available(self) -> bool:
-        """True when the product may be offered: active and in stock."""
-        return self.active and self.stock > 0
+        """True when the product may be sold and offered: active, in stock and priced above 0.00.
+
+        A product without a positive price (catalogue items never sold, coupons,
+        ``Pretzels 16 OZ`` at 0.00 in the Complete Journey data) is not for sale.
+        """
+        return self.active and self.stock > 0 and self.price is not None and self.price > 0
 
 
 class Customer(models.Model):

@@ -37,11 +37,12 @@ def live_campaigns(*, now: datetime | None = None) -> QuerySet[BundleCampaign]:
 
     Returns:
         QuerySet of ``BundleCampaign``: status active, inside its window, and
-        no item whose product is inactive or out of stock (``stock <= 0``).
+        no item whose product is inactive, out of stock (``stock <= 0``) or unpriced
+        (``price <= 0``: not for sale).
     """
     now = now or timezone.now()
     unavailable = BundleCampaignItem.objects.filter(campaign_id=OuterRef("pk")).filter(
-        Q(product__active=False) | Q(product__stock__lte=0))
+        Q(product__active=False) | Q(product__stock__lte=0) | Q(product__price__lte=0))
     return (
         BundleCampaign.objects.filter(status=BundleCampaign.ACTIVE, starts_at__lte=now)
         .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=now))

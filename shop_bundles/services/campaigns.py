@@ -89,7 +89,8 @@ def bundle_regular_price(products) -> Decimal:
 def discount_validate(*, discount_type: str, discount_value: Decimal, regular_price: Decimal) -> None:
     """Check a bundle discount against the bundle's regular price.
 
-    Rules: percent must be in (0, 100]; a fixed amount must be > 0 and not
+    Rules: percent must be in [0, 100] (0 % is a "frequently bought together"
+    offer at the normal price, the optimiser's choice when no discount pays); a fixed amount must be > 0 and not
     exceed the regular price (case M3: 6.00 off a 5.00 bundle is refused);
     a fixed bundle price must be >= 0 and below the regular price.
 
@@ -97,7 +98,7 @@ def discount_validate(*, discount_type: str, discount_value: Decimal, regular_pr
         ValidationError: with a message naming the amounts.
     """
     if discount_type == BundleCampaign.PERCENT:
-        if discount_value <= 0 or discount_value > 100:
+        if discount_value < 0 or discount_value > 100:
             raise ValidationError(f"A percent discount must be between 0 and 100 (got {discount_value}).")
     elif discount_type == BundleCampaign.AMOUNT:
         if discount_value <= 0:
@@ -138,8 +139,9 @@ def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str
         suggestion: the suggestion (re-read and locked with SELECT ... FOR UPDATE).
         user: the approving staff user; needs ``shop_bundles.approve_bundlesuggestion``.
         discount_type: ``percent`` (default), ``amount`` or ``fixed_price``.
-        discount_value: Decimal-compatible; default the suggestion's suggested percent
-            (or SHOP_BUNDLES_DEFAULT_DISCOUNT_PERCENT when it has none).
+        discount_value: Decimal-compatible; default the suggestion's suggested percent, which
+            scoring sets to the optimiser's chosen discount (``economics["offer"]``, 0 % included;
+            SHOP_BUNDLES_DEFAULT_DISCOUNT_PERCENT only when the suggestion has none).
         starts_at: aware datetime, default now.
         ends_at: aware datetime, default ``starts_at`` + SHOP_BUNDLES_CAMPAIGN_DAYS days
             on the wall clock of ``TIME_ZONE`` (a campaign approved at 10:00 ends at 10:00
@@ -176,6 +178,8 @@ def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str
             problems.append(f"{product} is inactive")
         elif product.stock <= 0:
             problems.append(f"{product} is out of stock")
+        elif product.price <= 0:
+            problems.append(f"{product} has no price ({product.price}) and is not for sale")
         elif product.cost is not None and product.price < product.cost:
             problems.append(f"{product} is priced {product.price}, below its cost {product.cost}")
     if problems:
@@ -183,8 +187,9 @@ def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str
 
     discount_type = discount_type or BundleCampaign.PERCENT
     if discount_value is None:
+        # ``is not None``: a suggested 0 % (the optimiser found no discount that pays) is kept as 0 %.
         discount_value = (locked.suggested_discount_percent if discount_type == BundleCampaign.PERCENT
-                          and locked.suggested_discount_percent else None)
+                          else None)
         if discount_value is None:
             if discount_type != BundleCampaign.PERCENT:
                 raise ValidationError("Give a discount value for a fixed amount or fixed price.")
@@ -392,7 +397,7 @@ AUTO_PREFIX = "auto: "
 def _campaign_problem(campaign: BundleCampaign, items) -> str | None:
     """Why ``campaign`` must not be offered (an ``"auto: ..."`` reason), or None when all items are fine.
 
-    Checks each item (inactive, then out of stock), then the margin floor:
+    Checks each item (inactive, then out of stock, then unpriced), then the margin floor:
     the discounted bundle price must be at least the bundle cost ×
     (1 + ``MIN_MARGIN_RATE``). The margin check runs only when every item has
     a known ``cost``. The product blamed for a margin break is the item with
@@ -407,6 +412,8 @@ def _campaign_problem(campaign: BundleCampaign, items) -> str | None:
             return f"{AUTO_PREFIX}{product} is inactive"
         if product.stock <= 0:
             return f"{AUTO_PREFIX}{product} is out of stock"
+        if product.price <= 0:
+            return f"{AUTO_PREFIX}{product} has no price"
     if not items or any(item.product.cost is None for item in items):
         return None
     units = [item.product for item in items for _ in range(max(item.quantity, 1))]

@@ -123,10 +123,9 @@ def suggestions_economics_fill(*, candidates: Sequence[tuple[BundleSuggestion, S
 
     The natural attach rate is the suggestion's ``confidence`` (share of anchor
     baskets already holding the companions). The default offer discount
-    (:func:`offer_row`: the optimiser's choice, or the positive discount that
-    loses least when no discount pays) becomes ``suggested_discount_percent``
-    and is stored as ``economics["offer"]``, so an approval with the defaults
-    uses the discount the economics panel shows.
+    (:func:`offer_row`: the optimiser's choice, 0 % included) becomes
+    ``suggested_discount_percent`` and is stored as ``economics["offer"]``, so
+    an approval with the defaults uses the discount the economics panel shows.
 
     Args:
         candidates: ``[(suggestion, [anchor, companion, ...]), ...]``.
@@ -150,30 +149,35 @@ def suggestions_economics_fill(*, candidates: Sequence[tuple[BundleSuggestion, S
     return len(candidates)
 
 
-def offer_row(economics: dict) -> dict | None:
-    """The grid row a campaign should use by default: the optimiser's choice, or the best positive discount.
+ZERO_DISCOUNT_NOTE = ("no discount on the grid earns more margin than it gives away, so the offer is "
+                      "“frequently bought together” at the normal price")
 
-    A bundle offer needs a discount, so when the optimiser's best is 0 % (no
-    discount on the grid earns more margin than it gives away) the offer uses
-    the positive, floor-respecting discount that loses least, and says so in
-    ``note``. Returns None when no positive discount respects the margin floor.
+
+def offer_row(economics: dict) -> dict | None:
+    """The grid row a campaign uses by default: the optimiser's chosen discount, which may be 0 %.
+
+    A "frequently bought together" offer at the normal price is a valid offer,
+    so a chosen depth of 0 % is kept (it used to be replaced by the positive
+    discount that loses least, which gave every such bundle a 5 % discount
+    with a negative expected margin). ``note`` says why this discount.
 
     Returns:
         ``{"discount": float fraction, "take_rate", "incremental_revenue",
-        "incremental_margin": float per offer shown, "note": str}`` or None.
+        "incremental_margin": float per offer shown, "note": str}``, or None when
+        no depth on the grid respects the margin floor (no valid offer).
     """
-    rows = [r for r in economics.get("table") or [] if r.get("allowed") and r["discount"] > 0]
-    if not rows:
+    if not economics.get("feasible"):
         return None
-    if economics.get("feasible") and economics["discount"] > 0:
-        best = next((r for r in rows if r["discount"] == economics["discount"]), None)
-        note = "the optimiser's choice"
-    else:
-        best = None
+    best = next((r for r in economics.get("table") or []
+                 if r.get("allowed") and r["discount"] == economics.get("discount")), None)
     if best is None:
-        best = max(rows, key=lambda r: (r["incremental_margin"], -r["discount"]))
-        note = (f"no discount earns more than it gives away; {100 * best['discount']:g}% is the positive "
-                "discount that loses least")
+        return None
+    if best["discount"] > 0:
+        note = "the optimiser's choice: the most expected incremental margin per offer shown"
+        if economics.get("floor_binding"):
+            note += " within the margin floor"
+    else:
+        note = ZERO_DISCOUNT_NOTE
     return {"discount": best["discount"], "take_rate": best["take_rate"],
             "incremental_revenue": best["incremental_revenue"], "incremental_margin": best["incremental_margin"],
             "note": note}

@@ -24,6 +24,9 @@ from .outbox import outbox_dispatch_on_commit, outbox_event_add, stock_changed_r
 
 CUSTOMER_ID_MAX_LENGTH = 64
 
+#: Message for a product without a positive price (shown by the storefront and the checkout).
+NOT_FOR_SALE = "{name} has no price yet and is not for sale."
+
 
 def customer_get_or_create(*, external_id: str) -> Customer:
     """The ``Customer`` with this external id, created when new.
@@ -110,6 +113,9 @@ def order_place(*, cart, session_key: str | None, customer: Customer | None = No
             elif not product.active:
                 errors.append(ValidationError(f"{product.name or product.sku} is no longer available.",
                                               code="inactive"))
+            elif product.price <= 0:
+                errors.append(ValidationError(NOT_FOR_SALE.format(name=product.name or product.sku),
+                                              code="unpriced"))
             elif product.stock < qty:
                 left = max(product.stock, 0)
                 errors.append(ValidationError(

@@ -117,7 +117,7 @@ def suggestions_score(*, model_version_id: int | None = None, progress=None) -> 
             elif suggestion.signature in taken:
                 reasons["already suggested or decided"] += 1
             elif not all(p.available for p in items):
-                reasons["product inactive or out of stock"] += 1
+                reasons["product inactive, out of stock or unpriced"] += 1
             else:
                 new.append((suggestion, items))
         suggestions_economics_fill(candidates=new)  # discount optimisation (services.economics)

@@ -480,7 +480,10 @@ def shoppers_simulate(*, date_from: date, date_to: date, limit: int | None = Non
     caches_setting = {**settings.CACHES, REPLAY_CACHE_ALIAS: {
         "BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": REPLAY_CACHE_ALIAS,
         "TIMEOUT": None, "OPTIONS": {"MAX_ENTRIES": 1_000_000}}}
-    with override_settings(CACHES=caches_setting, **REPLAY_SESSION_SETTINGS):
+    # The replay checks out as the basket's household (the checkout's customer id), which the storefront
+    # accepts only with SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD on: on for the replay only (forked workers inherit).
+    with override_settings(CACHES=caches_setting, SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD=True,
+                           **REPLAY_SESSION_SETTINGS):
         stop_at = None if stop_after is None else _time.time() + stop_after
         report = _replay(households, seed=seed, responses=responses, base=base, progress=progress, workers=workers,
                          stop_at=stop_at)

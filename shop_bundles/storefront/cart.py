@@ -93,8 +93,8 @@ class CartRow:
 
     @property
     def available(self) -> bool:
-        """True when the product is active and holds enough stock for the line."""
-        return self.product.active and self.product.stock >= self.line.quantity
+        """True when the product is active, priced above 0.00 and holds enough stock for the line."""
+        return self.product.active and self.product.price > 0 and self.product.stock >= self.line.quantity
 
 
 @dataclass(frozen=True)

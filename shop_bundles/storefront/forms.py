@@ -40,10 +40,21 @@ class CartUpdateForm(forms.Form):
 
 
 class CheckoutForm(forms.Form):
-    """Checkout: an optional customer id (creates or links a Customer by external id)."""
+    """Checkout: an optional customer id (creates or links a Customer by external id).
+
+    The field exists only when ``with_customer`` is True (see
+    ``storefront.views.customer_field_allowed``: ``SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD``
+    on, or a logged-in staff user); otherwise a posted ``customer_id`` is ignored,
+    so a shopper cannot attach an order to somebody else's customer record.
+    """
 
     customer_id = forms.CharField(required=False, max_length=64, label="Customer id (optional)",
                                   widget=forms.TextInput(attrs={"autocomplete": "off"}))
+
+    def __init__(self, *args, with_customer: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not with_customer:
+            del self.fields["customer_id"]
 
     def clean_customer_id(self) -> str:
         """Strip surrounding spaces."""

@@ -15,11 +15,12 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from .. import app_settings
 from ..models import Order, Product
 from ..selectors.experiment import HOLDOUT, request_group
 from ..selectors.offers import live_offer
 from ..services.events import offer_event_add_to_cart
-from ..services.orders import customer_get_or_create, order_place
+from ..services.orders import NOT_FOR_SALE, customer_get_or_create, order_place
 from .cart import SessionCart, cart_price
 from .offers import product_offers_shown
 from .forms import AddToCartForm, CartUpdateForm, CheckoutForm, ProductSearchForm
@@ -44,11 +45,26 @@ def _redirect_back(request: HttpRequest, default: str) -> HttpResponse:
     return redirect(default)
 
 
+def customer_field_allowed(request: HttpRequest) -> bool:
+    """Whether the checkout takes a customer id: ``SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD`` on, or staff.
+
+    Off by default: a free-text customer id would let any shopper attach an
+    order (and its training data) to any customer. A shop that identifies
+    customers itself links them another way; staff taking an order for a
+    customer (logged in, ``is_staff``) may enter one; the ``simulate_shoppers``
+    replay turns the setting on for its own run.
+    """
+    if app_settings.get("CHECKOUT_CUSTOMER_FIELD"):
+        return True
+    user = getattr(request, "user", None)
+    return bool(user is not None and user.is_authenticated and user.is_staff)
+
+
 @require_GET
 def product_list(request: HttpRequest) -> HttpResponse:
-    """Active products, paginated (24 a page), searchable by name/SKU and filterable by department."""
+    """Active products priced above 0.00, paginated (24 a page), searchable by name/SKU, by department."""
     form = ProductSearchForm(request.GET or None)
-    products = Product.objects.filter(active=True)
+    products = Product.objects.filter(active=True, price__gt=0)
     q = department = ""
     if form.is_valid():
         q = form.cleaned_data["q"].strip()
@@ -59,7 +75,7 @@ def product_list(request: HttpRequest) -> HttpResponse:
             products = products.filter(department=department)
     products = products.order_by("name", "sku").only("sku", "name", "department", "price", "stock", "active")
     page = Paginator(products, PAGE_SIZE).get_page(request.GET.get("page"))
-    departments = (Product.objects.filter(active=True).exclude(department="")
+    departments = (Product.objects.filter(active=True, price__gt=0).exclude(department="")
                    .order_by("department").values_list("department", flat=True).distinct())
     query = request.GET.copy()
     query.pop("page", None)
@@ -71,8 +87,15 @@ def product_list(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def product_detail(request: HttpRequest, sku: str) -> HttpResponse:
-    """A product with its "Frequently bought together" offers (live campaigns only)."""
+    """A product with its "Frequently bought together" offers (live campaigns only).
+
+    A product without a positive price is not for sale: the shopper is sent to the
+    product list with a message.
+    """
     product = get_object_or_404(Product, sku=sku, active=True)
+    if product.price <= 0:
+        messages.error(request, NOT_FOR_SALE.format(name=product.name or product.sku))
+        return redirect("shop_bundles:product_list")
     # Impressions recorded for treatment and holdout; the holdout sees no offers.
     offers = product_offers_shown(request, product)
     return render(request, "shop_bundles/storefront/product_detail.html", {
@@ -82,8 +105,14 @@ def product_detail(request: HttpRequest, sku: str) -> HttpResponse:
 
 @require_POST
 def cart_add(request: HttpRequest, sku: str) -> HttpResponse:
-    """Add units of one product. Only ``quantity`` is read; a posted ``price`` is ignored."""
+    """Add units of one product. Only ``quantity`` is read; a posted ``price`` is ignored.
+
+    A product without a positive price is refused with a message.
+    """
     product = get_object_or_404(Product, sku=sku, active=True)
+    if product.price <= 0:
+        messages.error(request, NOT_FOR_SALE.format(name=product.name or product.sku))
+        return redirect("shop_bundles:product_list")
     form = AddToCartForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Choose a quantity between 1 and 99.")
@@ -120,7 +149,7 @@ def cart_view(request: HttpRequest) -> HttpResponse:
     cart = SessionCart(request.session)
     priced = cart_price(cart.quantities(), with_offers=request_group(request) != HOLDOUT)
     return render(request, "shop_bundles/storefront/cart.html", {
-        "priced": priced, "checkout_form": CheckoutForm(),
+        "priced": priced, "checkout_form": CheckoutForm(with_customer=customer_field_allowed(request)),
         "can_checkout": bool(priced.rows) and all(row.available for row in priced.rows),
     })
 
@@ -152,14 +181,14 @@ def checkout(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         return redirect("shop_bundles:cart")
     cart = SessionCart(request.session)
-    form = CheckoutForm(request.POST)
+    form = CheckoutForm(request.POST, with_customer=customer_field_allowed(request))
     if not form.is_valid():
         for error in form.errors.get("customer_id", []):
             messages.error(request, error)
         return redirect("shop_bundles:cart")
     try:
         customer = None
-        if form.cleaned_data["customer_id"]:
+        if form.cleaned_data.get("customer_id"):
             customer = customer_get_or_create(external_id=form.cleaned_data["customer_id"])
         # The group is fixed by the identity the shopper browsed with, so the order is priced as the cart was.
         group = request_group(request)

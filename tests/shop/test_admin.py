@@ -175,7 +175,7 @@ def test_training_run_pages_show_progress_curve_and_retrain_button(admin_client,
 
     detail = admin_client.get(reverse("admin:shop_bundles_trainingrun_change",
                                       args=[done.pk])).content.decode()
-    assert "<svg" in detail and "<polyline" in detail and "val_loss (last 0.6500)" in detail
+    assert "<svg" in detail and "<polyline" in detail and "val_loss (last 0.65)" in detail
     assert "0.1520" in detail and "cooccurrence_count" in detail
 
     monkeypatch.setattr("shop_bundles.tasks.retrain_model.delay", lambda **kw: None)
@@ -267,7 +267,6 @@ def test_svg_chart_and_backtest_table_escape_and_render():
     assert "Known shopper" in with_personal and "0.2776" in with_personal and "Cold start" in with_personal
 
 
-
 @pytest.mark.django_db(transaction=True)
 def test_retrain_in_demo_mode_reports_a_failed_training_instead_of_an_error_page(admin_client, monkeypatch):
     """No broker (eager tasks): the training runs inside the request; a run that cannot train is shown as failed."""
@@ -280,3 +279,75 @@ def test_retrain_in_demo_mode_reports_a_failed_training_instead_of_an_error_page
     assert run.status == "failed" and run.error.startswith("ValueError: There are no order lines to train on")
     shown = [str(m) for m in response.context["messages"]]
     assert shown == [f"Training run {run.pk} failed: ValueError: There are no order lines to train on; import orders first."]
+
+
+# --------------------------------------------------------------------------- display fixes (new-user report)
+
+
+def test_suggestion_detail_formats_numbers_and_explains_the_attach_rate(admin_client):
+    a, b = make_product("A", "20.00", name="Apples"), make_product("B", "5.00", name="Bread")
+    suggestion = make_suggestion([a, b])
+    suggestion.score, suggestion.support = 0.9237336816800503, 0.02119229152908687
+    suggestion.confidence = suggestion.expected_attach_rate = 0.3
+    suggestion.lift = 2.456789
+    suggestion.save()
+    html = admin_client.get(reverse("admin:shop_bundles_bundlesuggestion_change",
+                                    args=[suggestion.pk])).content.decode()
+    assert "0.924" in html and "0.9237336816800503" not in html
+    assert "2.12%" in html and "0.02119229152908687" not in html
+    assert "30.0%" in html and "2.46" in html and "$25.00" in html
+    assert "= confidence by design" in html
+
+
+def test_svg_legend_entries_do_not_overlap_and_numbers_are_rounded():
+    import re
+
+    html = str(svg_line_chart({"incremental margin": [0.1, -0.34451234], "incremental revenue": [0.2, 0.5]},
+                              width=420, height=180))
+    texts = re.findall(r'<text x="([\d.]+)" y="([\d.]+)" font-size="10">([^<]*\(last [^<]*)</text>', html)
+    assert [t[2] for t in texts] == ["incremental margin (last -0.345)", "incremental revenue (last 0.5)"]
+    (x0, y0, t0), (x1, y1, t1) = [(float(x), float(y), t) for x, y, t in texts]
+    # 6 px per character: the first label ends at x0 + 6 * len(t0); the next entry starts after it or on a new row.
+    assert y1 != y0 or x1 >= x0 + 6 * len(t0)
+    assert (x0, y0) == (62.0, 172.0) and (x1, y1) == (62.0, 186.0)  # stacked: both do not fit in 420 px
+    assert 'height="194"' in html  # one extra legend row of 14 px
+
+
+def test_empty_chart_text_is_configurable():
+    assert str(svg_line_chart({}, empty_text="No simulated data yet: run simulate_shoppers.")) == (
+        "<span>No simulated data yet: run simulate_shoppers.</span>")
+    assert str(svg_line_chart({})) == "<span>No training curve recorded.</span>"
+
+
+def test_model_version_metrics_are_read_only(admin_client):
+    version = ModelVersion.objects.create(label="v-ro", artifact_path="/tmp/v-ro", metrics=METRICS,
+                                          metadata={"files": {"model.keras": "abc"}})
+    url = reverse("admin:shop_bundles_modelversion_change", args=[version.pk])
+    html = admin_client.get(url).content.decode()
+    assert 'name="metrics"' not in html and 'name="metadata"' not in html and 'name="artifact_path"' not in html
+    assert 'name="notes"' in html and "&quot;cooccurrence_count&quot;" in html
+    response = admin_client.post(url, {"notes": "looked at it", "metrics": '{"rows": []}',
+                                       "artifact_path": "/tmp/evil"})
+    assert response.status_code == 302
+    version.refresh_from_db()
+    assert version.metrics == METRICS and version.artifact_path == "/tmp/v-ro" and version.notes == "looked at it"
+
+
+def test_training_run_page_warns_when_a_model_scores_below_its_baseline(admin_client):
+    from shop_bundles.admin import baseline_warnings
+
+    below = {"rows": [{"system": "model", "ndcg@10": 0.120}, {"system": "cooccurrence_count", "ndcg@10": 0.134}],
+             "shopper_rows": [{"system": "shopper_model", "ndcg@10": 0.230},
+                              {"system": "repeat_count", "ndcg@10": 0.2403}]}
+    assert baseline_warnings(METRICS) == []
+    assert baseline_warnings(below) == [
+        "The anonymous model scores below the co-occurrence count baseline: NDCG@10 0.1200 < 0.1340. "
+        "Do not activate it without looking into why.",
+        "The shopper model scores below the repeat + count baseline: NDCG@10 0.2300 < 0.2403. "
+        "Do not activate it without looking into why."]
+    run = TrainingRun.objects.create(status="succeeded", progress=1.0, stage="done", metrics=below)
+    html = admin_client.get(reverse("admin:shop_bundles_trainingrun_change", args=[run.pk])).content.decode()
+    assert "shopper model scores below the repeat + count baseline" in html
+    ok = TrainingRun.objects.create(status="succeeded", progress=1.0, stage="done", metrics=METRICS)
+    html = admin_client.get(reverse("admin:shop_bundles_trainingrun_change", args=[ok.pk])).content.decode()
+    assert "scores below" not in html

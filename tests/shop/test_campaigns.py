@@ -124,7 +124,7 @@ def test_m3_fixed_discount_above_bundle_price_is_refused(approver):
     assert not BundleCampaign.objects.exists() and not StaffAction.objects.exists()
 
 
-@pytest.mark.parametrize("value", ["0", "-5", "100.01", "150"])
+@pytest.mark.parametrize("value", ["-5", "100.01", "150"])
 def test_percent_outside_0_to_100_is_refused(bundle_ab, approver, value):
     with pytest.raises(ValidationError, match="between 0 and 100"):
         suggestion_approve(suggestion=bundle_ab, user=approver, discount_type="percent", discount_value=value)
@@ -321,3 +321,14 @@ def test_expire_retires_pending_suggestions_of_a_superseded_model_version():
     stale.refresh_from_db()
     fresh.refresh_from_db()
     assert (stale.status, fresh.status) == ("expired", "pending")
+
+
+def test_a_suggested_0_percent_is_approved_as_a_0_percent_campaign_priced_at_the_regular_price(approver):
+    """A "frequently bought together" offer at the normal price: 0 % is kept, not replaced by a default."""
+    a, b = make_product("A", "20.00", name="Apples"), make_product("B", "5.00", name="Bread")
+    suggestion = make_suggestion([a, b], discount="0.00")
+    campaign = suggestion_approve(suggestion=suggestion, user=approver)
+    assert (campaign.discount_type, campaign.discount_value) == ("percent", Decimal("0.00"))
+    from shop_bundles.storefront.pricing import bundle_price
+
+    assert bundle_price("percent", Decimal("0.00"), Decimal("25.00")) == (Decimal("25.00"), Decimal("0.00"))

@@ -39,3 +39,17 @@ def test_by_score_is_the_default():
     _suggestion(2, score=0.1, margin=0.25)
     call_command("demo_approve", "--top", "1", stdout=StringIO())
     assert BundleCampaign.objects.get().suggestion.score == 0.9
+
+
+def test_negative_expected_margin_is_skipped_and_counted():
+    losing = _suggestion(1, score=0.9, margin=-0.02)
+    winning = _suggestion(2, score=0.5, margin=0.03)
+    zero = _suggestion(3, score=0.4, margin=0.0)
+    out = StringIO()
+    call_command("demo_approve", "--top", "5", stdout=out)  # by score: the losing one is the best scored
+    assert set(BundleCampaign.objects.values_list("suggestion_id", flat=True)) == {winning.pk, zero.pk}
+    losing.refresh_from_db()
+    assert losing.status == BundleSuggestion.PENDING
+    text = out.getvalue()
+    assert "approved 2 suggestions" in text
+    assert "skipped 1 suggestions whose expected incremental margin per offer shown is negative" in text

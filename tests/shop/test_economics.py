@@ -104,7 +104,7 @@ def test_suggestion_economics_are_the_optimiser_output_and_set_the_discount(sett
     assert s.suggested_discount_percent == D(str(expected["discount_percent"])).quantize(D("0.01"))
 
 
-def test_when_no_discount_pays_the_offer_uses_the_positive_discount_that_loses_least(settings):
+def test_when_no_discount_pays_the_offer_is_at_the_normal_price_and_approval_uses_0_percent(settings, client):
     settings.SHOP_BUNDLES_BASE_TAKE_RATE = 0.02
     settings.SHOP_BUNDLES_MIN_MARGIN_RATE = 0.05
     a = Product.objects.create(sku="A", price=D("6.00"), cost=D("3.00"), department="GROCERY", stock=5)
@@ -114,12 +114,55 @@ def test_when_no_discount_pays_the_offer_uses_the_positive_discount_that_loses_l
 
     responses = {"*": TakeResponse(a=0.0, b=1.0, n_obs=500, source="shrunk")}
     suggestions_economics_fill(candidates=[(s, [a, b])], responses=responses)
-    assert s.economics["discount"] == 0.0  # the optimiser would give no discount at all
+    assert s.economics["discount"] == 0.0  # the optimiser gives no discount at all
     positive = [r for r in s.economics["table"] if r["discount"] > 0 and r["allowed"]]
-    least_loss = max(positive, key=lambda r: r["incremental_margin"])
-    assert least_loss["discount"] == 0.05 and least_loss["incremental_margin"] < 0
-    assert s.economics["offer"]["discount"] == 0.05 and "loses least" in s.economics["offer"]["note"]
-    assert s.suggested_discount_percent == D("5.00")
+    assert all(r["incremental_margin"] < 0 for r in positive)  # every positive discount loses money
+    # The offer is the optimiser's 0 %: take 0.02 * (10.00 - 5.00) = 0.10 margin, 0.02 * 10.00 = 0.20 revenue.
+    offer = s.economics["offer"]
+    assert offer["discount"] == 0.0 and offer["take_rate"] == 0.02
+    assert offer["incremental_margin"] == pytest.approx(0.10) and offer["incremental_revenue"] == pytest.approx(0.20)
+    assert "normal price" in offer["note"]
+    assert s.suggested_discount_percent == D("0.00")
+    s.save()
+
+    from shop_bundles.services.campaigns import suggestion_approve
+
+    admin = User.objects.create_superuser("boss", "b@example.com", "pw-For-tests-1")
+    client.force_login(admin)
+    html = client.get(reverse("admin:shop_bundles_bundlesuggestion_change", args=[s.pk])).content.decode()
+    assert "Discount on approval: <strong>0%</strong>" in html and "normal price" in html
+    assert "Default campaign discount" not in html and "Chosen discount" not in html
+    assert "incremental margin <strong>$0.1000</strong>" in html
+    campaign = suggestion_approve(suggestion=s, user=admin)
+    assert campaign.discount_type == "percent" and campaign.discount_value == D("0.00")
+
+
+def test_a_positive_optimum_is_the_offer_with_the_optimisers_note(settings):
+    settings.SHOP_BUNDLES_BASE_TAKE_RATE = 0.05
+    settings.SHOP_BUNDLES_MIN_MARGIN_RATE = 0.05
+    a = Product.objects.create(sku="A", price=D("6.00"), cost=D("3.00"), department="GROCERY", stock=5)
+    b = Product.objects.create(sku="B", price=D("4.00"), cost=D("2.00"), department="GROCERY", stock=5)
+    s = _suggestion([a, b], confidence=0.1)
+    from bundling_ml.economics import TakeResponse
+
+    responses = {"*": TakeResponse(a=0.0, b=8.0, n_obs=500, source="shrunk")}
+    suggestions_economics_fill(candidates=[(s, [a, b])], responses=responses)
+    assert s.economics["discount"] > 0
+    assert s.economics["offer"]["discount"] == s.economics["discount"]
+    assert s.economics["offer"]["incremental_margin"] == s.economics["incremental_margin"]
+    assert s.economics["offer"]["note"].startswith("the optimiser's choice")
+
+
+def test_no_offer_when_no_discount_respects_the_margin_floor(settings):
+    settings.SHOP_BUNDLES_MIN_MARGIN_RATE = 0.05
+    a = Product.objects.create(sku="A", price=D("6.00"), cost=D("5.90"), department="GROCERY", stock=5)
+    b = Product.objects.create(sku="B", price=D("4.00"), cost=D("3.90"), department="GROCERY", stock=5)
+    s = _suggestion([a, b], confidence=0.1)  # floor 9.80 * 1.05 = 10.29 > regular 10.00
+    from bundling_ml.economics import TakeResponse
+
+    suggestions_economics_fill(candidates=[(s, [a, b])], responses={"*": TakeResponse(a=0.0, b=3.0, n_obs=0,
+                                                                                      source="prior")})
+    assert s.economics["feasible"] is False and "offer" not in s.economics
 
 
 def test_refresh_saves_economics_and_admin_shows_them_with_a_chart(client, history):
@@ -135,7 +178,7 @@ def test_refresh_saves_economics_and_admin_shows_them_with_a_chart(client, histo
     page = client.get(reverse("admin:shop_bundles_bundlesuggestion_change", args=[s.pk]))
     html = page.content.decode()
     assert page.status_code == 200
-    assert "Chosen discount" in html and "<svg" in html and "incremental margin vs discount" in html
+    assert "Discount on approval" in html and "<svg" in html and "incremental margin vs discount" in html
     changelist = client.get(reverse("admin:shop_bundles_bundlesuggestion_changelist"))
     shown = (s.economics.get("offer") or s.economics)["incremental_margin"]
     assert f"{shown:.3f}" in changelist.content.decode()

@@ -171,7 +171,9 @@ def test_checkout_view_shows_the_refusal_and_keeps_the_cart(client, products):
     assert not Order.objects.exists()
 
 
-def test_checkout_with_customer_id_links_the_customer(client, products, django_capture_on_commit_callbacks):
+def test_checkout_with_customer_id_links_the_customer(client, products, django_capture_on_commit_callbacks,
+                                                     settings):
+    settings.SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD = True
     for _ in range(2):
         fill_cart(client, {products["A"]: 1})
         with django_capture_on_commit_callbacks(execute=True):
@@ -204,3 +206,26 @@ def test_campaign_paused_before_checkout_gives_no_discount(client, products):
     order = Order.objects.get()
     assert (order.discount_total, order.total) == (D("0.00"), D("25.00"))
     assert not order.campaigns.exists()
+
+
+def test_checkout_ignores_a_customer_id_by_default_and_hides_the_field(client, products):
+    """Off by default: a shopper cannot attach an order to somebody else's customer record."""
+    Customer.objects.create(external_id="C-42")
+    fill_cart(client, {products["A"]: 1})
+    assert 'name="customer_id"' not in client.get(reverse("shop_bundles:cart")).content.decode()
+    response = client.post(reverse("shop_bundles:checkout"), {"customer_id": "C-42"})
+    assert response.status_code == 302
+    order = Order.objects.get()
+    assert order.customer is None
+    assert Customer.objects.count() == 1  # nothing created either
+
+
+def test_logged_in_staff_may_enter_a_customer_id(client, products):
+    from django.contrib.auth import get_user_model
+
+    staff = get_user_model().objects.create_user("clerk", password="pw-clerk-1", is_staff=True)
+    client.force_login(staff)
+    fill_cart(client, {products["A"]: 1})
+    assert 'name="customer_id"' in client.get(reverse("shop_bundles:cart")).content.decode()
+    client.post(reverse("shop_bundles:checkout"), {"customer_id": "C-7"})
+    assert Order.objects.get().customer.external_id == "C-7"

@@ -217,6 +217,11 @@ def test_dashboard_page_and_csv_export(client, settings, shop):
     csv_response = client.get(url + "?data=live&format=csv")
     assert csv_response["Content-Type"] == "text/csv"
     assert "attach_rate,treatment,1.000000" in csv_response.content.decode()
+    # One visitor per group: no interval, said in words; no replay yet: the empty charts say what to run.
+    assert "(too few visitors for an interval)" in html
+    simulated = client.get(url + "?data=simulated").content.decode()
+    assert "No simulated data yet: run simulate_shoppers." in simulated
+    assert "No training curve recorded." not in simulated
 
 
 def test_dashboard_drains_the_impression_buffer_before_computing(client, settings, shop):

@@ -176,9 +176,11 @@ def _hide(kind, products, campaign):
         Product.objects.filter(pk=products["B"].pk).update(active=False)
     elif kind == "item_out_of_stock":
         Product.objects.filter(pk=products["B"].pk).update(stock=0)
+    elif kind == "item_unpriced":
+        Product.objects.filter(pk=products["B"].pk).update(price=D("0.00"))
 
 
-HIDDEN = ["expired", "not_started", "paused", "draft", "item_inactive", "item_out_of_stock"]
+HIDDEN = ["expired", "not_started", "paused", "draft", "item_inactive", "item_out_of_stock", "item_unpriced"]
 
 
 @pytest.mark.faults
@@ -273,6 +275,45 @@ def test_out_of_stock_or_inactive_product_cannot_be_added(client, products):
     assert add(client, products["B"]).status_code == 404
     assert not client.session.get(SESSION_KEY)
     assert client.get(reverse("shop_bundles:product_detail", kwargs={"sku": "B"})).status_code == 404
+
+
+def test_a_product_priced_0_00_is_not_listed_not_addable_and_not_bought(client, products):
+    """Like "Pretzels 16 OZ" (885430) at 0.00 in the Complete Journey data: active, in stock, not for sale."""
+    free = Product.objects.create(sku="885430", name="Pretzels 16 OZ", price=D("0.00"), stock=100,
+                                  department="GROCERY")
+    skus = [p.sku for p in client.get(reverse("shop_bundles:product_list")).context["page"].object_list]
+    assert "885430" not in skus and "A" in skus
+    page = client.get(reverse("shop_bundles:product_detail", kwargs={"sku": "885430"}), follow=True)
+    assert "Pretzels 16 OZ has no price yet and is not for sale." in page.content.decode()
+    response = client.post(reverse("shop_bundles:cart_add", kwargs={"sku": "885430"}), {"quantity": 1}, follow=True)
+    assert "Pretzels 16 OZ has no price yet and is not for sale." in response.content.decode()
+    assert not client.session.get(SESSION_KEY)
+    # A product repriced to 0.00 while in a cart: the cart cannot check out, the checkout refuses it.
+    set_cart(client, {products["A"]: 1, free: 1})
+    response, priced = cart_page(client)
+    assert response.context["can_checkout"] is False
+    response = client.post(reverse("shop_bundles:checkout"), follow=True)
+    assert "Pretzels 16 OZ has no price yet and is not for sale." in response.content.decode()
+    from shop_bundles.models import Order
+
+    assert not Order.objects.exists()
+
+
+def test_a_product_priced_0_00_is_never_part_of_an_offer(products):
+    from django.core.exceptions import ValidationError
+
+    from shop_bundles.services.campaigns import suggestion_approve
+    from tests.shop.test_campaigns import make_staff, make_suggestion
+
+    campaign = make_campaign("AB", "percent", "10", [products["A"], products["B"]])
+    assert [o.campaign.pk for o in offers_for_product(products["A"])] == [campaign.pk]
+    Product.objects.filter(pk=products["B"].pk).update(price=D("0.00"))
+    assert offers_for_product(products["A"]) == []
+    products["B"].refresh_from_db()
+    assert products["B"].available is False
+    suggestion = make_suggestion([products["A"], products["B"]])
+    with pytest.raises(ValidationError, match="has no price"):
+        suggestion_approve(suggestion=suggestion, user=make_staff("sam", "approve_bundlesuggestion"))
 
 
 # --- product list -----------------------------------------------------------------------------------

@@ -578,5 +578,5 @@ def test_scoring_skips_unavailable_products_and_live_campaigns(cj_slice, tmp_pat
     second = suggestions_score()
     signatures = set(BundleSuggestion.objects.filter(status="pending").values_list("signature", flat=True))
     assert approved.signature not in signatures and dropped.signature not in signatures
-    assert second["skipped_reasons"].get("product inactive or out of stock", 0) >= 1
+    assert second["skipped_reasons"].get("product inactive, out of stock or unpriced", 0) >= 1
     assert second["created"] < first["created"]

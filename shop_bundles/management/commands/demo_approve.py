@@ -6,7 +6,10 @@ suggestions whose products are all active and in stock, each with its
 suggested discount, through the same service the admin uses. ``--by margin``
 ranks them by expected incremental margin per offer shown at the offer's
 discount (``economics["offer"]["incremental_margin"]``, see
-``services.economics``) instead of the model score. To spread the demo's
+``services.economics``) instead of the model score. Either way, a suggestion
+whose expected incremental margin at the offer's discount is negative is
+skipped (and counted in the summary line): the demo never approves an offer
+expected to lose money. To spread the demo's
 offers over the catalogue, a suggestion sharing a product with one already
 approved in this run is passed over.
 """
@@ -38,7 +41,7 @@ class Command(BaseCommand):
 
         user = self._staff_user(options["username"])
         unavailable = BundleSuggestionItem.objects.filter(suggestion=OuterRef("pk")).filter(
-            Q(product__active=False) | Q(product__stock__lte=0))
+            Q(product__active=False) | Q(product__stock__lte=0) | Q(product__price__lte=0))
         queue = (BundleSuggestion.objects.filter(status=BundleSuggestion.PENDING)
                  .filter(~Exists(unavailable)).prefetch_related("items__product"))
         if options["by"] == "margin":
@@ -46,7 +49,7 @@ class Command(BaseCommand):
             queue = queue.order_by(margin.desc(nulls_last=True), "-score", "pk")
         else:
             queue = queue.order_by("-score", "pk")
-        approved = refused = 0
+        approved = refused = skipped = 0
         used: set[int] = set()  # spread the demo's offers: no product in two of the approved bundles
         for suggestion in queue.iterator(chunk_size=100):
             if approved >= options["top"]:
@@ -55,6 +58,10 @@ class Command(BaseCommand):
             if product_ids & used:
                 continue
             names = " + ".join((i.product.name or i.product.sku) for i in suggestion.items.all())
+            margin = ((suggestion.economics or {}).get("offer") or {}).get("incremental_margin")
+            if margin is not None and margin < 0:
+                skipped += 1
+                continue
             try:
                 campaign = suggestion_approve(suggestion=suggestion, user=user)
             except (ValidationError, PermissionDenied) as exc:
@@ -67,6 +74,9 @@ class Command(BaseCommand):
                               f"{campaign.discount_value} % off until {campaign.ends_at:%Y-%m-%d}")
         self.stdout.write(self.style.SUCCESS(f"approved {approved} suggestions as {user.get_username()}"
                                              + (f" ({refused} refused)" if refused else "")))
+        if skipped:
+            self.stdout.write(f"skipped {skipped} suggestions whose expected incremental margin per offer shown "
+                              "is negative at their discount")
 
     def _staff_user(self, username: str):
         """Get or create the staff user with the approve/manage permissions; print a new user's password."""
