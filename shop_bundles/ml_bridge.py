@@ -38,7 +38,7 @@ from .models import BundleSuggestion, Order, OrderLine, Product, Promotion
 logger = logging.getLogger(__name__)
 
 LINE_COLUMNS = ["basket_id", "product_id", "customer_id", "time", "quantity", "price"]
-PRODUCT_COLUMNS = ["product_id", "department", "category", "product_type", "brand", "price"]
+PRODUCT_COLUMNS = ["product_id", "name", "department", "category", "product_type", "brand", "price"]
 CHUNK_SIZE = 50_000
 
 
@@ -215,14 +215,16 @@ def products_frame(products: QuerySet | None = None) -> pd.DataFrame:
         products: which products (default: all, active or not: history needs them all).
 
     Returns:
-        DataFrame with product_id (str, the SKU), department, category,
-        product_type, brand (str, "" when unknown) and price (float64, shelf price).
+        DataFrame with product_id (str, the SKU), name (the display name:
+        scoring never bundles two products of the same name), department,
+        category, product_type, brand (str, "" when unknown) and price
+        (float64, shelf price).
     """
     qs = (Product.objects.all() if products is None else products).order_by()
-    frame = _fetch(qs, ["sku", "department", "category", "product_type", "brand",
+    frame = _fetch(qs, ["sku", "name", "department", "category", "product_type", "brand",
                         Cast("price", output_field=FloatField())], PRODUCT_COLUMNS,
-                   text_columns=("product_id", "department", "category", "product_type", "brand"))
-    for column in ("product_id", "department", "category", "product_type", "brand"):
+                   text_columns=("product_id", "name", "department", "category", "product_type", "brand"))
+    for column in ("product_id", "name", "department", "category", "product_type", "brand"):
         frame[column] = frame[column].fillna("").astype(str)
     frame["price"] = frame["price"].astype("float64")
     return frame.reset_index(drop=True)

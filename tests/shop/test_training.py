@@ -142,7 +142,7 @@ def test_lines_frame_window_and_empty_database():
 def test_products_frame_follows_the_contract():
     _tiny_orders()
     products = ml_bridge.products_frame()
-    assert list(products.columns) == ["product_id", "department", "category", "product_type", "brand", "price"]
+    assert list(products.columns) == ["product_id", "name", "department", "category", "product_type", "brand", "price"]
     row = products.set_index("product_id").loc["007"]
     assert (row["department"], row["brand"], row["category"], row["price"]) == ("DAIRY", "National", "", 1.25)
     assert products["price"].dtype == np.float64
