@@ -136,6 +136,16 @@ class Offer:
         return self.campaign.pk
 
     @property
+    def no_discount(self) -> bool:
+        """True for a "frequently bought together" offer at the normal price (a 0 % / 0.00 campaign)."""
+        return self.campaign.discount_type in ("percent", "amount") and Decimal(self.campaign.discount_value) == 0
+
+    @property
+    def shown(self) -> bool:
+        """Whether the storefront shows it: it saves the shopper money, or it is a no-discount offer."""
+        return bool(self.items) and (self.saving > 0 or self.no_discount)
+
+    @property
     def saving_percent(self) -> Decimal:
         """Saving as a percentage of the regular total, rounded to a whole percent (display only)."""
         if not self.regular_total:
@@ -170,15 +180,18 @@ def offers_for_product(product: Product, *, now: datetime | None = None) -> list
     Returns:
         list of ``Offer`` sorted by saving (descending), then campaign id.
         Campaigns that would give no saving (e.g. a fixed price at or above
-        the regular price) are left out. Empty when the product itself is
-        inactive or out of stock.
+        the regular price) are left out, except no-discount campaigns (0 % or
+        0.00 off: the discount optimiser's choice when no discount earns more
+        than it gives away), which are shown as "frequently bought together"
+        at the normal price, after the offers that save money. Empty when the
+        product itself is inactive or out of stock.
     """
     ids = list(BundleCampaignItem.objects.filter(product_id=product.pk).values_list("campaign_id", flat=True))
     if not ids:
         return []
     qs = live_campaigns(now=now).filter(pk__in=ids).order_by("id")
     offers = [offer_from_campaign(c) for c in _with_items(qs)]
-    offers = [o for o in offers if o.saving > 0 and o.items]
+    offers = [o for o in offers if o.shown]
     offers.sort(key=lambda o: (-o.saving, o.campaign_id))
     return offers
 
@@ -189,4 +202,4 @@ def live_offer(campaign_id: int, *, now: datetime | None = None) -> Offer | None
     if campaign is None:
         return None
     offer = offer_from_campaign(campaign)
-    return offer if offer.saving > 0 and offer.items else None
+    return offer if offer.shown else None

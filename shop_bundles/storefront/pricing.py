@@ -286,6 +286,17 @@ def allocate(amount: Decimal, weights: Sequence[Decimal]) -> list[Decimal]:
     return shares
 
 
+def _no_discount(spec: CampaignSpec) -> bool:
+    """True for a "frequently bought together" campaign at the normal price (0 % or 0.00 off).
+
+    Such a bundle still forms in the cart (discount 0.00) so the order is
+    linked to its campaign and the offer's attach rate can be measured; it
+    never takes units from a bundle that saves the shopper money, because
+    bundles are formed by saving, largest first.
+    """
+    return spec.discount_type in ("percent", "amount") and Decimal(spec.discount_value) == 0
+
+
 def price_cart(items: Sequence[CartItem], campaigns: Iterable[CampaignSpec]) -> PricingResult:
     """Form bundles in a cart and price it.
 
@@ -298,7 +309,8 @@ def price_cart(items: Sequence[CartItem], campaigns: Iterable[CampaignSpec]) -> 
 
     Returns:
         ``PricingResult``. Bundles are formed greedily: the campaign with the
-        largest saving per bundle (ties: lower ``campaign_id``) takes as many
+        largest saving per bundle (ties: lower ``campaign_id``; no-discount
+        "frequently bought together" campaigns, saving 0, come last) takes as many
         whole bundles as the remaining units allow, then the next; a unit
         joins at most one bundle. Each bundle line's discount is rounded once
         half-up to cents (see module docstring) and spread over the product
@@ -328,7 +340,7 @@ def price_cart(items: Sequence[CartItem], campaigns: Iterable[CampaignSpec]) -> 
         if not spec.items or any(qty <= 0 or pid not in prices for pid, qty in spec.items):
             continue
         saving = _unit_saving(spec, prices)
-        if saving > 0:
+        if saving > 0 or _no_discount(spec):
             usable.append((saving, spec))
     # Best deal for the shopper first; the id makes equal savings deterministic.
     usable.sort(key=lambda pair: (-pair[0], pair[1].campaign_id))
@@ -344,7 +356,7 @@ def price_cart(items: Sequence[CartItem], campaigns: Iterable[CampaignSpec]) -> 
             remaining[pid] -= qty * count
         regular = bundle_regular_price(spec.items, prices) * count
         discount = bundle_line_discount(spec.discount_type, spec.discount_value, regular, count)
-        if discount <= 0:
+        if discount <= 0 and not _no_discount(spec):
             for pid, qty in spec.items:
                 remaining[pid] += qty * count
             continue

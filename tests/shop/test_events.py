@@ -229,3 +229,22 @@ def test_logged_in_staff_may_enter_a_customer_id(client, products):
     assert 'name="customer_id"' in client.get(reverse("shop_bundles:cart")).content.decode()
     client.post(reverse("shop_bundles:checkout"), {"customer_id": "C-7"})
     assert Order.objects.get().customer.external_id == "C-7"
+
+
+def test_a_no_discount_offer_shows_adds_and_links_the_order(client, products, django_capture_on_commit_callbacks):
+    """A 0 % campaign (the optimiser found no discount that pays) is a "frequently bought together" offer at
+    normal prices: shown on the product page without a saving, added as a pair, and the order is linked to it
+    so its attach rate is measured."""
+    fbt = make_campaign("AB together", "percent", "0", [products["A"], products["B"]])
+    html = client.get(reverse("shop_bundles:product_detail", kwargs={"sku": "A"})).content.decode()
+    assert "Frequently bought together" in html and "(normal prices)" in html and "You save" not in html
+    assert '<strong class="bundle-price">$25.00</strong>' in html and "Add both to cart" in html
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("shop_bundles:bundle_add", kwargs={"campaign_id": fbt.pk}))
+    cart_html = client.get(reverse("shop_bundles:cart")).content.decode()
+    assert "bought together at normal prices" in cart_html
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("shop_bundles:checkout"))
+    order = Order.objects.get()
+    assert (order.subtotal, order.discount_total, order.total) == (D("25.00"), D("0.00"), D("25.00"))
+    assert list(order.campaigns.values_list("pk", flat=True)) == [fbt.pk]

@@ -177,3 +177,15 @@ def test_percent_over_hundred_is_clamped_to_the_regular_amount():
     result = price_cart(cart(A=1, B=1), [spec(1, PERCENT, "150", A, B)])
     assert (result.discount_total, result.total) == (D("25.00"), D("0.00"))
     assert_lines_sum(result)
+
+
+def test_no_discount_campaign_forms_a_zero_bundle_that_never_takes_units_from_a_saving():
+    """A 0 % campaign ("frequently bought together" at normal prices) forms a bundle line with discount 0.00,
+    so the order is linked to it; a campaign that saves money still gets the shared units first."""
+    alone = price_cart(cart(A=1, B=1), [spec(7, PERCENT, "0", A, B)])
+    assert [(b.campaign_id, b.count, b.discount) for b in alone.bundles] == [(7, 1, D("0.00"))]
+    assert (alone.discount_total, alone.total) == (D("0.00"), D("25.00"))
+    both = price_cart(cart(A=1, B=1, C8=1), [spec(7, PERCENT, "0", A, B), spec(8, PERCENT, "15", A, C8)])
+    assert [(b.campaign_id, b.discount) for b in both.bundles] == [(8, D("4.20"))]  # A joins the saving bundle
+    # a fixed price at the regular price is not a no-discount campaign: it forms no bundle
+    assert price_cart(cart(A=1, B=1), [spec(9, FIXED_PRICE, "25.00", A, B)]).bundles == ()
