@@ -35,8 +35,9 @@ statement per 1,000 products; ``_stock_needed``: per basket, its own units
 or, if more, the units of every bundle it may be shown, since the take model
 may accept any of them), so stock never sells out and never auto-pauses a
 campaign mid-replay, while the storefront still checks it on every checkout;
-products that are inactive now are left out of the baskets (a basket left
-empty is not replayed).
+products that are not for sale now (inactive, or priced 0.00 such as the
+coupon lines of the Complete Journey data) are left out of the baskets (a
+basket left empty is not replayed).
 
 Speed (the nine-week replay is ~26,600 baskets, ~257,000 product pages): the
 baskets and their products are read once up front; the replay's sessions
@@ -130,7 +131,7 @@ class SimulationReport:
 class _Basket:
     order_id: int
     placed_at: datetime
-    lines: tuple[tuple[int, str, int], ...]  # (product id, sku, quantity), active products only
+    lines: tuple[tuple[int, str, int], ...]  # (product id, sku, quantity), products for sale only
 
 
 def _aware(day: date, *, end: bool = False) -> datetime:
@@ -162,7 +163,8 @@ def _load(date_from: date, date_to: date, limit: int | None):
     already = sum(1 for _, cid, _ in rows if cid in done)
     rows = [r for r in rows if r[1] not in done]
     lines: dict[int, list[tuple[int, str, int]]] = {}
-    line_rows = (OrderLine.objects.filter(order_id__in=[r[0] for r in rows], quantity__gt=0, product__active=True)
+    line_rows = (OrderLine.objects.filter(order_id__in=[r[0] for r in rows], quantity__gt=0, product__active=True,
+                                          product__price__gt=0)
                  .order_by("order_id", "pk").values_list("order_id", "product_id", "product__sku", "quantity"))
     for order_id, pid, sku, qty in line_rows.iterator(chunk_size=20000):
         lines.setdefault(order_id, []).append((pid, sku, qty))

@@ -340,6 +340,19 @@ def test_simulate_shoppers_counts_a_refused_checkout_with_the_storefront_message
     assert not Order.objects.filter(source__in=[Order.SOURCE_SIMULATED, Order.SOURCE_STOREFRONT]).exists()
 
 
+def test_replay_leaves_out_products_priced_0_00(history):
+    """Complete Journey baskets hold coupon lines priced 0.00, which the storefront does not sell: the replay
+    leaves those lines out (like inactive products) instead of having the checkout refuse the basket."""
+    from shop_bundles.services.simulation import shoppers_simulate
+
+    Product.objects.filter(sku="C").update(price=D("0.00"))
+    report = shoppers_simulate(date_from=datetime(2017, 10, 30).date(), date_to=datetime(2017, 12, 31).date(),
+                               limit=2, responses={})
+    assert (report.baskets, report.orders, report.failed_checkouts) == (4, 4, 0)
+    simulated = OrderLine.objects.filter(order__source=Order.SOURCE_SIMULATED)
+    assert not simulated.filter(product__sku="C").exists() and simulated.filter(product__sku="A").exists()
+
+
 def test_simulate_shoppers_stop_after_leaves_households_for_the_next_run(settings, history):
     from shop_bundles.services.simulation import shoppers_simulate
 

@@ -57,7 +57,7 @@ class Command(BaseCommand):
                 f"stopped by --stop-after: {report.households_not_started} households not replayed yet; "
                 "run the command again to continue"))
         if report.skipped_baskets:
-            self.stdout.write(f"{report.skipped_baskets} baskets held only products that are inactive now "
+            self.stdout.write(f"{report.skipped_baskets} baskets held only products that are not for sale now (inactive or priced 0.00) "
                               "(not replayed)")
         self.stdout.write(self.style.SUCCESS(
             f"SIMULATED: {report.orders} orders from {report.baskets} baskets of {report.shoppers} shoppers "
