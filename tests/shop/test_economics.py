@@ -86,12 +86,17 @@ def test_bundle_cost_uses_known_cost_or_the_department_default_margin(settings):
     assert bundle_cost([a, b]) == (D("10.00"), "mixed")
 
 
-def test_suggestion_economics_are_the_optimiser_output_and_set_the_discount(settings):
-    settings.SHOP_BUNDLES_BASE_TAKE_RATE = 0.05
+def _priced_pair(settings, *, base_take_rate: float, confidence: float):
+    """Products A (6.00, cost 3.00) and B (4.00, cost 2.00) and their pending suggestion; margin floor 5 %."""
+    settings.SHOP_BUNDLES_BASE_TAKE_RATE = base_take_rate
     settings.SHOP_BUNDLES_MIN_MARGIN_RATE = 0.05
     a = Product.objects.create(sku="A", price=D("6.00"), cost=D("3.00"), department="GROCERY", stock=5)
     b = Product.objects.create(sku="B", price=D("4.00"), cost=D("2.00"), department="GROCERY", stock=5)
-    s = _suggestion([a, b], confidence=0.1)
+    return a, b, _suggestion([a, b], confidence=confidence)
+
+
+def test_suggestion_economics_are_the_optimiser_output_and_set_the_discount(settings):
+    a, b, s = _priced_pair(settings, base_take_rate=0.05, confidence=0.1)
     from bundling_ml.economics import TakeResponse
 
     responses = {"*": TakeResponse(a=0.0, b=8.0, n_obs=500, source="shrunk")}
@@ -105,11 +110,8 @@ def test_suggestion_economics_are_the_optimiser_output_and_set_the_discount(sett
 
 
 def test_when_no_discount_pays_the_offer_is_at_the_normal_price_and_approval_uses_0_percent(settings, client):
-    settings.SHOP_BUNDLES_BASE_TAKE_RATE = 0.02
-    settings.SHOP_BUNDLES_MIN_MARGIN_RATE = 0.05
-    a = Product.objects.create(sku="A", price=D("6.00"), cost=D("3.00"), department="GROCERY", stock=5)
-    b = Product.objects.create(sku="B", price=D("4.00"), cost=D("2.00"), department="GROCERY", stock=5)
-    s = _suggestion([a, b], confidence=0.4)  # shoppers already buy them together: discounts mostly give away
+    # shoppers already buy them together (confidence 0.4): discounts mostly give away
+    a, b, s = _priced_pair(settings, base_take_rate=0.02, confidence=0.4)
     from bundling_ml.economics import TakeResponse
 
     responses = {"*": TakeResponse(a=0.0, b=1.0, n_obs=500, source="shrunk")}
@@ -138,11 +140,7 @@ def test_when_no_discount_pays_the_offer_is_at_the_normal_price_and_approval_use
 
 
 def test_a_positive_optimum_is_the_offer_with_the_optimisers_note(settings):
-    settings.SHOP_BUNDLES_BASE_TAKE_RATE = 0.05
-    settings.SHOP_BUNDLES_MIN_MARGIN_RATE = 0.05
-    a = Product.objects.create(sku="A", price=D("6.00"), cost=D("3.00"), department="GROCERY", stock=5)
-    b = Product.objects.create(sku="B", price=D("4.00"), cost=D("2.00"), department="GROCERY", stock=5)
-    s = _suggestion([a, b], confidence=0.1)
+    a, b, s = _priced_pair(settings, base_take_rate=0.05, confidence=0.1)
     from bundling_ml.economics import TakeResponse
 
     responses = {"*": TakeResponse(a=0.0, b=8.0, n_obs=500, source="shrunk")}
