@@ -17,7 +17,7 @@ from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from django.utils import timezone
 
 from ..models import BundleCampaign, BundleCampaignItem, Product
-from ..storefront.pricing import CampaignSpec, bundle_price, bundle_regular_price
+from ..storefront.pricing import CampaignSpec, bundle_price, bundle_regular_price, is_no_discount
 
 
 def live_campaigns(*, now: datetime | None = None) -> QuerySet[BundleCampaign]:
@@ -138,7 +138,7 @@ class Offer:
     @property
     def no_discount(self) -> bool:
         """True for a "frequently bought together" offer at the normal price (a 0 % / 0.00 campaign)."""
-        return self.campaign.discount_type in ("percent", "amount") and Decimal(self.campaign.discount_value) == 0
+        return is_no_discount(self.campaign.discount_type, self.campaign.discount_value)
 
     @property
     def shown(self) -> bool:

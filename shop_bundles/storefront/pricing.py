@@ -286,15 +286,16 @@ def allocate(amount: Decimal, weights: Sequence[Decimal]) -> list[Decimal]:
     return shares
 
 
-def _no_discount(spec: CampaignSpec) -> bool:
+def is_no_discount(discount_type: str, discount_value) -> bool:
     """True for a "frequently bought together" campaign at the normal price (0 % or 0.00 off).
 
     Such a bundle still forms in the cart (discount 0.00) so the order is
     linked to its campaign and the offer's attach rate can be measured; it
     never takes units from a bundle that saves the shopper money, because
-    bundles are formed by saving, largest first.
+    bundles are formed by saving, largest first. The storefront shows it as
+    "together at normal prices" (``selectors.offers.Offer.no_discount``).
     """
-    return spec.discount_type in ("percent", "amount") and Decimal(spec.discount_value) == 0
+    return discount_type in (PERCENT, AMOUNT) and Decimal(discount_value) == 0
 
 
 def price_cart(items: Sequence[CartItem], campaigns: Iterable[CampaignSpec]) -> PricingResult:
@@ -340,7 +341,7 @@ def price_cart(items: Sequence[CartItem], campaigns: Iterable[CampaignSpec]) -> 
         if not spec.items or any(qty <= 0 or pid not in prices for pid, qty in spec.items):
             continue
         saving = _unit_saving(spec, prices)
-        if saving > 0 or _no_discount(spec):
+        if saving > 0 or is_no_discount(spec.discount_type, spec.discount_value):
             usable.append((saving, spec))
     # Best deal for the shopper first; the id makes equal savings deterministic.
     usable.sort(key=lambda pair: (-pair[0], pair[1].campaign_id))
@@ -356,7 +357,7 @@ def price_cart(items: Sequence[CartItem], campaigns: Iterable[CampaignSpec]) -> 
             remaining[pid] -= qty * count
         regular = bundle_regular_price(spec.items, prices) * count
         discount = bundle_line_discount(spec.discount_type, spec.discount_value, regular, count)
-        if discount <= 0 and not _no_discount(spec):
+        if discount <= 0 and not is_no_discount(spec.discount_type, spec.discount_value):
             for pid, qty in spec.items:
                 remaining[pid] += qty * count
             continue
