@@ -346,6 +346,11 @@ def store_index(ctx: Context, store_ids) -> np.ndarray:
     return ctx.stores.get_indexer(s).astype(np.int64)
 
 
+def _shrunk_confidence(n_sac: np.ndarray, n_sa: np.ndarray, conf: np.ndarray) -> np.ndarray:
+    """(n_sac + k * conf) / (n_sa + k), k = :data:`STORE_CONF_PRIOR`: the store's confidence shrunk towards ``conf``."""
+    return (n_sac + STORE_CONF_PRIOR * conf) / (n_sa + STORE_CONF_PRIOR)
+
+
 def store_pair_counts(ctx: Context, s: np.ndarray, a: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Co-purchase counts within the query's store.
 
@@ -495,7 +500,7 @@ def pair_features(ctx: Context, a: np.ndarray, c: np.ndarray, u: np.ndarray | No
         if known_s.any():
             n_sac, n_sa = store_pair_counts(ctx, st, a, c)
             conf = out[:, 2].astype(np.float64)
-            sconf = (n_sac + STORE_CONF_PRIOR * conf) / (n_sa + STORE_CONF_PRIOR)
+            sconf = _shrunk_confidence(n_sac, n_sa, conf)
             out[:, 27] = known_s
             out[known_s, 28] = sconf[known_s]
             out[known_s, 29] = np.log((sconf[known_s] + 1e-4) / (conf[known_s] + 1e-4))
@@ -702,8 +707,7 @@ def store_count_rank(ctx: Context, anchors: np.ndarray, stores: np.ndarray, k: i
     C = np.where(valid, cands, 0).ravel()
     na = ctx.S.item_counts[A].astype(np.float64)
     conf = np.divide(_sparse_values(ctx.S.co, A, C), na, out=np.zeros(len(A)), where=na > 0)
-    n_sac, n_sa = store_pair_counts(ctx, np.repeat(stores, mm), A, C)
-    score = ((n_sac + STORE_CONF_PRIOR * conf) / (n_sa + STORE_CONF_PRIOR)).reshape(n, mm)
+    score = _shrunk_confidence(*store_pair_counts(ctx, np.repeat(stores, mm), A, C), conf).reshape(n, mm)
     score = score - 1e-9 * np.arange(mm)[None, :]  # ties: count order
     return top_k(cands, np.where(valid, score, -np.inf), k)[0]
 
