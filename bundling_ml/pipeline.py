@@ -446,3 +446,167 @@ def score_bundles(
     df["co_purchase_count"] = df["co_purchase_count"].astype("int64")
     prog(1.0, f"{len(df)} bundles")
     return df
+
+
+OFFER_SCORE_COLUMNS = ["offer_id", "product_id", "store_id", "score", "co_purchase_count", "anchor_baskets"]
+
+
+def score_offers_by_store(
+    artifact_dir,
+    lines: pd.DataFrame,
+    products: pd.DataFrame,
+    offers: pd.DataFrame,
+    *,
+    min_store_baskets: int = 5,
+    promotions: Optional[pd.DataFrame] = None,
+    week_start=None,
+    progress: Optional[ProgressFn] = None,
+) -> pd.DataFrame:
+    """Score live offers for each product page, chain-wide and in each store.
+
+    The storefront shows every live offer that holds the page's product; this
+    says in which order, for a shopper with or without a chosen store. For
+    each offer and each of its items taken as the page product (the anchor),
+    the model scores the offer's other items as companions of the anchor,
+    once with no store (the "anonymous, no store" query of the protocol) and
+    once in every store where the anchor was bought in at least
+    ``min_store_baskets`` baskets (the store context features of
+    :func:`bundling_ml.ranking.pair_features`: store-conditional confidence
+    shrunk towards the global one, the candidate's store lift, ...). The
+    model's pair logits do not depend on the other candidates of a list, so a
+    companion's logit here is the one ``recommend`` gives it for the same
+    anchor, store and week.
+
+    Score of an offer = geometric mean over its companions of
+    sigmoid(logit(anchor, companion, store)): a 0..1 number comparable
+    between the offers of one product page in one store (all are scored for
+    the same anchor and store).
+
+    Args:
+        artifact_dir: directory written by :func:`train_model`.
+        lines: order lines (the history the statistics are computed on; cleaned here).
+        products: products frame.
+        offers: DataFrame with ``offer_id`` (any hashable, returned as str)
+            and ``items`` (sequence of product ids, str; 2 or more).
+        min_store_baskets: a store gets its own rows for a page product only
+            when that product was bought there in at least this many baskets
+            (fewer: the store-conditional statistics are nearly all prior, and
+            the chain-wide row serves the store).
+        promotions: weekly promotions as for :func:`score_bundles` (display /
+            mailer features of the scoring week); optional.
+        week_start: a day of the week scored for (default: the day after the
+            last order line).
+        progress: optional callable(fraction, stage).
+
+    Returns:
+        DataFrame with columns offer_id (str), product_id (str: the page
+        product), store_id (str; "" = no store, the chain-wide row), score
+        (float64, 0..1), co_purchase_count (int64: baskets, in that store or
+        chain-wide, holding all the offer's items), anchor_baskets (int64:
+        baskets holding the page product, in that store or chain-wide);
+        sorted by offer_id, product_id, store_id. An offer with an item never
+        bought in ``lines`` has no rows (nothing to score it with); the lines
+        without ``store_id`` give only chain-wide rows.
+
+    Raises:
+        FileNotFoundError: if the artifact is missing.
+        ValueError: if the artifact holds the earlier pointwise model, or
+            ``offers`` lacks ``offer_id`` / ``items``.
+    """
+    prog = _Progress(progress)
+    missing = {"offer_id", "items"} - set(offers.columns)
+    if missing:
+        raise ValueError(f"offers: missing column(s) {sorted(missing)}; expected offer_id and items")
+    prog(0.0, "loading model")
+    model, meta = artifacts.load_model(artifact_dir)
+    if meta.get("model") != "bundle_list_ranker":
+        raise ValueError(f"artifact {artifact_dir} holds a {meta.get('model')!r} model from an older version; retrain it with train_model")
+    vocab = ProductVocab.from_json(meta["vocab"])
+    cols = rk.feature_columns(meta.get("pair_features", rk.ANON_FEATURES))
+    empty = pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
+        OFFER_SCORE_COLUMNS, [str, str, str, "float64", "int64", "int64"])})
+    prog(0.05, "preparing lines")
+    L = prepare_lines(lines)
+    if L.empty or offers.empty:
+        return empty
+    P = prepare_products(products, L)
+    product_index = pd.Index(np.sort(L["product_id"].unique()))
+    table = ProductTable.build(P, product_index, vocab)
+    prog(0.2, "counting co-purchases")
+    ctx = rk.build_context(L, product_index, table, P)
+    week = None
+    if promotions is not None and len(promotions) and meta.get("promotions"):
+        ctx = rk.attach_promotions(ctx, promotions_for_ranker(promotions))
+        week = int(rk.week_index(ctx, [pd.Timestamp(week_start) if week_start is not None else ctx.end])[0])
+    use_stores = ctx.stores is not None and any(f in rk.STORE_FEATURES for f in meta.get("pair_features", ()))
+
+    # (offer, page product, companions) with every item known to the history
+    pages: list[tuple[str, int, tuple[int, ...]]] = []
+    for offer_id, items in zip(offers["offer_id"].tolist(), offers["items"].tolist()):
+        idx = product_index.get_indexer([str(i) for i in items])
+        if len(idx) < 2 or (idx < 0).any():
+            continue
+        for j, a in enumerate(idx.tolist()):
+            pages.append((str(offer_id), a, tuple(int(c) for k, c in enumerate(idx.tolist()) if k != j)))
+    if not pages:
+        return empty
+    companions: dict[int, list[int]] = {}
+    for _, a, comps in pages:
+        companions.setdefault(a, [])
+        companions[a].extend(c for c in comps if c not in companions[a])
+
+    prog(0.4, f"store lists for {len(companions)} page products")
+    Xc = ctx.Xcsc
+    list_anchor, list_store = [], []
+    store_baskets: dict[tuple[int, int], np.ndarray] = {}  # (anchor, store row) -> basket rows
+    for a in companions:
+        list_anchor.append(a)
+        list_store.append(-1)
+        if not use_stores:
+            continue
+        rows = Xc.indices[Xc.indptr[a]:Xc.indptr[a + 1]]
+        st = ctx.b_store[rows]
+        for s in np.flatnonzero(np.bincount(st[st >= 0], minlength=len(ctx.stores)) >= min_store_baskets).tolist():
+            list_anchor.append(a)
+            list_store.append(s)
+            store_baskets[(a, s)] = rows[st == s]
+    width = max(len(c) for c in companions.values())
+    anchors = np.asarray(list_anchor, np.int64)
+    stores = np.asarray(list_store, np.int64)
+    cands = np.full((len(anchors), width), -1, np.int64)
+    for i, a in enumerate(list_anchor):
+        cands[i, :len(companions[a])] = companions[a]
+    prog(0.6, f"scoring {len(anchors)} lists")
+    logits = rk.predict_lists(model, ctx, anchors, cands, None, cols,
+                              weeks=None if week is None else np.full(len(anchors), week),
+                              stores=stores if use_stores else None)
+    prob = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -50, 50)))
+    lists_of: dict[int, list[int]] = {}
+    for i, a in enumerate(list_anchor):
+        lists_of.setdefault(a, []).append(i)
+
+    prog(0.85, "evidence")
+    S = ctx.S
+    ids = product_index.to_numpy()
+    store_ids = ctx.stores.to_numpy() if use_stores else None
+    out = []
+    for offer_id, a, comps in pages:
+        pos = [companions[a].index(c) for c in comps]
+        items = (a, *comps)
+        for i in lists_of[a]:
+            s = int(stores[i])
+            score = float(np.exp(np.mean(np.log(prob[i, pos]))))
+            if s < 0:
+                n_all, n_a, store = S.baskets_with_all(items), int(S.item_counts[a]), ""
+            else:
+                rows = store_baskets[(a, s)]
+                sub = ctx.X[rows][:, list(comps)]
+                n_all = int((np.diff((sub > 0).astype(np.int8).tocsr().indptr) == len(comps)).sum())
+                n_a, store = len(rows), str(store_ids[s])
+            out.append((offer_id, str(ids[a]), store, score, int(n_all), int(n_a)))
+    df = pd.DataFrame(out, columns=OFFER_SCORE_COLUMNS)
+    df["co_purchase_count"] = df["co_purchase_count"].astype("int64")
+    df["anchor_baskets"] = df["anchor_baskets"].astype("int64")
+    df = df.sort_values(["offer_id", "product_id", "store_id"], kind="stable").reset_index(drop=True)
+    prog(1.0, f"{len(df)} offer scores")
+    return df

@@ -37,7 +37,7 @@ from .models import BundleSuggestion, Order, OrderLine, Product, Promotion
 
 logger = logging.getLogger(__name__)
 
-LINE_COLUMNS = ["basket_id", "product_id", "customer_id", "time", "quantity", "price"]
+LINE_COLUMNS = ["basket_id", "product_id", "customer_id", "time", "quantity", "price", "store_id"]
 PRODUCT_COLUMNS = ["product_id", "name", "department", "category", "product_type", "brand", "price"]
 CHUNK_SIZE = 50_000
 
@@ -137,6 +137,7 @@ def lines_frame(orders: QuerySet | None = None, *, since: datetime | None = None
         time         datetime64[ns], naive, local  ``Order.placed_at`` in TIME_ZONE
         quantity     float64                       ``OrderLine.quantity``
         price        float64                       ``OrderLine.unit_price`` (shelf price)
+        store_id     "string", <NA> when blank     ``Order.store_id`` (store, branch or channel)
         ============ ============================= ======================================
 
         No row is dropped here (protocol step 1 is ``bundling_ml.data.prepare_lines``).
@@ -148,9 +149,9 @@ def lines_frame(orders: QuerySet | None = None, *, since: datetime | None = None
         orders_qs = orders_qs.filter(placed_at__lt=until)
     orders_qs = orders_qs.order_by()
 
-    order_frame = _fetch(orders_qs, ["id", "external_id", "customer__external_id", "placed_at"],
-                         ["order_pk", "basket_id", "customer_id", "placed_at"],
-                         text_columns=("basket_id", "customer_id", "placed_at"))
+    order_frame = _fetch(orders_qs, ["id", "external_id", "customer__external_id", "placed_at", "store_id"],
+                         ["order_pk", "basket_id", "customer_id", "placed_at", "store_id"],
+                         text_columns=("basket_id", "customer_id", "placed_at", "store_id"))
     if order_frame.empty:
         return empty_lines_frame()
 
@@ -189,7 +190,9 @@ def lines_frame(orders: QuerySet | None = None, *, since: datetime | None = None
         "time": times[order_pos],
         "quantity": line_frame["quantity"].to_numpy(dtype="float64")[sort],
         "price": line_frame["price"].to_numpy(dtype="float64")[sort],
+        "store_id": pd.array(order_frame["store_id"].to_numpy(dtype=object)[order_pos], dtype="string"),
     })
+    frame["store_id"] = frame["store_id"].str.strip().replace("", pd.NA)
     frame["basket_id"] = frame["basket_id"].astype(str)
     frame["product_id"] = frame["product_id"].astype(str)
     frame["time"] = frame["time"].astype("datetime64[ns]")
@@ -205,6 +208,7 @@ def empty_lines_frame() -> pd.DataFrame:
         "time": pd.Series(dtype="datetime64[ns]"),
         "quantity": pd.Series(dtype="float64"),
         "price": pd.Series(dtype="float64"),
+        "store_id": pd.Series(dtype="string"),
     })
 
 

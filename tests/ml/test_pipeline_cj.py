@@ -180,3 +180,56 @@ def test_name_codes_fold_case_and_spacing():
     codes = pipeline._name_codes(products, pd.Index(["1", "2", "3", "4", "5", "6"]))
     assert codes[0] == codes[1] != codes[2] and codes[0] >= 0 and codes[2] >= 0
     assert codes[3:].tolist() == [-1, -1, -1]  # no name (or unknown product): never "the same name"
+
+
+def test_score_offers_by_store_ranks_each_page_in_each_store(trained, cj_small):
+    """Offers scored per page product, chain-wide and per store, with evidence recounted from the lines."""
+    from scipy.stats import spearmanr
+
+    res, _ = trained
+    lines, products = cj_small
+    bundles = pipeline.score_bundles(res.artifact_dir, lines, products, min_anchor_baskets=10, max_bundles=40,
+                                     excluded_departments=("FUEL", "COUPON"))
+    offers = pd.DataFrame({"offer_id": [f"c{i}" for i in range(len(bundles))], "items": bundles["items"]})
+    offers.loc[len(offers)] = ["never-sold", (bundles["items"][0][0], "no-such-product")]
+    df = pipeline.score_offers_by_store(res.artifact_dir, lines, products, offers, min_store_baskets=5)
+    assert list(df.columns) == pipeline.OFFER_SCORE_COLUMNS
+    assert "never-sold" not in set(df.offer_id)  # an item never bought: nothing to score it with
+    # one chain-wide row for every (offer, item as the page product)
+    chain = df[df.store_id == ""]
+    assert len(chain) == sum(len(t) for t in bundles["items"])
+    assert df["score"].between(0, 1).all()
+    assert (df.loc[df.store_id != "", "anchor_baskets"] >= 5).all()
+
+    # evidence recounted by hand: baskets (in the store, or anywhere) holding the page product and all items
+    L = prepare_lines(lines)
+    baskets = L.groupby("basket_id").agg(items=("product_id", set), store=("store_id", "first"))
+    items_of = dict(zip(offers.offer_id, offers["items"]))
+    sample = pd.concat([chain.head(3), df[(df.store_id != "") & (df.co_purchase_count > 0)].head(4),
+                        df[(df.store_id != "") & (df.co_purchase_count == 0)].head(2)])
+    for row in sample.itertuples():
+        where = baskets if row.store_id == "" else baskets[baskets.store == row.store_id]
+        assert row.anchor_baskets == sum(row.product_id in b for b in where["items"])
+        assert row.co_purchase_count == sum(set(items_of[row.offer_id]) <= b for b in where["items"])
+    # every store where a page product sold in >= 5 baskets has its own row
+    first = chain.iloc[0]
+    per_store = baskets[baskets["items"].map(lambda b: first.product_id in b)].groupby("store").size()
+    assert set(df[(df.offer_id == first.offer_id) & (df.product_id == first.product_id) & (df.store_id != "")].store_id) \
+        == set(per_store[per_store >= 5].index)
+
+    # The store moves the score the way the store's own evidence does: where the offer's confidence in the
+    # store is above the chain's, the store score is above the chain score, and the other way round.
+    stores = df[df.store_id != ""].merge(chain, on=["offer_id", "product_id"], suffixes=("", "_chain"))
+    d_conf = stores.co_purchase_count / stores.anchor_baskets - stores.co_purchase_count_chain / stores.anchor_baskets_chain
+    assert spearmanr(d_conf, stores.score - stores.score_chain).statistic > 0.4
+
+    # A 2-item offer's score is the model's probability for that companion, anchor and store.
+    model, meta = artifacts.load_model(res.artifact_dir)
+    row = stores[offers.set_index("offer_id").loc[stores.offer_id, "items"].map(len).to_numpy() == 2].iloc[0]
+    companion = next(i for i in items_of[row.offer_id] if i != row.product_id)
+    P = prepare_products(products, L)
+    idx = pd.Index(np.sort(L.product_id.unique()))
+    ctx = rk.build_context(L, idx, ProductTable.build(P, idx, ProductVocab.from_json(meta["vocab"])), P)
+    logit = rk.predict_lists(model, ctx, idx.get_indexer([row.product_id]), idx.get_indexer([companion]).reshape(1, 1), None,
+                             rk.feature_columns(meta["pair_features"]), stores=rk.store_index(ctx, [row.store_id]))[0, 0]
+    assert row.score == pytest.approx(1 / (1 + np.exp(-logit)), rel=1e-5)

@@ -100,7 +100,7 @@ def _tiny_orders():
     a = Product.objects.create(sku="007", price=Decimal("1.25"), department="DAIRY", brand="National")
     b = Product.objects.create(sku="22001", price=Decimal("3.00"))
     known = Customer.objects.create(external_id="20001")
-    o1 = Order.objects.create(external_id="540001", customer=known,
+    o1 = Order.objects.create(external_id="540001", customer=known, store_id=" 367 ",
                               placed_at=datetime(2017, 1, 1, 18, 0, tzinfo=dt_timezone.utc))
     o2 = Order.objects.create(external_id="540002", customer=None,
                               placed_at=datetime(2017, 1, 2, 3, 30, tzinfo=dt_timezone.utc))
@@ -114,19 +114,19 @@ def _tiny_orders():
 def test_lines_frame_follows_the_contract():
     _tiny_orders()
     lines = ml_bridge.lines_frame()
-    assert list(lines.columns) == ["basket_id", "product_id", "customer_id", "time", "quantity", "price"]
-    assert str(lines["customer_id"].dtype) == "string"
+    assert list(lines.columns) == ["basket_id", "product_id", "customer_id", "time", "quantity", "price", "store_id"]
+    assert str(lines["customer_id"].dtype) == "string" and str(lines["store_id"].dtype) == "string"
     assert lines["time"].dtype == np.dtype("datetime64[ns]") and lines["time"].dt.tz is None
     assert lines["quantity"].dtype == np.float64 and lines["price"].dtype == np.float64
     rows = [(r.basket_id, r.product_id, None if pd.isna(r.customer_id) else r.customer_id, r.time, r.quantity,
-             r.price) for r in lines.itertuples(index=False)]
+             r.price, None if pd.isna(r.store_id) else r.store_id) for r in lines.itertuples(index=False)]
     # 18:00 UTC is noon in Chicago (CST); 03:30 UTC on Jan 2 is 21:30 on Jan 1. SKU "007" keeps its zeros,
-    # the guest order has <NA>.
-    assert sorted(rows) == sorted([
-        ("540001", "007", "20001", pd.Timestamp("2017-01-01 12:00"), 2.0, 1.25),
-        ("540001", "22001", "20001", pd.Timestamp("2017-01-01 12:00"), 1.0, 2.99),
-        ("540002", "007", None, pd.Timestamp("2017-01-01 21:30"), 1.0, 1.30),
-    ])
+    # the guest order has <NA>; the store id is trimmed, and a blank one is <NA>.
+    assert sorted(rows, key=str) == sorted([
+        ("540001", "007", "20001", pd.Timestamp("2017-01-01 12:00"), 2.0, 1.25, "367"),
+        ("540001", "22001", "20001", pd.Timestamp("2017-01-01 12:00"), 1.0, 2.99, "367"),
+        ("540002", "007", None, pd.Timestamp("2017-01-01 21:30"), 1.0, 1.30, None),
+    ], key=str)
     assert lines["time"].is_monotonic_increasing
 
 
@@ -158,6 +158,8 @@ def test_lines_frame_round_trips_a_cj_slice(cj_slice):
     first = tx.sort_values("transaction_timestamp").iloc[0]
     assert lines["time"].iloc[0] == first["transaction_timestamp"]
     assert lines["customer_id"].notna().all()
+    stores = tx.groupby(tx["basket_id"].astype(str))["store_id"].first().astype(str)
+    assert (lines["store_id"].to_numpy() == stores.reindex(lines["basket_id"]).to_numpy()).all()
 
 
 def test_suggestions_from_frame_maps_rows_and_drops_unknown_products():
