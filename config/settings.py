@@ -174,6 +174,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "shop_bundles.tasks.retrain_model": {"queue": "ml"},
     "shop_bundles.tasks.score_suggestions": {"queue": "ml"},
+    "shop_bundles.tasks.rank_offers_by_store": {"queue": "ml"},
 }
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 4 * 3600}

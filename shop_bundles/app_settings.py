@@ -38,6 +38,9 @@ SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD  the storefront checkout shows and accepts 
                                  every shopper (default False: only logged-in staff get the field; any
                                  other posted ``customer_id`` is ignored). ``simulate_shoppers`` turns it
                                  on for its replay.
+SHOP_BUNDLES_MIN_STORE_BASKETS  a store gets its own ordering of a product page's offers when the product
+                                 sold there in at least this many baskets (default 5; fewer: the
+                                 chain-wide ordering).
 SHOP_BUNDLES_IMPRESSION_DRAIN_BATCH  messages per LRANGE / INSERT / LTRIM step of the drain (default 1000).
 SHOP_BUNDLES_IMPRESSION_DRAIN_MAX   messages one ``drain_impression_buffer`` task run drains at most
                                  (default 50,000; the next beat run continues).
@@ -69,6 +72,7 @@ DEFAULTS = {
     "IMPRESSION_DRAIN_BATCH": 1000,
     "IMPRESSION_DRAIN_MAX": 50_000,
     "CHECKOUT_CUSTOMER_FIELD": False,
+    "MIN_STORE_BASKETS": 5,
 }
 
 REDIS_SCHEMES = ("redis://", "rediss://")

@@ -7,6 +7,8 @@ DEFAULT_SCHEDULE = [
      {"minute": "0", "hour": "2", "day_of_week": "*", "day_of_month": "*", "month_of_year": "*"}, {"trigger": "schedule"}),
     ("Hourly scoring", "shop_bundles.tasks.score_suggestions",
      {"minute": "15", "hour": "*", "day_of_week": "*", "day_of_month": "*", "month_of_year": "*"}, {}),
+    ("Hourly offer ranking per store", "shop_bundles.tasks.rank_offers_by_store",
+     {"minute": "40", "hour": "*", "day_of_week": "*", "day_of_month": "*", "month_of_year": "*"}, {}),
     ("Expire ended campaigns", "shop_bundles.tasks.expire_campaigns",
      {"minute": "*/10", "hour": "*", "day_of_week": "*", "day_of_month": "*", "month_of_year": "*"}, {}),
     ("Relay outbox events", "shop_bundles.tasks.relay_outbox",

@@ -1,7 +1,7 @@
 """Celery tasks: thin wrappers that load by id and call a service.
 
 Only ids and small JSON values cross the queue. ML tasks (``retrain_model``,
-``score_suggestions``) are routed to the ``ml`` queue (``CELERY_TASK_ROUTES``)
+``score_suggestions``, ``rank_offers_by_store``) are routed to the ``ml`` queue (``CELERY_TASK_ROUTES``)
 and import TensorFlow only inside the service they call, never at module
 level, so the web process and beat stay free of it.
 """
@@ -37,6 +37,19 @@ def score_suggestions(self, model_version_id: int | None = None) -> dict:
     from .services.scoring import suggestions_score
 
     return suggestions_score(model_version_id=model_version_id)
+
+
+@shared_task(name="shop_bundles.tasks.rank_offers_by_store", bind=True, acks_late=True,
+             soft_time_limit=1800, time_limit=1900)
+def rank_offers_by_store(self, model_version_id: int | None = None) -> dict:
+    """Re-score the open campaigns per product page and store (``OfferStoreScore``; beat: hourly).
+
+    Returns:
+        ``services.store_offers.store_offer_scores_refresh``'s counts (``campaigns``, ``rows``, ``stores``, ...).
+    """
+    from .services.store_offers import store_offer_scores_refresh
+
+    return store_offer_scores_refresh(model_version_id=model_version_id)
 
 
 @shared_task(name="shop_bundles.tasks.expire_campaigns")

@@ -6,6 +6,7 @@ from .campaigns import (
     BundleCampaignItem,
     BundleSuggestion,
     BundleSuggestionItem,
+    OfferStoreScore,
     StaffAction,
 )
 from .ml import ModelVersion, TrainingRun
@@ -23,6 +24,7 @@ __all__ = [
     "ImportRun",
     "ModelVersion",
     "OfferEvent",
+    "OfferStoreScore",
     "Order",
     "OrderEvent",
     "OrderLine",

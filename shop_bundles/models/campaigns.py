@@ -136,6 +136,46 @@ class BundleCampaignItem(models.Model):
         return f"{self.quantity} x {self.product}"
 
 
+class OfferStoreScore(models.Model):
+    """The model's score of a campaign on one product's page, in one store or chain-wide.
+
+    Written by ``services.store_offers.store_offer_scores_refresh`` (Celery
+    task ``rank_offers_by_store``, hourly; command ``rank_store_offers``) from
+    ``bundling_ml.pipeline.score_offers_by_store``: for each item of a live
+    campaign taken as the page's product, the geometric mean of the model's
+    probabilities (0..1) of the campaign's other items as its companions,
+    with the store-context features of the store (``store_id``) or with no
+    store (``store_id == ""``, the chain-wide row). A store has its own rows
+    for a product only when the product sold there in at least
+    ``SHOP_BUNDLES_MIN_STORE_BASKETS`` baskets. The product page orders the
+    offers it shows by the row of the shopper's chosen store, else by the
+    chain-wide row (``selectors.offers.offers_for_product``).
+
+    ``co_purchase_count``: baskets (in the store, or anywhere for "") holding
+    all the campaign's items; ``anchor_baskets``: baskets holding the page's
+    product. Rows are replaced as a whole on each refresh.
+    """
+
+    campaign = models.ForeignKey(BundleCampaign, on_delete=models.CASCADE, related_name="store_scores")
+    product = models.ForeignKey("shop_bundles.Product", on_delete=models.CASCADE, related_name="+")
+    store_id = models.CharField(max_length=32, blank=True, help_text='The store; "" is the chain-wide score.')
+    score = models.FloatField()
+    co_purchase_count = models.PositiveIntegerField(default=0)
+    anchor_baskets = models.PositiveIntegerField(default=0)
+    model_version = models.ForeignKey("shop_bundles.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL,
+                                      related_name="+")
+    computed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            # also the product page's lookup index: (product, store) -> the scores of its campaigns
+            models.UniqueConstraint(fields=["product", "store_id", "campaign"], name="offerstorescore_unique"),
+        ]
+
+    def __str__(self):
+        return f"{self.campaign_id} on {self.product_id} @ {self.store_id or 'chain'}: {self.score:.3f}"
+
+
 class StaffAction(models.Model):
     """Audit trail: who did what to a suggestion or campaign, and when."""
 

@@ -8,7 +8,7 @@ product page, the cart and the checkout agree to the cent.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Iterable
@@ -16,7 +16,7 @@ from typing import Iterable
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from django.utils import timezone
 
-from ..models import BundleCampaign, BundleCampaignItem, Product
+from ..models import BundleCampaign, BundleCampaignItem, OfferStoreScore, Product
 from ..storefront.pricing import CampaignSpec, bundle_price, bundle_regular_price, is_no_discount
 
 
@@ -122,6 +122,12 @@ class Offer:
         bundle_price: what one bundle costs (Decimal, ``regular_total - saving``).
         saving: discount on one bundle, rounded once half-up to cents, never
             negative and never above ``regular_total``.
+        score: the model's 0..1 score of the offer on the page it is shown on
+            (``OfferStoreScore`` of the shopper's store, else chain-wide);
+            None when the offer has not been scored yet.
+        store_id: the store ``score`` is for ("" = chain-wide or not scored).
+        store_co_purchase_count: baskets of that store holding all the
+            offer's items (None unless ``store_id``).
     """
 
     campaign: BundleCampaign
@@ -129,6 +135,9 @@ class Offer:
     regular_total: Decimal
     bundle_price: Decimal
     saving: Decimal
+    score: float | None = None
+    store_id: str = ""
+    store_co_purchase_count: int | None = None
 
     @property
     def campaign_id(self) -> int:
@@ -163,27 +172,37 @@ def offer_from_campaign(campaign: BundleCampaign) -> Offer:
     return Offer(campaign=campaign, items=items, regular_total=regular, bundle_price=price, saving=saving)
 
 
-def offers_for_product(product: Product, *, now: datetime | None = None) -> list[Offer]:
-    """Live offers that contain ``product``, best saving first.
+def offers_for_product(product: Product, *, store_id: str = "", now: datetime | None = None) -> list[Offer]:
+    """Live offers that contain ``product``, in the order the product page shows them.
 
     The product page's hot path. First the ids of the campaigns holding the
     product (one index scan on ``bundlecampaignitem(product_id)``); most
     products are in no campaign and that is the only query. Otherwise the
     live ones among those ids (primary-key lookups, so the plan does not
-    depend on table statistics), then their items with products: three
-    queries whatever the number of offers.
+    depend on table statistics), their items with products, and the model's
+    scores of those campaigns on this product's page (one index scan on
+    ``offerstorescore(product_id, store_id, campaign_id)``): four queries
+    whatever the number of offers.
+
+    Order: offers that save money first, then no-discount campaigns (0 % or
+    0.00 off: the discount optimiser's choice when no discount earns more
+    than it gives away, shown as "frequently bought together" at the normal
+    price). Within each group, by the model's score for the shopper's store
+    (``OfferStoreScore`` row of ``store_id``), else its chain-wide score
+    (row ``""``), highest first; offers not scored yet (approved since the
+    last ``rank_offers_by_store`` run) after the scored ones; then by saving
+    (descending), then campaign id.
 
     Args:
         product: a ``Product`` (its pk is used).
+        store_id: the shopper's chosen store ("" = none).
         now: aware datetime; None means ``timezone.now()``.
 
     Returns:
-        list of ``Offer`` sorted by saving (descending), then campaign id.
-        Campaigns that would give no saving (e.g. a fixed price at or above
-        the regular price) are left out, except no-discount campaigns (0 % or
-        0.00 off: the discount optimiser's choice when no discount earns more
-        than it gives away), which are shown as "frequently bought together"
-        at the normal price, after the offers that save money. Empty when the
+        list of ``Offer`` with ``score`` / ``store_id`` /
+        ``store_co_purchase_count`` filled from the scores used. Campaigns
+        that would give no saving (e.g. a fixed price at or above the regular
+        price) are left out, except no-discount campaigns. Empty when the
         product itself is inactive or out of stock.
     """
     ids = list(BundleCampaignItem.objects.filter(product_id=product.pk).values_list("campaign_id", flat=True))
@@ -192,7 +211,21 @@ def offers_for_product(product: Product, *, now: datetime | None = None) -> list
     qs = live_campaigns(now=now).filter(pk__in=ids).order_by("id")
     offers = [offer_from_campaign(c) for c in _with_items(qs)]
     offers = [o for o in offers if o.shown]
-    offers.sort(key=lambda o: (-o.saving, o.campaign_id))
+    if offers:
+        scores: dict[tuple[int, str], tuple[float, int]] = {
+            (cid, sid): (score, n) for cid, sid, score, n in OfferStoreScore.objects.filter(
+                product_id=product.pk, store_id__in={store_id, ""}, campaign_id__in=[o.campaign_id for o in offers],
+            ).values_list("campaign_id", "store_id", "score", "co_purchase_count")}
+        ranked = []
+        for o in offers:
+            if store_id and (o.campaign_id, store_id) in scores:
+                score, n = scores[(o.campaign_id, store_id)]
+                o = replace(o, score=score, store_id=store_id, store_co_purchase_count=n)
+            elif (o.campaign_id, "") in scores:
+                o = replace(o, score=scores[(o.campaign_id, "")][0])
+            ranked.append(o)
+        offers = ranked
+    offers.sort(key=lambda o: (o.no_discount, o.score is None, -(o.score or 0.0), -o.saving, o.campaign_id))
     return offers
 
 

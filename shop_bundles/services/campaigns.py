@@ -373,22 +373,32 @@ def suggestions_expire_stale(*, now: datetime | None = None) -> int:
     return len(ids)
 
 
-def live_signatures(*, now: datetime | None = None) -> set[str]:
-    """Signatures (sorted SKUs joined with ``+``) of campaigns that are live or may become live again.
+def open_campaigns(*, now: datetime | None = None):
+    """Campaigns that are live or may become live again: active, paused or draft, end time not passed.
 
-    Counts active, paused and draft campaigns whose end time has not passed.
+    Returns:
+        QuerySet of ``BundleCampaign``.
     """
-    from ..ml_bridge import signature_of
-
     now = now or timezone.now()
-    campaigns = BundleCampaign.objects.filter(
+    return BundleCampaign.objects.filter(
         status__in=[BundleCampaign.ACTIVE, BundleCampaign.PAUSED, BundleCampaign.DRAFT]).filter(
         Q(ends_at__isnull=True) | Q(ends_at__gt=now))
+
+
+def open_campaign_skus(*, now: datetime | None = None) -> dict[int, list[str]]:
+    """``{campaign id: [SKU, ...]}`` of the :func:`open_campaigns`, items in position order."""
     skus: dict[int, list[str]] = {}
-    for campaign_id, sku in BundleCampaignItem.objects.filter(campaign__in=campaigns).values_list(
-            "campaign_id", "product__sku"):
+    for campaign_id, sku in (BundleCampaignItem.objects.filter(campaign__in=open_campaigns(now=now))
+                             .order_by("campaign_id", "position", "id").values_list("campaign_id", "product__sku")):
         skus.setdefault(campaign_id, []).append(sku)
-    return {signature_of(v) for v in skus.values()}
+    return skus
+
+
+def live_signatures(*, now: datetime | None = None) -> set[str]:
+    """Signatures (sorted SKUs joined with ``+``) of the :func:`open_campaigns`."""
+    from ..ml_bridge import signature_of
+
+    return {signature_of(v) for v in open_campaign_skus(now=now).values()}
 
 
 AUTO_PREFIX = "auto: "

@@ -61,7 +61,7 @@ def _quantities(cart) -> dict[int, int]:
 
 
 def order_place(*, cart, session_key: str | None, customer: Customer | None = None,
-                now: datetime | None = None, experiment_group: str = "") -> Order:
+                now: datetime | None = None, experiment_group: str = "", store_id: str = "") -> Order:
     """Turn a cart into a storefront ``Order``.
 
     Inside one ``transaction.atomic`` block: the cart's products are locked
@@ -132,6 +132,7 @@ def order_place(*, cart, session_key: str | None, customer: Customer | None = No
             source=Order.SOURCE_STOREFRONT,
             session_key=session_key or "",
             experiment_group=experiment_group or "",
+            store_id=(store_id or "")[:32],
             subtotal=priced.subtotal,
             discount_total=priced.discount_total,
             total=priced.total,

@@ -59,3 +59,14 @@ class CheckoutForm(forms.Form):
     def clean_customer_id(self) -> str:
         """Strip surrounding spaces."""
         return (self.cleaned_data.get("customer_id") or "").strip()
+
+
+class StoreForm(forms.Form):
+    """The shopper's store: one of the shop's stores (``stores``: ``[(store_id, orders), ...]``), or "" for none."""
+
+    store = forms.ChoiceField(required=False, label="Your store")
+
+    def __init__(self, *args, stores=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["store"].choices = [("", "No store (order offers for the whole shop)")] + [
+            (sid, f"Store {sid} ({orders:,} orders)") for sid, orders in stores]

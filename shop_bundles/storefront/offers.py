@@ -7,6 +7,7 @@ from ..models import Product
 from ..selectors.experiment import HOLDOUT, request_group
 from ..selectors.offers import Offer, offers_for_product
 from ..services.events import offer_impressions_record
+from .stores import shopper_store
 
 
 def product_offers_shown(request: HttpRequest, product: Product) -> list[Offer]:
@@ -23,10 +24,11 @@ def product_offers_shown(request: HttpRequest, product: Product) -> list[Offer]:
         product: the product of the page.
 
     Returns:
-        The offers to render: ``offers_for_product(product)`` for the
-        treatment group, ``[]`` for the holdout or an unavailable product.
+        The offers to render: ``offers_for_product(product, store_id=<the
+        shopper's chosen store>)`` for the treatment group (ordered for that
+        store), ``[]`` for the holdout or an unavailable product.
     """
-    offers = offers_for_product(product) if product.available else []
+    offers = offers_for_product(product, store_id=shopper_store(request)) if product.available else []
     if not offers:
         return []
     if not request.session.session_key:

@@ -12,5 +12,6 @@ urlpatterns = [
     path("cart/update/", views.cart_update, name="cart_update"),
     path("cart/remove/<int:product_id>/", views.cart_remove, name="cart_remove"),
     path("checkout/", views.checkout, name="checkout"),
+    path("store/", views.store_choose, name="store_choose"),
     path("orders/<int:pk>/", views.order_detail, name="order_detail"),
 ]

@@ -23,7 +23,8 @@ from ..services.events import offer_event_add_to_cart
 from ..services.orders import NOT_FOR_SALE, customer_get_or_create, order_place
 from .cart import SessionCart, cart_price
 from .offers import product_offers_shown
-from .forms import AddToCartForm, CartUpdateForm, CheckoutForm, ProductSearchForm
+from .forms import AddToCartForm, CartUpdateForm, CheckoutForm, ProductSearchForm, StoreForm
+from .stores import STORE_SESSION_KEY, known_stores, shopper_store
 
 PAGE_SIZE = 24
 ORDERS_SESSION_KEY = "shop_bundles_orders"
@@ -193,7 +194,7 @@ def checkout(request: HttpRequest) -> HttpResponse:
         # The group is fixed by the identity the shopper browsed with, so the order is priced as the cart was.
         group = request_group(request)
         order = order_place(cart=cart, session_key=_session_key(request), customer=customer,
-                            experiment_group=group)
+                            experiment_group=group, store_id=shopper_store(request))
     except ValidationError as exc:
         for message in exc.messages:
             messages.error(request, message)
@@ -202,6 +203,34 @@ def checkout(request: HttpRequest) -> HttpResponse:
     placed = list(request.session.get(ORDERS_SESSION_KEY, []))[-49:]
     request.session[ORDERS_SESSION_KEY] = placed + [order.pk]
     return redirect("shop_bundles:order_detail", pk=order.pk)
+
+
+@require_http_methods(["GET", "POST"])
+def store_choose(request: HttpRequest) -> HttpResponse:
+    """Choose the shopper's store (POST ``store``; "" clears it); GET shows the choice.
+
+    The product page then orders its offers by the model's scores for that
+    store (``selectors.offers.offers_for_product``), and the checkout records
+    the store on the order. An unknown store id is refused with a message.
+    """
+    stores = known_stores()
+    if request.method == "POST":
+        form = StoreForm(request.POST, stores=stores)
+        if not form.is_valid():
+            messages.error(request, "Choose one of the listed stores.")
+            return redirect("shop_bundles:store_choose")
+        store = form.cleaned_data["store"]
+        if store:
+            request.session[STORE_SESSION_KEY] = store
+            messages.success(request, f"Your store is now store {store}: offers are ordered for it.")
+        else:
+            request.session.pop(STORE_SESSION_KEY, None)
+            messages.success(request, "No store chosen: offers are ordered for the whole shop.")
+        return _redirect_back(request, reverse("shop_bundles:product_list"))
+    form = StoreForm(initial={"store": shopper_store(request)}, stores=stores)
+    return render(request, "shop_bundles/storefront/store.html", {
+        "form": form, "store": shopper_store(request), "next": request.GET.get("next", ""),
+    })
 
 
 @require_GET

@@ -54,7 +54,8 @@ def bundle_offers(context, product, offers=None):
         product: a ``Product``.
         offers: offers already selected and recorded by the view (the
             storefront's product page); None selects them here with
-            ``selectors.offers.offers_for_product`` (two queries) and records
+            ``selectors.offers.offers_for_product`` (one to four queries; ordered for
+            the shopper's chosen store) and records
             the impressions exactly as the storefront view does
             (``services.events.offer_impressions_record``: one RPUSH, the
             holdout's hidden offers included), so a shop that drops the tag

@@ -93,3 +93,32 @@ def test_worker_trains_on_the_ml_queue_once_per_slot(celery_worker, cj_slice):
     assert version.is_active and run.model_version_id == version.pk
     # Scoring was queued on commit to the ml queue and ran in the worker too.
     wait_for(lambda: version.suggestions.exists(), timeout=300, interval=1.0, what="scoring to write suggestions")
+
+    # An approved bundle is ordered per store by the worker (rank_offers_by_store, ml queue): one chain-wide
+    # row per item page, and store rows whose evidence matches the orders in the database.
+    from django.contrib.auth import get_user_model
+
+    from shop_bundles.models import OfferStoreScore
+    from shop_bundles.services.campaigns import suggestion_approve
+    from shop_bundles.tasks import rank_offers_by_store
+
+    boss = get_user_model().objects.create_superuser("boss", "b@example.com", "pw-For-tests-1")
+    best = version.suggestions.filter(status="pending").order_by("-score").first()
+    campaign = suggestion_approve(suggestion=best, user=boss)
+    rank_offers_by_store.delay()
+    wait_for(lambda: OfferStoreScore.objects.filter(campaign=campaign).exists(), timeout=300, interval=1.0,
+             what="the worker to rank the offer per store")
+    rows = OfferStoreScore.objects.filter(campaign=campaign)
+    items = list(campaign.items.values_list("product_id", flat=True))
+    assert sorted(rows.filter(store_id="").values_list("product_id", flat=True)) == sorted(items)
+    assert all(0 < r.score < 1 and r.model_version_id == version.pk for r in rows)
+    anchor = campaign.items.get(position=0).product_id
+    assert rows.filter(product_id=anchor).exclude(store_id="").exists()  # the best bundle's anchor sells in stores
+    baskets = {}
+    for order_id, store, product in OrderLine.objects.filter(unit_price__gte=0).values_list(
+            "order_id", "order__store_id", "product_id"):
+        baskets.setdefault(order_id, [store, set()])[1].add(product)
+    for row in rows.filter(product_id=anchor):
+        held = [b for s, b in baskets.values() if row.store_id in ("", s) and anchor in b]
+        assert row.anchor_baskets == len(held) and (row.store_id == "" or row.anchor_baskets >= 5)  # default minimum
+        assert row.co_purchase_count == sum(set(items) <= b for b in held)

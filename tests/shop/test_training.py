@@ -463,6 +463,44 @@ class TestOneRealTraining:
         assert f"Not trained: slot {trained.run.slot} already succeeded" in text
         assert ModelVersion.objects.count() == 2 and TrainingRun.objects.count() == 2
 
+    def test_rank_store_offers_command_orders_each_page_per_store(self, trained, settings, client):
+        from io import StringIO
+
+        from django.core.management import call_command
+        from django.urls import reverse
+
+        from shop_bundles.models import OfferStoreScore
+        from shop_bundles.storefront.stores import STORE_SESSION_KEY
+
+        Product.objects.update(stock=5)
+        suggestions_score()
+        call_command("demo_approve", "--top", "3", stdout=StringIO(), verbosity=0)
+        settings.SHOP_BUNDLES_MIN_STORE_BASKETS = 2
+        out = StringIO()
+        call_command("rank_store_offers", stdout=out, verbosity=0)
+        campaigns = list(BundleCampaign.objects.all())
+        rows = OfferStoreScore.objects.all()
+        n_rows = rows.count()
+        assert f"{n_rows} offer scores for {len(campaigns)} campaigns" in out.getvalue()
+        for campaign in campaigns:  # one chain-wide row per item page, stores only where the item sold twice
+            items = sorted(campaign.items.values_list("product_id", flat=True))
+            assert sorted(rows.filter(campaign=campaign, store_id="").values_list("product_id", flat=True)) == items
+        stored = rows.exclude(store_id="")
+        assert stored.exists() and all(r.anchor_baskets >= 2 for r in stored)
+        # The page of a product sold in a store, for a shopper who chose that store, shows the store's scores.
+        row = stored.order_by("-anchor_baskets").first()
+        session = client.session
+        session[STORE_SESSION_KEY] = row.store_id
+        session.save()
+        offers = client.get(reverse("shop_bundles:product_detail", kwargs={"sku": row.product.sku})).context["offers"]
+        shown = {o.campaign_id: o for o in offers}
+        assert shown[row.campaign_id].score == row.score and shown[row.campaign_id].store_id == row.store_id
+        # A second run replaces the rows rather than adding to them.
+        first_ids = set(rows.values_list("pk", flat=True))
+        call_command("rank_store_offers", stdout=StringIO(), verbosity=0)
+        assert OfferStoreScore.objects.count() == n_rows
+        assert not first_ids & set(OfferStoreScore.objects.values_list("pk", flat=True))
+
     def test_score_bundles_command_writes_and_counts(self, trained, settings):
         from io import StringIO
 

@@ -3,7 +3,8 @@
 Steps: import the full data (``import_orders --preset completejourney``),
 train and backtest a model (``train_bundles --no-score``), write pending
 suggestions (``score_bundles``), approve the top suggestions as a demo staff
-user (``demo_approve``) so shoppers see offers, create the admin login, and
+user (``demo_approve``) so shoppers see offers, order each product page's
+offers per store (``rank_store_offers``), create the admin login, and
 print the timing of each step. Timings are also written to
 ``var/demo_timings.json``.
 """
@@ -44,6 +45,7 @@ class Command(BaseCommand):
         step("train", "train_bundles", no_score=True)
         step("score", "score_bundles")
         step("approve", "demo_approve", top=opts["approve"])
+        step("rank per store", "rank_store_offers")
 
         password = self._admin_password()
         user_model = get_user_model()

@@ -1,0 +1,102 @@
+"""The shopper's store: offers on a product page ordered by the model's store scores, and orders that record it."""
+from decimal import Decimal as D
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from shop_bundles.models import OfferStoreScore, Order
+from shop_bundles.selectors.offers import offers_for_product
+from shop_bundles.storefront.stores import STORE_SESSION_KEY, known_stores
+from tests.shop.test_storefront import make_campaign, products  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def scored(products):  # noqa: F811
+    """Three no-discount offers on Pasta's page (A+B, A+C, A+D), one 10 % offer (A+F), one not scored (A+E).
+
+    Chain-wide scores rank B > D > C; store 367's own scores rank C > B; store 367 has no row for A+D
+    (it falls back to the chain-wide 0.7). Orders of stores 367 (3) and 12 (1) make them known stores.
+    """
+    ab = make_campaign("AB", "percent", "0", [products["A"], products["B"]])
+    ac = make_campaign("AC", "percent", "0", [products["A"], products["C"]])
+    ad = make_campaign("AD", "percent", "0", [products["A"], products["D"]])
+    ae = make_campaign("AE", "percent", "0", [products["A"], products["E"]])
+    af = make_campaign("AF", "percent", "10", [products["A"], products["F"]])
+    pasta = products["A"]
+    rows = [(ab, "", 0.9, 120), (ac, "", 0.5, 40), (ad, "", 0.7, 80), (af, "", 0.1, 5),
+            (ab, "367", 0.2, 1), (ac, "367", 0.8, 9), (af, "367", 0.3, 0)]
+    OfferStoreScore.objects.bulk_create([
+        OfferStoreScore(campaign=c, product=pasta, store_id=s, score=score, co_purchase_count=n,
+                        anchor_baskets=50 if s else 500)
+        for c, s, score, n in rows])
+    for i, store in enumerate(["367", "367", "12", "367"]):
+        Order.objects.create(external_id=f"h{i}", placed_at=timezone.now(), store_id=store)
+    Order.objects.create(external_id="sim", placed_at=timezone.now(), store_id="999", source=Order.SOURCE_SIMULATED)
+    return {"AB": ab, "AC": ac, "AD": ad, "AE": ae, "AF": af}
+
+
+def test_offers_are_ordered_by_the_store_score_else_the_chain_score(products, scored):  # noqa: F811
+    pasta = products["A"]
+    ids = {c.pk: name for name, c in scored.items()}
+    # Money-saving offers first; then by score; the unscored offer last.
+    chain = offers_for_product(pasta)
+    assert [ids[o.campaign_id] for o in chain] == ["AF", "AB", "AD", "AC", "AE"]
+    assert [o.score for o in chain] == [0.1, 0.9, 0.7, 0.5, None]
+    assert {o.store_id for o in chain} == {""} and all(o.store_co_purchase_count is None for o in chain)
+    # Store 367: its own scores (C 0.8 > B 0.2), the chain-wide 0.7 for A+D which it has no row for.
+    store = offers_for_product(pasta, store_id="367")
+    assert [(ids[o.campaign_id], o.score, o.store_id, o.store_co_purchase_count) for o in store] == [
+        ("AF", 0.3, "367", 0), ("AC", 0.8, "367", 9), ("AD", 0.7, "", None), ("AB", 0.2, "367", 1),
+        ("AE", None, "", None)]
+    # A store without rows gets the chain-wide order.
+    assert [o.campaign_id for o in offers_for_product(pasta, store_id="12")] == [o.campaign_id for o in chain]
+
+
+def test_known_stores_come_from_the_order_history(scored):
+    assert known_stores() == [("367", 3), ("12", 1)]  # busiest first; replay orders left out
+
+
+def test_choosing_a_store_reorders_the_product_page_and_the_order_records_it(client, products, scored):  # noqa: F811
+    page = client.get(reverse("shop_bundles:store_choose"))
+    assert page.status_code == 200
+    assert [v for v, _ in page.context["form"].fields["store"].choices] == ["", "367", "12"]
+    pasta_url = reverse("shop_bundles:product_detail", kwargs={"sku": "A"})
+
+    chosen = client.post(reverse("shop_bundles:store_choose"), {"store": "367", "next": pasta_url})
+    assert chosen.status_code == 302 and chosen["Location"] == pasta_url
+    assert client.session[STORE_SESSION_KEY] == "367"
+    response = client.get(pasta_url)
+    html = response.content.decode()
+    shown = [o.campaign.name for o in response.context["offers"]]
+    assert shown == ["AF", "AC", "AD", "AB", "AE"]
+    assert html.index('data-campaign="%d"' % scored["AC"].pk) < html.index('data-campaign="%d"' % scored["AB"].pk)
+    assert "Bought together in 9 baskets at your store" in html and "Store 367" in html
+
+    # A store that is not in the history is refused; the choice stays.
+    refused = client.post(reverse("shop_bundles:store_choose"), {"store": "999"}, follow=True)
+    assert "Choose one of the listed stores." in refused.content.decode()
+    assert client.session[STORE_SESSION_KEY] == "367"
+
+    # The order placed with the store chosen carries it (training data for the store features).
+    client.post(reverse("shop_bundles:cart_add", kwargs={"sku": "A"}), {"quantity": 1})
+    client.post(reverse("shop_bundles:checkout"), {})
+    order = Order.objects.get(source=Order.SOURCE_STOREFRONT)
+    assert order.store_id == "367" and order.total == D("20.00")
+
+    # "No store" clears the choice: the chain-wide order again.
+    client.post(reverse("shop_bundles:store_choose"), {"store": ""})
+    assert STORE_SESSION_KEY not in client.session
+    shown = [o.campaign.name for o in client.get(pasta_url).context["offers"]]
+    assert shown == ["AF", "AB", "AD", "AC", "AE"]
+
+
+def test_campaign_admin_shows_the_store_ranking(client, django_user_model, scored):
+    client.force_login(django_user_model.objects.create_superuser("boss", "b@example.com", "pw-For-tests-1"))
+    html = client.get(reverse("admin:shop_bundles_bundlecampaign_change", args=[scored["AB"].pk])).content.decode()
+    assert "Chain-wide: 0.900 (120 of 500 baskets with the anchor hold the bundle); 1 stores scored." in html
+    assert "<tr><td>367</td><td>0.200</td><td>1</td><td>50</td></tr>" in html
+    html = client.get(reverse("admin:shop_bundles_bundlecampaign_change", args=[scored["AE"].pk])).content.decode()
+    assert "Not scored yet" in html
