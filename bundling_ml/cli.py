@@ -4,6 +4,7 @@ Data options (backtest and recommend)::
 
     --preset completejourney
     --orders FILE [--products FILE] --columns basket=COL,product=COL,time=COL[,customer=COL,quantity=COL,price=COL,name=COL,store=COL]
+        [--encoding cp1252] [--delimiter ';'] [--decimal ','] [--date-format '%d/%m/%Y %H:%M']
 
 ``store=COL`` (optional) maps the order's store, branch or channel: the
 ranker then learns store-conditional co-purchase features, and a query that
@@ -24,9 +25,15 @@ Examples::
 evaluation protocol on the rest and prints the tables (anonymous, known
 shopper, cold-start anchors): system, HR@10, NDCG@10, queries, seconds.
 ``recommend`` trains on the lines before --train-until and writes, for every
-query (query_id, product_id[, customer_id, time, store_id]) whose anchor is known, k
+query (query_id, product_id[, customer_id, time, store_id]), up to k
 companions (query_id, rank, product_id, score); never the anchor; ids are
-text.
+text. An anchor bought in training is ranked by the model (score = the
+ranker's logit; with too little history to train, by co-purchase count, and
+the score is that count); an anchor never bought in training (a new product,
+a non-product code, a fully cancelled one) gets the recently popular products
+of its category (when --products gives one), else overall, with score 0.0.
+``--delimiter``, ``--decimal`` and ``--date-format`` read exports as the
+Django import does.
 """
 from __future__ import annotations
 
@@ -61,7 +68,8 @@ def _read_products(path):
     return p
 
 
-def load_orders(path, columns: str, products_path=None, encoding: str = "utf-8"):
+def load_orders(path, columns: str, products_path=None, encoding: str = "utf-8", *, delimiter: str = ",",
+                decimal: str = ".", date_format: str | None = None):
     """(lines, products) frames from a retailer CSV (see the module docstring).
 
     Always read with :func:`bundling_ml.ingest.read_orders_csv`, the Django
@@ -70,8 +78,10 @@ def load_orders(path, columns: str, products_path=None, encoding: str = "utf-8")
     codes, cancellations, adjustments); without quantity and price columns
     every line counts one unit at an unknown price (``require_amounts=False``).
     A file that is not valid ``encoding`` is retried as cp1252 (Windows
-    exports). Rejected rows are printed to stderr with their line, field and
-    reason; the good rows are kept.
+    exports). ``delimiter``, ``decimal`` and ``date_format`` are passed to
+    ``read_orders_csv`` (the Django import's ``--delimiter``, ``--decimal``
+    and ``--date-format``, which its error messages name). Rejected rows are
+    printed to stderr with their line, field and reason; the good rows are kept.
     """
     from bundling_ml import ingest
 
@@ -83,13 +93,14 @@ def load_orders(path, columns: str, products_path=None, encoding: str = "utf-8")
     for need in ("basket", "product", "time"):
         if not mapping.get(need):
             raise SystemExit(f"--columns needs {need}=COL")
+    options = dict(mapping=mapping, require_amounts=False, delimiter=delimiter, decimal=decimal, date_format=date_format)
     try:
         try:
-            res = ingest.read_orders_csv(path, mapping=mapping, encoding=encoding, require_amounts=False)
+            res = ingest.read_orders_csv(path, encoding=encoding, **options)
         except ingest.IngestError as exc:
             if "not text in encoding" not in str(exc) or encoding.lower() == "cp1252":
                 raise
-            res = ingest.read_orders_csv(path, mapping=mapping, encoding="cp1252", require_amounts=False)
+            res = ingest.read_orders_csv(path, encoding="cp1252", **options)
     except ingest.IngestError as exc:
         raise SystemExit(str(exc)) from exc
     for r in res.report.rejections[:20]:
@@ -111,7 +122,8 @@ def _data(args):
         return (*_load_preset(args.preset), completejourney_promotions())
     if not args.orders or not args.columns:
         raise SystemExit("give --preset or --orders FILE --columns basket=COL,product=COL,time=COL")
-    return (*load_orders(args.orders, args.columns, args.products, args.encoding), None)
+    return (*load_orders(args.orders, args.columns, args.products, args.encoding, delimiter=args.delimiter,
+                         decimal=args.decimal, date_format=args.date_format), None)
 
 
 def _add_data_options(p):
@@ -120,6 +132,10 @@ def _add_data_options(p):
     p.add_argument("--products", help="products CSV: product_id + attribute columns")
     p.add_argument("--columns", help="basket=COL,product=COL,time=COL[,customer=COL,quantity=COL,price=COL,name=COL,store=COL]")
     p.add_argument("--encoding", default="utf-8", help="text encoding of --orders (cp1252 is tried when utf-8 fails)")
+    p.add_argument("--delimiter", default=",", help="field separator of --orders (e.g. ';'; '\\t' for tab)")
+    p.add_argument("--decimal", default=".", choices=(".", ","), help="decimal mark of --orders (',' = decimal comma)")
+    p.add_argument("--date-format", default=None,
+                   help="strptime format of the time column, e.g. '%%d/%%m/%%Y %%H:%%M' (default: inferred, refused when ambiguous)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--exclude-department", action="append", default=[], help="repeatable, e.g. FUEL")
@@ -162,9 +178,10 @@ def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int =
         DataFrame query_id, rank (1..k), product_id, score (str ids). Queries
         whose anchor is not a training product get companions from its
         category (most recently popular products) when the products frame
-        knows its category, else from recent popularity. With too little
-        history to train (no label weeks), candidates are ranked in
-        candidate order (co-purchase count first).
+        knows its category, else from recent popularity (score 0.0). With
+        too little history to train (no label weeks), candidates are ranked
+        by their co-purchase count with the anchor, and the score is that
+        count (baskets in the training lines holding both).
     """
     import numpy as np
     import pandas as pd
@@ -216,8 +233,10 @@ def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int =
     top = np.full((len(q), k), -1, np.int64)
     sc = np.full((len(q), k), np.nan)
     if len(uniq):
-        if rankers is None:
-            s_u = -np.broadcast_to(np.arange(cand_u.shape[1], dtype=np.float32), cand_u.shape)
+        if rankers is None:  # no model: the co-purchase count with the anchor is the score (ties: list order)
+            s_u = np.zeros(cand_u.shape, np.float32)
+            has = cand_u >= 0
+            s_u[has] = ctx.S.count(np.repeat(uniq, cand_u.shape[1])[has.ravel()], cand_u[has])
         else:
             s_u = None
         if s_u is not None or (qtimes is None and qstores is None):

@@ -391,7 +391,9 @@ class BundleSuggestionAdmin(admin.ModelAdmin):
 
     @admin.display(description="products")
     def bundle(self, obj):
-        return " + ".join((item.product.name or item.product.sku) for item in obj.items.all())
+        """Items as "name (SKU)": products of one name (sizes, private label) stay apart in the queue."""
+        return " + ".join(f"{item.product.name} ({item.product.sku})" if item.product.name else item.product.sku
+                          for item in obj.items.all())
 
     @admin.display(description="score", ordering="score")
     def score_display(self, obj):

@@ -1,5 +1,6 @@
 """`python -m bundling_ml recommend` on a raw retailer export (cleaning rules of the Django import)."""
 import pandas as pd
+import pytest
 
 from bundling_ml import cli
 
@@ -86,3 +87,30 @@ def test_recommend_without_quantity_and_price_applies_the_import_rules(cases_dir
     # no quantity column: 7002 ('two') and 7008 ('x') keep their lines, each one unit
     assert sorted(lines.basket_id.unique()) == ["7001", "7002", "7006", "7007", "7008"]
     assert (lines.quantity == 1.0).all() and lines.price.isna().all()
+
+
+def test_recommend_reads_exports_with_the_imports_date_delimiter_and_decimal_options(cases_dir, tmp_path):
+    """The options the import's error messages name (--date-format, --delimiter, --decimal) exist on the ML CLI."""
+    rows = (cases_dir / "import" / "dates_day_first.csv").read_text().splitlines()
+    ambiguous = tmp_path / "ambiguous.csv"
+    ambiguous.write_text("\n".join(rows[:3]) + "\n")  # only 01/12/2021: day-first or month-first?
+    queries = tmp_path / "q.csv"
+    pd.DataFrame({"query_id": ["q1"], "product_id": ["SKU-1"]}).to_csv(queries, index=False)
+    out = tmp_path / "recs.csv"
+    args = ["recommend", "--columns", "basket=order_id,product=sku,time=ordered_at,quantity=qty,price=unit_price",
+            "--train-until", "2022-01-01", "--queries", str(queries), "--k", "3", "--out", str(out)]
+    with pytest.raises(SystemExit, match="Pass --date-format '%d/%m/%Y %H:%M' \\(day-first\\)"):
+        cli.main(args + ["--orders", str(ambiguous)])
+    lines, _ = cli.load_orders(ambiguous, "basket=order_id,product=sku,time=ordered_at", date_format="%d/%m/%Y %H:%M")
+    assert lines["time"].astype(str).unique().tolist() == ["2021-12-01 08:26:00"]
+    # A ';'-delimited export with decimal commas, read with --delimiter ';' --decimal ','
+    semi = tmp_path / "semi.csv"
+    semi.write_text("\n".join(r.replace(",", ";").replace("4.50", "4,50").replace(".", ",") for r in rows) + "\n")
+    assert cli.main(args + ["--orders", str(semi), "--delimiter", ";", "--decimal", ",",
+                            "--date-format", "%d/%m/%Y %H:%M"]) == 0
+    # too little history to train: ranked by co-purchase count, and the score is that count
+    recs = pd.read_csv(out, dtype={"query_id": str, "product_id": str})
+    assert recs.product_id.tolist() == ["SKU-2", "SKU-3"] and recs.score.tolist() == [1.0, 1.0]
+    lines, _ = cli.load_orders(semi, "basket=order_id,product=sku,time=ordered_at,quantity=qty,price=unit_price",
+                               delimiter=";", decimal=",", date_format="%d/%m/%Y %H:%M")
+    assert sorted(lines.price.unique().tolist()) == [3.0, 4.5, 7.25]

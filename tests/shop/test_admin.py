@@ -57,7 +57,7 @@ def test_review_queue_lists_products_evidence_and_the_approve_action(queue, staf
     response = staff_client.get(reverse(CHANGELIST))
     assert response.status_code == 200
     html = response.content.decode()
-    for text in ("Apples + Bread", "Cheese + Dates", "Eggs + Flour", "0.900", "2.50", "30.0%", "12.0%", "v-test"):
+    for text in ("Apples (A) + Bread (B)", "Cheese (C) + Dates (D)", "Eggs (E) + Flour (F)", "0.900", "2.50", "30.0%", "12.0%", "v-test"):
         assert text in html, text
     assert 'value="approve_selected"' in html and 'value="reject_selected"' in html
 
@@ -75,11 +75,11 @@ def test_review_queue_query_count_does_not_grow_with_rows(queue, staff_client):
 
 def test_review_queue_filters_and_search(queue, staff_client):
     html = staff_client.get(reverse(CHANGELIST), {"anchor__department": "DAIRY"}).content.decode()
-    assert "Eggs + Flour" in html and "Apples + Bread" not in html
+    assert "Eggs (E) + Flour (F)" in html and "Apples (A) + Bread (B)" not in html
     html = staff_client.get(reverse(CHANGELIST), {"q": "Bread"}).content.decode()
-    assert "Apples + Bread" in html and "Eggs + Flour" not in html
+    assert "Apples (A) + Bread (B)" in html and "Eggs (E) + Flour (F)" not in html
     html = staff_client.get(reverse(CHANGELIST), {"status__exact": "approved"}).content.decode()
-    assert "Apples + Bread" not in html
+    assert "Apples (A) + Bread (B)" not in html
 
 
 def test_bulk_approve_through_the_admin_reports_successes_and_refusals(queue, staff_client):
@@ -87,7 +87,7 @@ def test_bulk_approve_through_the_admin_reports_successes_and_refusals(queue, st
         "action": "approve_selected", "_selected_action": [s.pk for s in queue]}, follow=True)
     assert response.status_code == 200
     shown = [str(m) for m in response.context["messages"]]
-    assert any(m.startswith("Approved 2:") and "Apples + Bread" in m and "Eggs + Flour" in m for m in shown), shown
+    assert any(m.startswith("Approved 2:") and "Apples (A) + Bread (B)" in m and "Eggs (E) + Flour (F)" in m for m in shown), shown
     assert any(m.startswith("Refused 1:") and "Dates (D) is out of stock" in m for m in shown), shown
 
     assert BundleCampaign.objects.count() == 2
@@ -109,7 +109,7 @@ def test_staff_without_the_approve_permission_is_not_offered_the_actions(queue, 
     viewer = make_staff("bob", "view_bundlesuggestion")
     client.force_login(viewer)
     html = client.get(reverse(CHANGELIST)).content.decode()
-    assert "Apples + Bread" in html
+    assert "Apples (A) + Bread (B)" in html
     assert "approve_selected" not in html and "reject_selected" not in html
     # Posting the action anyway does nothing.
     client.post(reverse(CHANGELIST), {"action": "approve_selected", "_selected_action": [queue[0].pk]})

@@ -53,3 +53,22 @@ def test_negative_expected_margin_is_skipped_and_counted():
     text = out.getvalue()
     assert "approved 2 suggestions" in text
     assert "skipped 1 suggestions whose expected incremental margin per offer shown is negative" in text
+
+
+def test_offers_per_product_caps_the_bundles_one_product_is_in():
+    """Four suggestions share the anchor A1: one bundle per product by default, at most N with --offers-per-product."""
+    first = _suggestion(1, score=0.9, margin=0.1)
+    anchor = first.anchor
+    shared = []
+    for n, score in ((2, 0.8), (3, 0.7), (4, 0.6)):
+        companion = Product.objects.create(sku=f"C{n}", price=D("3.00"), stock=10, department="GROCERY")
+        suggestion = BundleSuggestion.objects.create(anchor=anchor, signature=f"s{n}", score=score,
+                                                     suggested_discount_percent=D("0.00"))
+        for position, product in enumerate((anchor, companion)):
+            BundleSuggestionItem.objects.create(suggestion=suggestion, product=product, position=position)
+        shared.append(suggestion)
+    call_command("demo_approve", "--top", "5", stdout=StringIO())
+    assert list(BundleCampaign.objects.values_list("suggestion_id", flat=True)) == [first.pk]
+    call_command("demo_approve", "--top", "5", "--offers-per-product", "2", stdout=StringIO())  # a new run
+    assert set(BundleCampaign.objects.values_list("suggestion_id", flat=True)) == {first.pk, shared[0].pk,
+                                                                                   shared[1].pk}

@@ -3,7 +3,7 @@
 Steps: import the full data (``import_orders --preset completejourney``),
 train and backtest a model (``train_bundles --no-score``), write pending
 suggestions (``score_bundles``), approve the top suggestions as a demo staff
-user (``demo_approve``) so shoppers see offers, order each product page's
+user (``demo_approve``, a product in at most 3 of them) so shoppers see offers, order each product page's
 offers per store (``rank_store_offers``), create the admin login, and
 print the timing of each step. Timings are also written to
 ``var/demo_timings.json``.
@@ -44,7 +44,7 @@ class Command(BaseCommand):
             step("import", "import_orders", **import_opts)
         step("train", "train_bundles", no_score=True)
         step("score", "score_bundles")
-        step("approve", "demo_approve", top=opts["approve"])
+        step("approve", "demo_approve", top=opts["approve"], offers_per_product=3)
         step("rank per store", "rank_store_offers")
 
         password = self._admin_password()

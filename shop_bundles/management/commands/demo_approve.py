@@ -10,10 +10,13 @@ discount (``economics["offer"]["incremental_margin"]``, see
 whose expected incremental margin at the offer's discount is negative is
 skipped (and counted in the summary line): the demo never approves an offer
 expected to lose money. To spread the demo's
-offers over the catalogue, a suggestion sharing a product with one already
-approved in this run is passed over.
+offers over the catalogue, a suggestion is passed over when one of its
+products is already in ``--offers-per-product`` bundles approved in this run
+(default 1: no product in two of them; the ``demo`` command uses 3 so that
+popular products' pages show several offers, in the order of the shopper's store).
 """
 import secrets
+from collections import Counter
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
@@ -34,6 +37,8 @@ class Command(BaseCommand):
         parser.add_argument("--by", choices=["score", "margin"], default="score",
                             help="rank by model score (default) or expected incremental margin per offer shown")
         parser.add_argument("--username", default="demo-staff", help="staff user (default demo-staff)")
+        parser.add_argument("--offers-per-product", type=int, default=1,
+                            help="most bundles approved in this run that one product may be in (default 1)")
 
     def handle(self, *args, **options):
         from ...models import BundleSuggestion, BundleSuggestionItem
@@ -50,12 +55,12 @@ class Command(BaseCommand):
         else:
             queue = queue.order_by("-score", "pk")
         approved = refused = skipped = 0
-        used: set[int] = set()  # spread the demo's offers: no product in two of the approved bundles
+        used: Counter = Counter()  # spread the demo's offers: bundles approved in this run per product
         for suggestion in queue.iterator(chunk_size=100):
             if approved >= options["top"]:
                 break
             product_ids = {i.product_id for i in suggestion.items.all()}
-            if product_ids & used:
+            if any(used[pid] >= options["offers_per_product"] for pid in product_ids):
                 continue
             names = " + ".join((i.product.name or i.product.sku) for i in suggestion.items.all())
             margin = ((suggestion.economics or {}).get("offer") or {}).get("incremental_margin")
@@ -69,7 +74,7 @@ class Command(BaseCommand):
                 self.stdout.write(self.style.WARNING(f"  refused {names}: {' '.join(getattr(exc, 'messages', [str(exc)]))}"))
                 continue
             approved += 1
-            used |= product_ids
+            used.update(product_ids)
             self.stdout.write(f"{approved:>3}. {names}  score {suggestion.score:.3f}  lift {suggestion.lift:.2f}  "
                               f"{campaign.discount_value} % off until {campaign.ends_at:%Y-%m-%d}")
         self.stdout.write(self.style.SUCCESS(f"approved {approved} suggestions as {user.get_username()}"
