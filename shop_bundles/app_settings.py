@@ -38,6 +38,8 @@ SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD  the storefront checkout shows and accepts 
                                  every shopper (default False: only logged-in staff get the field; any
                                  other posted ``customer_id`` is ignored). ``simulate_shoppers`` turns it
                                  on for its replay.
+SHOP_BUNDLES_OFFERS_PER_PAGE    most offers a product page shows (default 3), the best first in the order of
+                                 ``selectors.offers.offers_for_product``; None shows all.
 SHOP_BUNDLES_MIN_STORE_BASKETS  a store gets its own ordering of a product page's offers when the product
                                  sold there in at least this many baskets (default 5; fewer: the
                                  chain-wide ordering).
@@ -73,6 +75,7 @@ DEFAULTS = {
     "IMPRESSION_DRAIN_MAX": 50_000,
     "CHECKOUT_CUSTOMER_FIELD": False,
     "MIN_STORE_BASKETS": 5,
+    "OFFERS_PER_PAGE": 3,
 }
 
 REDIS_SCHEMES = ("redis://", "rediss://")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from django.http import HttpRequest
 
+from .. import app_settings
 from ..models import Product
 from ..selectors.experiment import HOLDOUT, request_group
 from ..selectors.offers import Offer, offers_for_product
@@ -24,11 +25,16 @@ def product_offers_shown(request: HttpRequest, product: Product) -> list[Offer]:
         product: the product of the page.
 
     Returns:
-        The offers to render: ``offers_for_product(product, store_id=<the
-        shopper's chosen store>)`` for the treatment group (ordered for that
-        store), ``[]`` for the holdout or an unavailable product.
+        The offers to render: the first ``SHOP_BUNDLES_OFFERS_PER_PAGE``
+        (default 3) of ``offers_for_product(product, store_id=<the shopper's
+        chosen store>)`` for the treatment group (ordered for that store),
+        ``[]`` for the holdout or an unavailable product. Impressions are
+        recorded for those first offers only.
     """
     offers = offers_for_product(product, store_id=shopper_store(request)) if product.available else []
+    limit = app_settings.get("OFFERS_PER_PAGE")
+    if limit is not None:
+        offers = offers[:int(limit)]
     if not offers:
         return []
     if not request.session.session_key:

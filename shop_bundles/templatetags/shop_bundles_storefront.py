@@ -10,6 +10,7 @@ from decimal import Decimal, InvalidOperation
 from django import template
 from django.conf import settings
 
+from .. import app_settings
 from ..selectors.experiment import HOLDOUT, request_group
 from ..selectors.offers import offers_for_product
 from ..storefront.cart import SessionCart
@@ -67,6 +68,8 @@ def bundle_offers(context, product, offers=None):
             return {"product": product, "offers": product_offers_shown(request, product), "request": request,
                     "csrf_token": context.get("csrf_token")}
         offers = offers_for_product(product) if product.available else []
+        limit = app_settings.get("OFFERS_PER_PAGE")
+        offers = offers if limit is None else offers[:int(limit)]
     if request is not None and request_group(request) == HOLDOUT:
         offers = []  # holdout shoppers never see offers
     return {"product": product, "offers": offers, "request": request,

@@ -71,8 +71,8 @@ def test_choosing_a_store_reorders_the_product_page_and_the_order_records_it(cli
     response = client.get(pasta_url)
     html = response.content.decode()
     shown = [o.campaign.name for o in response.context["offers"]]
-    assert shown == ["AF", "AC", "AD", "AB", "AE"]
-    assert html.index('data-campaign="%d"' % scored["AC"].pk) < html.index('data-campaign="%d"' % scored["AB"].pk)
+    assert shown == ["AF", "AC", "AD"]  # SHOP_BUNDLES_OFFERS_PER_PAGE = 3: A+C shows for store 367, A+B does not
+    assert 'data-campaign="%d"' % scored["AC"].pk in html and 'data-campaign="%d"' % scored["AB"].pk not in html
     assert "Bought together in 9 baskets at your store" in html and "Store 367" in html
 
     # A store that is not in the history is refused; the choice stays.
@@ -90,7 +90,7 @@ def test_choosing_a_store_reorders_the_product_page_and_the_order_records_it(cli
     client.post(reverse("shop_bundles:store_choose"), {"store": ""})
     assert STORE_SESSION_KEY not in client.session
     shown = [o.campaign.name for o in client.get(pasta_url).context["offers"]]
-    assert shown == ["AF", "AB", "AD", "AC", "AE"]
+    assert shown == ["AF", "AB", "AD"]
 
 
 def test_campaign_admin_shows_the_store_ranking(client, django_user_model, scored):
@@ -100,3 +100,17 @@ def test_campaign_admin_shows_the_store_ranking(client, django_user_model, score
     assert "<tr><td>367</td><td>0.200</td><td>1</td><td>50</td></tr>" in html
     html = client.get(reverse("admin:shop_bundles_bundlecampaign_change", args=[scored["AE"].pk])).content.decode()
     assert "Not scored yet" in html
+
+
+def test_the_page_shows_at_most_offers_per_page_and_records_impressions_for_those(client, products, scored,  # noqa: F811
+                                                                                  settings):
+    from shop_bundles.models import OfferEvent
+    from shop_bundles.services.impression_buffer import impression_buffer_drain
+
+    pasta_url = reverse("shop_bundles:product_detail", kwargs={"sku": "A"})
+    settings.SHOP_BUNDLES_OFFERS_PER_PAGE = 2
+    assert [o.campaign.name for o in client.get(pasta_url).context["offers"]] == ["AF", "AB"]
+    impression_buffer_drain()
+    assert sorted(OfferEvent.objects.filter(kind="impression").values_list("campaign__name", flat=True)) == ["AB", "AF"]
+    settings.SHOP_BUNDLES_OFFERS_PER_PAGE = None  # all of them
+    assert len(client.get(pasta_url).context["offers"]) == 5
