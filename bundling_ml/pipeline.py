@@ -458,6 +458,7 @@ def score_offers_by_store(
     offers: pd.DataFrame,
     *,
     min_store_baskets: int = 5,
+    excluded_departments=(),
     promotions: Optional[pd.DataFrame] = None,
     week_start=None,
     progress: Optional[ProgressFn] = None,
@@ -492,6 +493,9 @@ def score_offers_by_store(
             when that product was bought there in at least this many baskets
             (fewer: the store-conditional statistics are nearly all prior, and
             the chain-wide row serves the store).
+        excluded_departments: departments left out of the statistics (and
+            offers holding one of their products get no rows), combined with
+            the model's own exclusions, as in :func:`score_bundles`.
         promotions: weekly promotions as for :func:`score_bundles` (display /
             mailer features of the scoring week); optional.
         week_start: a day of the week scored for (default: the day after the
@@ -505,7 +509,8 @@ def score_offers_by_store(
         chain-wide, holding all the offer's items), anchor_baskets (int64:
         baskets holding the page product, in that store or chain-wide);
         sorted by offer_id, product_id, store_id. An offer with an item never
-        bought in ``lines`` has no rows (nothing to score it with); the lines
+        bought in ``lines`` (or of an excluded department) has no rows
+        (nothing to score it with); the lines
         without ``store_id`` give only chain-wide rows.
 
     Raises:
@@ -525,11 +530,13 @@ def score_offers_by_store(
     cols = rk.feature_columns(meta.get("pair_features", rk.ANON_FEATURES))
     empty = pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
         OFFER_SCORE_COLUMNS, [str, str, str, "float64", "int64", "int64"])})
+    excluded = set(meta.get("excluded_departments", [])) | {str(d).strip().upper() for d in excluded_departments}
     prog(0.05, "preparing lines")
     L = prepare_lines(lines)
+    P = prepare_products(products, L)
+    L = exclude_departments(L, P, excluded)
     if L.empty or offers.empty:
         return empty
-    P = prepare_products(products, L)
     product_index = pd.Index(np.sort(L["product_id"].unique()))
     table = ProductTable.build(P, product_index, vocab)
     prog(0.2, "counting co-purchases")
@@ -570,17 +577,20 @@ def score_offers_by_store(
             list_anchor.append(a)
             list_store.append(s)
             store_baskets[(a, s)] = rows[st == s]
-    width = max(len(c) for c in companions.values())
-    anchors = np.asarray(list_anchor, np.int64)
-    stores = np.asarray(list_store, np.int64)
-    cands = np.full((len(anchors), width), -1, np.int64)
-    for i, a in enumerate(list_anchor):
-        cands[i, :len(companions[a])] = companions[a]
-    prog(0.6, f"scoring {len(anchors)} lists")
-    logits = rk.predict_lists(model, ctx, anchors, cands, None, cols,
-                              weeks=None if week is None else np.full(len(anchors), week),
-                              stores=stores if use_stores else None)
+    # One single-candidate list per (page product, store, companion): a pair's logit does not depend on
+    # the other candidates of its list, and padding every list to the widest page (a hub product such as
+    # bananas in hundreds of offers) would score mostly padding.
+    offsets = np.zeros(len(list_anchor) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(companions[a]) for a in list_anchor])
+    pair_anchor = np.repeat(np.asarray(list_anchor, np.int64), np.diff(offsets))
+    pair_store = np.repeat(np.asarray(list_store, np.int64), np.diff(offsets))
+    pair_cand = np.concatenate([np.asarray(companions[a], np.int64) for a in list_anchor])
+    prog(0.6, f"scoring {len(pair_anchor)} (page, store, companion) pairs")
+    logits = rk.predict_lists(model, ctx, pair_anchor, pair_cand.reshape(-1, 1), None, cols, chunk=20_000,
+                              weeks=None if week is None else np.full(len(pair_anchor), week),
+                              stores=pair_store if use_stores else None).reshape(-1)
     prob = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -50, 50)))
+    stores = np.asarray(list_store, np.int64)
     lists_of: dict[int, list[int]] = {}
     for i, a in enumerate(list_anchor):
         lists_of.setdefault(a, []).append(i)
@@ -595,7 +605,7 @@ def score_offers_by_store(
         items = (a, *comps)
         for i in lists_of[a]:
             s = int(stores[i])
-            score = float(np.exp(np.mean(np.log(prob[i, pos]))))
+            score = float(np.exp(np.mean(np.log(prob[offsets[i] + np.asarray(pos)]))))
             if s < 0:
                 n_all, n_a, store = S.baskets_with_all(items), int(S.item_counts[a]), ""
             else:

@@ -64,6 +64,7 @@ def store_offer_scores_refresh(*, model_version_id: int | None = None, progress=
         offers = pd.DataFrame({"offer_id": [str(pk) for pk in skus], "items": [tuple(v) for v in skus.values()]})
         frame = score_offers_by_store(version.artifact_path, ml_bridge.lines_frame(), ml_bridge.products_frame(),
                                       offers, min_store_baskets=int(app_settings.get("MIN_STORE_BASKETS")),
+                                      excluded_departments=tuple(app_settings.get("EXCLUDED_DEPARTMENTS")),
                                       promotions=ml_bridge.promotions_frame(), progress=progress)
     product_pk = dict(Product.objects.filter(sku__in=set(frame["product_id"])).values_list("sku", "pk"))
     now = timezone.now()

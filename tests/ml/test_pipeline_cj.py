@@ -192,9 +192,12 @@ def test_score_offers_by_store_ranks_each_page_in_each_store(trained, cj_small):
                                      excluded_departments=("FUEL", "COUPON"))
     offers = pd.DataFrame({"offer_id": [f"c{i}" for i in range(len(bundles))], "items": bundles["items"]})
     offers.loc[len(offers)] = ["never-sold", (bundles["items"][0][0], "no-such-product")]
+    fuel = sorted(set(products.loc[products.department == "FUEL", "product_id"].astype(str)) & set(lines.product_id.astype(str)))
+    offers.loc[len(offers)] = ["with-fuel", (bundles["items"][0][0], fuel[0])]
     df = pipeline.score_offers_by_store(res.artifact_dir, lines, products, offers, min_store_baskets=5)
     assert list(df.columns) == pipeline.OFFER_SCORE_COLUMNS
     assert "never-sold" not in set(df.offer_id)  # an item never bought: nothing to score it with
+    assert "with-fuel" not in set(df.offer_id)  # the model's excluded departments (FUEL, COUPON) are never scored
     # one chain-wide row for every (offer, item as the page product)
     chain = df[df.store_id == ""]
     assert len(chain) == sum(len(t) for t in bundles["items"])
@@ -228,6 +231,7 @@ def test_score_offers_by_store_ranks_each_page_in_each_store(trained, cj_small):
     row = stores[offers.set_index("offer_id").loc[stores.offer_id, "items"].map(len).to_numpy() == 2].iloc[0]
     companion = next(i for i in items_of[row.offer_id] if i != row.product_id)
     P = prepare_products(products, L)
+    L = exclude_departments(L, P, meta["excluded_departments"])  # the model's exclusions apply, as in score_bundles
     idx = pd.Index(np.sort(L.product_id.unique()))
     ctx = rk.build_context(L, idx, ProductTable.build(P, idx, ProductVocab.from_json(meta["vocab"])), P)
     logit = rk.predict_lists(model, ctx, idx.get_indexer([row.product_id]), idx.get_indexer([companion]).reshape(1, 1), None,
