@@ -448,7 +448,7 @@ def score_bundles(
     return df
 
 
-OFFER_SCORE_COLUMNS = ["offer_id", "product_id", "store_id", "score", "co_purchase_count", "anchor_baskets"]
+OFFER_SCORE_COLUMNS = ["offer_id", "product_id", "store_id", "score", "attach_rate", "co_purchase_count", "anchor_baskets"]
 
 
 def score_offers_by_store(
@@ -483,6 +483,17 @@ def score_offers_by_store(
     between the offers of one product page in one store (all are scored for
     the same anchor and store).
 
+    Attach rate of an offer on a page = the share of baskets with the page's
+    product that also hold all the offer's other items: chain-wide, count /
+    anchor baskets (the rule's confidence); in a store, the store's own
+    share shrunk towards the chain-wide one with 10 pseudo-baskets
+    (:func:`bundling_ml.ranking.shrunk_store_confidence`). This, not the
+    model score, is what the storefront orders a page's offers by:
+    ``benchmarks/store_offer_ranking.py`` (full Complete Journey, split
+    2017-10-30) found that it predicts which offer a test basket takes whole
+    better than the model's store-aware score, which is better at "takes at
+    least one companion" (``docs/quality.md``, "Store-aware offer order").
+
     Args:
         artifact_dir: directory written by :func:`train_model`.
         lines: order lines (the history the statistics are computed on; cleaned here).
@@ -505,7 +516,8 @@ def score_offers_by_store(
     Returns:
         DataFrame with columns offer_id (str), product_id (str: the page
         product), store_id (str; "" = no store, the chain-wide row), score
-        (float64, 0..1), co_purchase_count (int64: baskets, in that store or
+        (float64, 0..1, the model's), attach_rate (float64, 0..1, see above),
+        co_purchase_count (int64: baskets, in that store or
         chain-wide, holding all the offer's items), anchor_baskets (int64:
         baskets holding the page product, in that store or chain-wide);
         sorted by offer_id, product_id, store_id. An offer with an item never
@@ -529,7 +541,7 @@ def score_offers_by_store(
     vocab = ProductVocab.from_json(meta["vocab"])
     cols = rk.feature_columns(meta.get("pair_features", rk.ANON_FEATURES))
     empty = pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
-        OFFER_SCORE_COLUMNS, [str, str, str, "float64", "int64", "int64"])})
+        OFFER_SCORE_COLUMNS, [str, str, str, "float64", "float64", "int64", "int64"])})
     excluded = set(meta.get("excluded_departments", [])) | {str(d).strip().upper() for d in excluded_departments}
     prog(0.05, "preparing lines")
     L = prepare_lines(lines)
@@ -603,17 +615,20 @@ def score_offers_by_store(
     for offer_id, a, comps in pages:
         pos = [companions[a].index(c) for c in comps]
         items = (a, *comps)
-        for i in lists_of[a]:
+        chain_conf = 0.0
+        for i in lists_of[a]:  # the chain-wide list first
             s = int(stores[i])
             score = float(np.exp(np.mean(np.log(prob[offsets[i] + np.asarray(pos)]))))
             if s < 0:
                 n_all, n_a, store = S.baskets_with_all(items), int(S.item_counts[a]), ""
+                chain_conf = rate = n_all / n_a if n_a else 0.0
             else:
                 rows = store_baskets[(a, s)]
                 sub = ctx.X[rows][:, list(comps)]
                 n_all = int((np.diff((sub > 0).astype(np.int8).tocsr().indptr) == len(comps)).sum())
                 n_a, store = len(rows), str(store_ids[s])
-            out.append((offer_id, str(ids[a]), store, score, int(n_all), int(n_a)))
+                rate = float(rk.shrunk_store_confidence(n_all, n_a, chain_conf))
+            out.append((offer_id, str(ids[a]), store, score, rate, int(n_all), int(n_a)))
     df = pd.DataFrame(out, columns=OFFER_SCORE_COLUMNS)
     df["co_purchase_count"] = df["co_purchase_count"].astype("int64")
     df["anchor_baskets"] = df["anchor_baskets"].astype("int64")

@@ -346,8 +346,23 @@ def store_index(ctx: Context, store_ids) -> np.ndarray:
     return ctx.stores.get_indexer(s).astype(np.int64)
 
 
-def _shrunk_confidence(n_sac: np.ndarray, n_sa: np.ndarray, conf: np.ndarray) -> np.ndarray:
-    """(n_sac + k * conf) / (n_sa + k), k = :data:`STORE_CONF_PRIOR`: the store's confidence shrunk towards ``conf``."""
+def shrunk_store_confidence(n_sac: np.ndarray, n_sa: np.ndarray, conf: np.ndarray) -> np.ndarray:
+    """The store's confidence P(c | a, store) shrunk towards the chain-wide ``conf``.
+
+    (n_sac + k * conf) / (n_sa + k), k = :data:`STORE_CONF_PRIOR` (10
+    pseudo-baskets; a beta-binomial posterior mean with the chain-wide
+    confidence as prior mean). Used for the ``store_confidence`` feature, the
+    store-aware count baseline and the storefront's per-store offer order
+    (``pipeline.score_offers_by_store``'s ``attach_rate``).
+
+    Args:
+        n_sac: baskets of the store holding the anchor and the companion(s) (float or array).
+        n_sa: baskets of the store holding the anchor.
+        conf: the chain-wide confidence (0..1).
+
+    Returns:
+        float or float64 array in 0..1, shaped like the inputs.
+    """
     return (n_sac + STORE_CONF_PRIOR * conf) / (n_sa + STORE_CONF_PRIOR)
 
 
@@ -500,7 +515,7 @@ def pair_features(ctx: Context, a: np.ndarray, c: np.ndarray, u: np.ndarray | No
         if known_s.any():
             n_sac, n_sa = store_pair_counts(ctx, st, a, c)
             conf = out[:, 2].astype(np.float64)
-            sconf = _shrunk_confidence(n_sac, n_sa, conf)
+            sconf = shrunk_store_confidence(n_sac, n_sa, conf)
             out[:, 27] = known_s
             out[known_s, 28] = sconf[known_s]
             out[known_s, 29] = np.log((sconf[known_s] + 1e-4) / (conf[known_s] + 1e-4))
@@ -707,7 +722,7 @@ def store_count_rank(ctx: Context, anchors: np.ndarray, stores: np.ndarray, k: i
     C = np.where(valid, cands, 0).ravel()
     na = ctx.S.item_counts[A].astype(np.float64)
     conf = np.divide(_sparse_values(ctx.S.co, A, C), na, out=np.zeros(len(A)), where=na > 0)
-    score = _shrunk_confidence(*store_pair_counts(ctx, np.repeat(stores, mm), A, C), conf).reshape(n, mm)
+    score = shrunk_store_confidence(*store_pair_counts(ctx, np.repeat(stores, mm), A, C), conf).reshape(n, mm)
     score = score - 1e-9 * np.arange(mm)[None, :]  # ties: count order
     return top_k(cands, np.where(valid, score, -np.inf), k)[0]
 

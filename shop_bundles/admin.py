@@ -584,31 +584,34 @@ class BundleCampaignAdmin(admin.ModelAdmin):
         url = reverse("admin:shop_bundles_bundlesuggestion_change", args=[obj.suggestion_id])
         return format_html('<a href="{}">suggestion {}</a>', url, obj.suggestion_id)
 
-    @admin.display(description="model score by store (anchor's page)")
+    @admin.display(description="attach rate by store (anchor's page)")
     def store_ranking(self, obj):
-        """The anchor page's chain-wide score and the stores where the model ranks this offer highest and lowest.
-
-        From ``OfferStoreScore`` (hourly ``rank_offers_by_store``); the product page orders offers by these.
-        """
+        """The anchor page's chain-wide attach rate and model score, and the stores where the bundle is
+        taken most and least (``OfferStoreScore``, hourly ``rank_offers_by_store``); the product page
+        orders a shopper's offers by the attach rate of their store."""
         from .models import OfferStoreScore
 
         anchor = obj.items.order_by("position", "id").first() if obj.pk else None
         rows = list(OfferStoreScore.objects.filter(campaign=obj, product_id=anchor.product_id).order_by(
-            "-score", "store_id")) if anchor else []
+            "-attach_rate", "-score", "store_id")) if anchor else []
         if not rows:
             return "Not scored yet (the hourly store ranking, or manage.py rank_store_offers, scores open campaigns)."
         chain = next((r for r in rows if r.store_id == ""), None)
         stores = [r for r in rows if r.store_id]
-        shown = stores[:5] + [r for r in stores[5:][-3:]]
-        head = format_html("Chain-wide: {} ({} of {} baskets with the anchor hold the bundle); {} stores scored.",
-                           f"{chain.score:.3f}" if chain else "—", chain.co_purchase_count if chain else 0,
-                           chain.anchor_baskets if chain else 0, len(stores))
-        table = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", (
-            (r.store_id, f"{r.score:.3f}", r.co_purchase_count, r.anchor_baskets) for r in shown))
-        return format_html('{}<table><thead><tr><th>store</th><th>score</th><th>baskets with the bundle</th>'
-                           '<th>baskets with the anchor</th></tr></thead><tbody>{}</tbody></table>'
-                           '<p class="help">Best five and lowest three stores. The product page orders offers '
-                           "by the shopper's store's score (else the chain-wide one).</p>", head, table)
+        shown = stores[:5] + stores[5:][-3:]
+        head = format_html("Chain-wide: attach rate {} ({} of {} baskets with the anchor hold the bundle), model "
+                           "score {}; {} stores with their own rate.",
+                           f"{chain.attach_rate:.1%}" if chain else "—", chain.co_purchase_count if chain else 0,
+                           chain.anchor_baskets if chain else 0, f"{chain.score:.3f}" if chain else "—", len(stores))
+        table = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", (
+            (r.store_id, f"{r.attach_rate:.1%}", r.co_purchase_count, r.anchor_baskets, f"{r.score:.3f}")
+            for r in shown))
+        return format_html('{}<table><thead><tr><th>store</th><th>attach rate (shrunk)</th>'
+                           '<th>baskets with the bundle</th><th>baskets with the anchor</th><th>model score</th>'
+                           '</tr></thead><tbody>{}</tbody></table><p class="help">Highest five and lowest three '
+                           "stores. A store's rate is its own share shrunk towards the chain-wide one with 10 "
+                           "baskets; the product page orders offers by the shopper's store's rate (else the "
+                           "chain-wide one).</p>", head, table)
 
     @admin.display(description="staff actions")
     def history(self, obj):

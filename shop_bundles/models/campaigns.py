@@ -137,7 +137,7 @@ class BundleCampaignItem(models.Model):
 
 
 class OfferStoreScore(models.Model):
-    """The model's score of a campaign on one product's page, in one store or chain-wide.
+    """How a campaign does on one product's page, in one store or chain-wide: attach rate and model score.
 
     Written by ``services.store_offers.store_offer_scores_refresh`` (Celery
     task ``rank_offers_by_store``, hourly; command ``rank_store_offers``) from
@@ -145,11 +145,16 @@ class OfferStoreScore(models.Model):
     campaign taken as the page's product, the geometric mean of the model's
     probabilities (0..1) of the campaign's other items as its companions,
     with the store-context features of the store (``store_id``) or with no
-    store (``store_id == ""``, the chain-wide row). A store has its own rows
-    for a product only when the product sold there in at least
-    ``SHOP_BUNDLES_MIN_STORE_BASKETS`` baskets. The product page orders the
-    offers it shows by the row of the shopper's chosen store, else by the
-    chain-wide row (``selectors.offers.offers_for_product``).
+    store (``store_id == ""``, the chain-wide row); and ``attach_rate``, the
+    share of baskets with the page's product that hold all the campaign's
+    other items (chain-wide: ``co_purchase_count / anchor_baskets``; in a
+    store: the store's share shrunk towards the chain-wide one with 10
+    pseudo-baskets). A store has its own rows for a product only when the
+    product sold there in at least ``SHOP_BUNDLES_MIN_STORE_BASKETS``
+    baskets. The product page orders the offers it shows by the attach rate
+    of the shopper's chosen store, else the chain-wide one
+    (``selectors.offers.offers_for_product``; why the attach rate and not the
+    model score: ``docs/quality.md``, "Store-aware offer order").
 
     ``co_purchase_count``: baskets (in the store, or anywhere for "") holding
     all the campaign's items; ``anchor_baskets``: baskets holding the page's
@@ -159,7 +164,8 @@ class OfferStoreScore(models.Model):
     campaign = models.ForeignKey(BundleCampaign, on_delete=models.CASCADE, related_name="store_scores")
     product = models.ForeignKey("shop_bundles.Product", on_delete=models.CASCADE, related_name="+")
     store_id = models.CharField(max_length=32, blank=True, help_text='The store; "" is the chain-wide score.')
-    score = models.FloatField()
+    score = models.FloatField(help_text="the model's 0..1 score of the campaign's other items given this product")
+    attach_rate = models.FloatField(default=0.0, help_text="share of baskets with this product holding the bundle")
     co_purchase_count = models.PositiveIntegerField(default=0)
     anchor_baskets = models.PositiveIntegerField(default=0)
     model_version = models.ForeignKey("shop_bundles.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL,

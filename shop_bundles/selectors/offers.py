@@ -122,10 +122,13 @@ class Offer:
         bundle_price: what one bundle costs (Decimal, ``regular_total - saving``).
         saving: discount on one bundle, rounded once half-up to cents, never
             negative and never above ``regular_total``.
-        score: the model's 0..1 score of the offer on the page it is shown on
-            (``OfferStoreScore`` of the shopper's store, else chain-wide);
-            None when the offer has not been scored yet.
-        store_id: the store ``score`` is for ("" = chain-wide or not scored).
+        attach_rate: share of baskets with the page's product that hold the
+            offer's other items, in the shopper's store (shrunk towards the
+            chain-wide rate) when it has its own ``OfferStoreScore`` row, else
+            chain-wide; None when the offer has not been scored yet.
+        score: the model's chain-wide 0..1 score of the offer on the page
+            (None when not scored yet).
+        store_id: the store ``attach_rate`` is for ("" = chain-wide or not scored).
         store_co_purchase_count: baskets of that store holding all the
             offer's items (None unless ``store_id``).
     """
@@ -135,6 +138,7 @@ class Offer:
     regular_total: Decimal
     bundle_price: Decimal
     saving: Decimal
+    attach_rate: float | None = None
     score: float | None = None
     store_id: str = ""
     store_co_purchase_count: int | None = None
@@ -187,11 +191,16 @@ def offers_for_product(product: Product, *, store_id: str = "", now: datetime | 
     Order: offers that save money first, then no-discount campaigns (0 % or
     0.00 off: the discount optimiser's choice when no discount earns more
     than it gives away, shown as "frequently bought together" at the normal
-    price). Within each group, by the model's score for the shopper's store
-    (``OfferStoreScore`` row of ``store_id``), else its chain-wide score
-    (row ``""``), highest first; offers not scored yet (approved since the
-    last ``rank_offers_by_store`` run) after the scored ones; then by saving
-    (descending), then campaign id.
+    price). Within each group, by attach rate, highest first: the share of
+    baskets with this product that hold the offer's other items, in the
+    shopper's store (``OfferStoreScore`` row of ``store_id``: the store's
+    share shrunk towards the chain-wide one with 10 pseudo-baskets) else
+    chain-wide (row ``""``). Ties by the model's chain-wide score. Offers not
+    scored yet (approved since the last ``rank_offers_by_store`` run) come
+    after the scored ones, by saving (descending); last key the campaign id.
+    The attach rate, not the model's store-aware score, because it predicts
+    better which offer a basket takes whole (``benchmarks/store_offer_ranking.py``,
+    ``docs/quality.md``).
 
     Args:
         product: a ``Product`` (its pk is used).
@@ -199,8 +208,8 @@ def offers_for_product(product: Product, *, store_id: str = "", now: datetime | 
         now: aware datetime; None means ``timezone.now()``.
 
     Returns:
-        list of ``Offer`` with ``score`` / ``store_id`` /
-        ``store_co_purchase_count`` filled from the scores used. Campaigns
+        list of ``Offer`` with ``attach_rate`` / ``score`` / ``store_id`` /
+        ``store_co_purchase_count`` filled from the rows used. Campaigns
         that would give no saving (e.g. a fixed price at or above the regular
         price) are left out, except no-discount campaigns. Empty when the
         product itself is inactive or out of stock.
@@ -212,20 +221,23 @@ def offers_for_product(product: Product, *, store_id: str = "", now: datetime | 
     offers = [offer_from_campaign(c) for c in _with_items(qs)]
     offers = [o for o in offers if o.shown]
     if offers:
-        scores: dict[tuple[int, str], tuple[float, int]] = {
-            (cid, sid): (score, n) for cid, sid, score, n in OfferStoreScore.objects.filter(
+        rows: dict[tuple[int, str], tuple[float, float, int]] = {
+            (cid, sid): (rate, score, n) for cid, sid, rate, score, n in OfferStoreScore.objects.filter(
                 product_id=product.pk, store_id__in={store_id, ""}, campaign_id__in=[o.campaign_id for o in offers],
-            ).values_list("campaign_id", "store_id", "score", "co_purchase_count")}
+            ).values_list("campaign_id", "store_id", "attach_rate", "score", "co_purchase_count")}
         ranked = []
         for o in offers:
-            if store_id and (o.campaign_id, store_id) in scores:
-                score, n = scores[(o.campaign_id, store_id)]
-                o = replace(o, score=score, store_id=store_id, store_co_purchase_count=n)
-            elif (o.campaign_id, "") in scores:
-                o = replace(o, score=scores[(o.campaign_id, "")][0])
+            chain = rows.get((o.campaign_id, ""))
+            store = rows.get((o.campaign_id, store_id)) if store_id else None
+            if store is not None:
+                o = replace(o, attach_rate=store[0], score=chain[1] if chain else None, store_id=store_id,
+                            store_co_purchase_count=store[2])
+            elif chain is not None:
+                o = replace(o, attach_rate=chain[0], score=chain[1])
             ranked.append(o)
         offers = ranked
-    offers.sort(key=lambda o: (o.no_discount, o.score is None, -(o.score or 0.0), -o.saving, o.campaign_id))
+    offers.sort(key=lambda o: (o.no_discount, o.attach_rate is None, -(o.attach_rate or 0.0), -(o.score or 0.0),
+                               -o.saving, o.campaign_id))
     return offers
 
 

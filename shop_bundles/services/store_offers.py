@@ -1,9 +1,10 @@
 """Store-aware ordering of the offers on a product page.
 
-``store_offer_scores_refresh`` asks the active model (``bundling_ml.pipeline.score_offers_by_store``)
-how likely each open campaign's other items are to be bought with each of its items, chain-wide and in
-every store where that item sells, and replaces the ``OfferStoreScore`` rows. The product page then
-orders the offers of a shopper who chose a store by that store's scores (``selectors.offers``).
+``store_offer_scores_refresh`` measures, for each open campaign and each of its items as the page's
+product, the attach rate (share of baskets with that product holding the campaign's other items) and
+the model's score (``bundling_ml.pipeline.score_offers_by_store``), chain-wide and in every store where
+that item sells, and replaces the ``OfferStoreScore`` rows. The product page then orders the offers of
+a shopper who chose a store by that store's attach rate (``selectors.offers``).
 ``bundling_ml`` (and TensorFlow) is imported inside the function only.
 """
 from __future__ import annotations
@@ -56,7 +57,7 @@ def store_offer_scores_refresh(*, model_version_id: int | None = None, progress=
 
     verify_artifact(version.artifact_path)
     skus = open_campaign_skus()
-    frame = pd.DataFrame(columns=["offer_id", "product_id", "store_id", "score", "co_purchase_count",
+    frame = pd.DataFrame(columns=["offer_id", "product_id", "store_id", "score", "attach_rate", "co_purchase_count",
                                   "anchor_baskets"])
     if skus:
         from bundling_ml.pipeline import score_offers_by_store  # TensorFlow is imported below this line only
@@ -69,7 +70,7 @@ def store_offer_scores_refresh(*, model_version_id: int | None = None, progress=
     product_pk = dict(Product.objects.filter(sku__in=set(frame["product_id"])).values_list("sku", "pk"))
     now = timezone.now()
     rows = [OfferStoreScore(campaign_id=int(r.offer_id), product_id=product_pk[r.product_id], store_id=r.store_id,
-                            score=float(r.score), co_purchase_count=int(r.co_purchase_count),
+                            score=float(r.score), attach_rate=float(r.attach_rate), co_purchase_count=int(r.co_purchase_count),
                             anchor_baskets=int(r.anchor_baskets), model_version=version, computed_at=now)
             for r in frame.itertuples(index=False) if r.product_id in product_pk]
     with transaction.atomic():

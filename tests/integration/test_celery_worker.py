@@ -111,7 +111,7 @@ def test_worker_trains_on_the_ml_queue_once_per_slot(celery_worker, cj_slice):
     rows = OfferStoreScore.objects.filter(campaign=campaign)
     items = list(campaign.items.values_list("product_id", flat=True))
     assert sorted(rows.filter(store_id="").values_list("product_id", flat=True)) == sorted(items)
-    assert all(0 < r.score < 1 and r.model_version_id == version.pk for r in rows)
+    assert all(0 < r.score < 1 and 0 <= r.attach_rate <= 1 and r.model_version_id == version.pk for r in rows)
     anchor = campaign.items.get(position=0).product_id
     assert rows.filter(product_id=anchor).exclude(store_id="").exists()  # the best bundle's anchor sells in stores
     baskets = {}

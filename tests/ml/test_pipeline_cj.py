@@ -214,6 +214,10 @@ def test_score_offers_by_store_ranks_each_page_in_each_store(trained, cj_small):
         where = baskets if row.store_id == "" else baskets[baskets.store == row.store_id]
         assert row.anchor_baskets == sum(row.product_id in b for b in where["items"])
         assert row.co_purchase_count == sum(set(items_of[row.offer_id]) <= b for b in where["items"])
+    # attach rate: chain-wide the rule's confidence; in a store its own share shrunk towards it (10 baskets)
+    assert np.allclose(chain.attach_rate, chain.co_purchase_count / chain.anchor_baskets)
+    withc = df[df.store_id != ""].merge(chain, on=["offer_id", "product_id"], suffixes=("", "_c"))
+    assert np.allclose(withc.attach_rate, (withc.co_purchase_count + 10 * withc.attach_rate_c) / (withc.anchor_baskets + 10))
     # every store where a page product sold in >= 5 baskets has its own row
     first = chain.iloc[0]
     per_store = baskets[baskets["items"].map(lambda b: first.product_id in b)].groupby("store").size()

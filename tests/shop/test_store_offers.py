@@ -17,8 +17,10 @@ pytestmark = pytest.mark.django_db
 def scored(products):  # noqa: F811
     """Three no-discount offers on Pasta's page (A+B, A+C, A+D), one 10 % offer (A+F), one not scored (A+E).
 
-    Chain-wide scores rank B > D > C; store 367's own scores rank C > B; store 367 has no row for A+D
-    (it falls back to the chain-wide 0.7). Orders of stores 367 (3) and 12 (1) make them known stores.
+    Chain-wide attach rates (bundle baskets / 500 Pasta baskets) rank B > D > C; store 367's own rates
+    (of 50 Pasta baskets, shrunk with 10 pseudo-baskets towards the chain-wide rate) rank C > B; store 367
+    has no row for A+D (it falls back to the chain-wide 0.16). Orders of stores 367 (3) and 12 (1) make
+    them known stores.
     """
     ab = make_campaign("AB", "percent", "0", [products["A"], products["B"]])
     ac = make_campaign("AC", "percent", "0", [products["A"], products["C"]])
@@ -26,11 +28,13 @@ def scored(products):  # noqa: F811
     ae = make_campaign("AE", "percent", "0", [products["A"], products["E"]])
     af = make_campaign("AF", "percent", "10", [products["A"], products["F"]])
     pasta = products["A"]
+    chain = {ab: 120, ac: 40, ad: 80, af: 5}
     rows = [(ab, "", 0.9, 120), (ac, "", 0.5, 40), (ad, "", 0.7, 80), (af, "", 0.1, 5),
             (ab, "367", 0.2, 1), (ac, "367", 0.8, 9), (af, "367", 0.3, 0)]
     OfferStoreScore.objects.bulk_create([
         OfferStoreScore(campaign=c, product=pasta, store_id=s, score=score, co_purchase_count=n,
-                        anchor_baskets=50 if s else 500)
+                        anchor_baskets=50 if s else 500,
+                        attach_rate=(n + 10 * chain[c] / 500) / (50 + 10) if s else n / 500)
         for c, s, score, n in rows])
     for i, store in enumerate(["367", "367", "12", "367"]):
         Order.objects.create(external_id=f"h{i}", placed_at=timezone.now(), store_id=store)
@@ -38,18 +42,20 @@ def scored(products):  # noqa: F811
     return {"AB": ab, "AC": ac, "AD": ad, "AE": ae, "AF": af}
 
 
-def test_offers_are_ordered_by_the_store_score_else_the_chain_score(products, scored):  # noqa: F811
+def test_offers_are_ordered_by_the_store_attach_rate_else_the_chain_one(products, scored):  # noqa: F811
     pasta = products["A"]
     ids = {c.pk: name for name, c in scored.items()}
-    # Money-saving offers first; then by score; the unscored offer last.
+    # Money-saving offers first; then by attach rate; the unscored offer last.
     chain = offers_for_product(pasta)
     assert [ids[o.campaign_id] for o in chain] == ["AF", "AB", "AD", "AC", "AE"]
-    assert [o.score for o in chain] == [0.1, 0.9, 0.7, 0.5, None]
+    assert [o.attach_rate for o in chain] == [0.01, 0.24, 0.16, 0.08, None]
+    assert [o.score for o in chain] == [0.1, 0.9, 0.7, 0.5, None]  # the model's chain-wide scores
     assert {o.store_id for o in chain} == {""} and all(o.store_co_purchase_count is None for o in chain)
-    # Store 367: its own scores (C 0.8 > B 0.2), the chain-wide 0.7 for A+D which it has no row for.
+    # Store 367: its own rates (C (9 + 0.8) / 60 > B (1 + 2.4) / 60), the chain-wide 0.16 for A+D.
     store = offers_for_product(pasta, store_id="367")
-    assert [(ids[o.campaign_id], o.score, o.store_id, o.store_co_purchase_count) for o in store] == [
-        ("AF", 0.3, "367", 0), ("AC", 0.8, "367", 9), ("AD", 0.7, "", None), ("AB", 0.2, "367", 1),
+    assert [(ids[o.campaign_id], o.attach_rate and round(o.attach_rate, 4), o.store_id, o.store_co_purchase_count)
+            for o in store] == [
+        ("AF", 0.0017, "367", 0), ("AC", 0.1633, "367", 9), ("AD", 0.16, "", None), ("AB", 0.0567, "367", 1),
         ("AE", None, "", None)]
     # A store without rows gets the chain-wide order.
     assert [o.campaign_id for o in offers_for_product(pasta, store_id="12")] == [o.campaign_id for o in chain]
@@ -96,8 +102,9 @@ def test_choosing_a_store_reorders_the_product_page_and_the_order_records_it(cli
 def test_campaign_admin_shows_the_store_ranking(client, django_user_model, scored):
     client.force_login(django_user_model.objects.create_superuser("boss", "b@example.com", "pw-For-tests-1"))
     html = client.get(reverse("admin:shop_bundles_bundlecampaign_change", args=[scored["AB"].pk])).content.decode()
-    assert "Chain-wide: 0.900 (120 of 500 baskets with the anchor hold the bundle); 1 stores scored." in html
-    assert "<tr><td>367</td><td>0.200</td><td>1</td><td>50</td></tr>" in html
+    assert ("Chain-wide: attach rate 24.0% (120 of 500 baskets with the anchor hold the bundle), model score 0.900; "
+            "1 stores with their own rate.") in html
+    assert "<tr><td>367</td><td>5.7%</td><td>1</td><td>50</td><td>0.200</td></tr>" in html
     html = client.get(reverse("admin:shop_bundles_bundlecampaign_change", args=[scored["AE"].pk])).content.decode()
     assert "Not scored yet" in html
 

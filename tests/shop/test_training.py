@@ -494,7 +494,10 @@ class TestOneRealTraining:
         session.save()
         offers = client.get(reverse("shop_bundles:product_detail", kwargs={"sku": row.product.sku})).context["offers"]
         shown = {o.campaign_id: o for o in offers}
-        assert shown[row.campaign_id].score == row.score and shown[row.campaign_id].store_id == row.store_id
+        assert shown[row.campaign_id].attach_rate == row.attach_rate and shown[row.campaign_id].store_id == row.store_id
+        chain = rows.get(campaign=row.campaign, product=row.product, store_id="")
+        assert chain.attach_rate == pytest.approx(chain.co_purchase_count / chain.anchor_baskets)
+        assert row.attach_rate == pytest.approx((row.co_purchase_count + 10 * chain.attach_rate) / (row.anchor_baskets + 10))
         # A second run replaces the rows rather than adding to them.
         first_ids = set(rows.values_list("pk", flat=True))
         call_command("rank_store_offers", stdout=StringIO(), verbosity=0)
