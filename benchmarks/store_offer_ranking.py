@@ -34,14 +34,40 @@ or the scores):
    (binary gains). A basket bootstrap (1000 resamples, seed 0) gives 95 %
    intervals of store-aware minus chain-wide HR@1 and NDCG.
 
+6. ordering rules a storefront can compute from the rows
+   ``score_offers_by_store`` returns (each falls back, per offer, to the
+   chain-wide row when the store has none; chain_conf = chain-wide
+   co_purchase_count / anchor_baskets):
+
+   * chain confidence: chain_conf alone (no store);
+   * shrunk store confidence, k in 2, 5, 10, 20, 50:
+     (store co_purchase_count + k * chain_conf) / (store anchor_baskets + k);
+   * chain-wide model score x (shrunk store confidence k=10 / chain_conf)
+     (ratio 1 where chain_conf is 0);
+   * rank average: mean of the chain-wide model rank and the shrunk k=10 rank
+     within the page's list (average ranks; ties: higher chain-wide model
+     score, then lower offer_id).
+
+   Every rule (and the orderings of 5) is reported on all pages, on all pages
+   but the hub page (the page with the most offers), and on pages with 2-10
+   offers, with a basket bootstrap (1000 resamples, seed 0, the same
+   resamples for every rule) of each rule minus the chain-wide model - on the
+   first sample and on a second, disjoint sample of test baskets with a store
+   (``--second-sample-baskets``: ``rest`` = every test basket not in the
+   first, the default; ``N`` drawn with ``--second-seed``; ``none``). Choosing
+   k (or a rule) on the first sample and reading its value off the second
+   keeps the choice from being graded on the data it was picked on.
+
 Run: ``.venv/bin/python benchmarks/store_offer_ranking.py [--offers 300] [--sample-baskets 3000]
+[--second-sample-baskets rest|N|none] [--second-seed 1]
 [--artifact DIR | --save-artifact DIR] [--json OUT] [--exclusion-check]``
 
 Prints wall times and peak RSS (resource.getrusage maximum resident set size)
 of each stage, the offers and score rows, then one markdown table per hit
 definition and the bootstrap intervals, the most viewed pages, and the same
 tables without the most viewed page (one hub product, e.g. bananas, can sit in
-most offers and dominate the views). ``--exclusion-check`` also scores the
+most offers and dominate the views), then the ordering-rule tables of 6 per
+sample and segment. ``--exclusion-check`` also scores the
 offers on the training lines with the model's excluded departments (FUEL,
 COUPON) removed first - the statistics the model was trained on - and adds those
 orderings and the largest score differences. ``--sample-baskets 0`` uses every
@@ -59,6 +85,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from scipy.stats import rankdata  # noqa: E402
 
 from bundling_ml import artifacts  # noqa: E402
 from bundling_ml import pipeline  # noqa: E402
@@ -73,6 +100,20 @@ from bundling_ml.data import (  # noqa: E402
 
 EXCLUDED = ("FUEL", "COUPON")
 ORDERINGS = ("store-aware model", "chain-wide model", "co-purchase count", "store confidence", "campaign order (offer_id)", "random (expected)")
+SHRINK_KS = (2, 5, 10, 20, 50)
+REF_K = 10  # the shrunk store confidence the combined orderings use
+BASELINE = "chain-wide model"
+
+
+def shrunk_name(k: int) -> str:
+    return f"shrunk store conf k={k}"
+
+
+REWEIGHTED = f"chain model x shrunk k={REF_K} / chain conf"
+RANK_AVG = f"rank-avg(chain model, shrunk k={REF_K})"
+# the ordering rules a storefront can compute from score_offers_by_store's rows (compared in every segment and sample)
+RULES = ("chain-wide model", "store-aware model", "store confidence", "chain confidence", *(shrunk_name(k) for k in SHRINK_KS),
+         REWEIGHTED, RANK_AVG, "co-purchase count", "campaign order (offer_id)", "random (expected)")
 
 
 def peak_rss_mib() -> float:
@@ -106,6 +147,40 @@ def score_lookup(scores: pd.DataFrame) -> dict:
     return {(int(o), p, s): (sc, int(n), int(na)) for o, p, s, sc, n, na in scores[pipeline.OFFER_SCORE_COLUMNS].itertuples(index=False, name=None)}
 
 
+def rule_keys(offs: np.ndarray, chain: list, srow: list) -> dict:
+    """Sort keys (descending) of the extra ordering rules of one page view.
+
+    Args:
+        offs: (m,) offer ids of the page's list.
+        chain: m chain-wide rows (score, co_purchase_count, anchor_baskets).
+        srow: m store rows of the same shape, None where the store has no row
+            (then every rule falls back to the chain-wide row).
+
+    Returns:
+        name -> (m,) key: chain confidence; shrunk store confidence
+        (n_store + k * chain_conf) / (n_store_anchor + k) for k in
+        :data:`SHRINK_KS`; the chain-wide model score times (shrunk k=10 /
+        chain confidence); the mean of the chain-wide model rank and the
+        shrunk k=10 rank (average ranks, 1 = best; ties: higher chain-wide model
+        score, then lower offer_id - the key is minus the list position).
+    """
+    c = np.asarray(chain, np.float64)
+    has = np.array([r is not None for r in srow])
+    s = np.array([r if r is not None else (np.nan, 0.0, 0.0) for r in srow], np.float64)
+    c_conf = c[:, 1] / np.maximum(c[:, 2], 1.0)
+    out = {"chain confidence": c_conf}
+    for k in SHRINK_KS:
+        out[shrunk_name(k)] = np.where(has, (s[:, 1] + k * c_conf) / (s[:, 2] + k), c_conf)
+    ref = out[shrunk_name(REF_K)]
+    ratio = np.divide(ref, c_conf, out=np.ones_like(ref), where=c_conf > 0)
+    out[REWEIGHTED] = c[:, 0] * ratio
+    avg = (rankdata(-c[:, 0], method="average") + rankdata(-ref, method="average")) / 2.0
+    pos = np.empty(len(offs))
+    pos[np.lexsort((offs, -c[:, 0], avg))] = np.arange(len(offs))
+    out[RANK_AVG] = -pos
+    return out
+
+
 def evaluate(baskets: list, page_offers: dict, offer_items: dict, lookups: dict, seed: int = 0) -> dict:
     """Per page view: the list, the hits and each ordering's metrics.
 
@@ -136,6 +211,7 @@ def evaluate(baskets: list, page_offers: dict, offer_items: dict, lookups: dict,
                 "store confidence": np.array([(s or c)[1] / max((s or c)[2], 1) for s, c in zip(srow, chain)]),
                 "campaign order (offer_id)": -offs.astype(np.float64),
             }
+            keys.update(rule_keys(offs, chain, srow))
             for name, lk in lookups.items():
                 if name == "main":
                     continue
@@ -172,29 +248,51 @@ def summarise(views: list, kind: str) -> dict:
     return out
 
 
+class BasketBootstrap:
+    """One set of basket resamples (multinomial weights over the sampled baskets) shared by every comparison of a sample.
+
+    Baskets without a page view weigh in no comparison, so only the columns of
+    ``cols`` (the baskets with views) are kept; drawn 100 resamples at a time
+    (the same draws as one call of size ``n_boot``).
+    """
+
+    def __init__(self, n_baskets: int, cols, n_boot: int = 1000, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        cols = np.asarray(sorted(set(cols)), np.int64)
+        pv = np.full(n_baskets, 1.0 / n_baskets)
+        chunks = [rng.multinomial(n_baskets, pv, size=min(100, n_boot - i))[:, cols] for i in range(0, n_boot, 100)]
+        self.W = np.vstack(chunks).astype(np.float64) if chunks else np.zeros((0, len(cols)))
+        self.col = {int(b): j for j, b in enumerate(cols)}
+        self.n_boot = n_boot
+
+    def diff(self, views: list, kind: str, a: str, b: str) -> dict:
+        """95 % intervals of (a - b) for HR@1, MRR and NDCG over the views with a ``kind`` hit."""
+        hv = [v for v in views if kind in v and a in v[kind] and b in v[kind]]
+        if not hv:
+            return {}
+        m = len(self.col)
+        cnt = np.zeros(m)
+        sums = np.zeros((m, 3))
+        for v in hv:
+            j = self.col[v["basket"]]
+            cnt[j] += 1
+            sums[j] += np.subtract(v[kind][a], v[kind][b])
+        den = self.W @ cnt
+        ok = den > 0
+        boot = (self.W @ sums)[ok] / den[ok, None]
+        point = sums.sum(0) / cnt.sum()
+        out = {}
+        for j, name in enumerate(("hr@1", "mrr", "ndcg")):
+            lo, hi = np.percentile(boot[:, j], [2.5, 97.5])
+            out[name] = {"diff": float(point[j]), "lo": float(lo), "hi": float(hi)}
+        out["views"] = int(cnt.sum())
+        out["baskets_with_views"] = int((cnt > 0).sum())
+        return out
+
+
 def bootstrap_diff(views: list, kind: str, n_baskets: int, a: str, b: str, n_boot: int = 1000, seed: int = 0) -> dict:
     """95 % basket-bootstrap intervals of (a - b) for HR@1, MRR and NDCG over the views with a ``kind`` hit."""
-    hv = [v for v in views if kind in v and a in v[kind] and b in v[kind]]
-    if not hv:
-        return {}
-    cnt = np.zeros(n_baskets)
-    sums = np.zeros((n_baskets, 3))
-    for v in hv:
-        cnt[v["basket"]] += 1
-        sums[v["basket"]] += np.subtract(v[kind][a], v[kind][b])
-    rng = np.random.default_rng(seed)
-    W = rng.multinomial(n_baskets, np.full(n_baskets, 1.0 / n_baskets), size=n_boot).astype(np.float64)
-    den = W @ cnt
-    ok = den > 0
-    boot = (W @ sums)[ok] / den[ok, None]
-    point = sums.sum(0) / cnt.sum()
-    out = {}
-    for j, m in enumerate(("hr@1", "mrr", "ndcg")):
-        lo, hi = np.percentile(boot[:, j], [2.5, 97.5])
-        out[m] = {"diff": float(point[j]), "lo": float(lo), "hi": float(hi)}
-    out["views"] = int(cnt.sum())
-    out["baskets_with_views"] = int((cnt > 0).sum())
-    return out
+    return BasketBootstrap(n_baskets, [v["basket"] for v in views], n_boot, seed).diff(views, kind, a, b)
 
 
 def table(summary: dict) -> str:
@@ -202,6 +300,51 @@ def table(summary: dict) -> str:
     for name, r in summary["rows"].items():
         rows.append(f"| {name} | {r['hr@1']:.4f} | {r['mrr']:.4f} | {r['ndcg']:.4f} | {r['views']} |")
     return "\n".join(rows)
+
+
+def segments(views: list, page_offers: dict, hub) -> dict:
+    """The page-view subsets every rule is reported on: all pages, all but the hub page (most offers), pages with 2-10 offers."""
+    return {
+        "all pages": views,
+        f"without hub page {hub} ({len(page_offers[hub])} offers)": [v for v in views if v["page"] != hub],
+        "pages with 2-10 offers": [v for v in views if 2 <= v["n_offers"] <= 10],
+    }
+
+
+def rule_report(views: list, n_baskets: int, page_offers: dict, hub, seed: int = 0) -> dict:
+    """segment -> kind -> summary (every ordering) and basket bootstrap of each rule minus the chain-wide model."""
+    boot = BasketBootstrap(n_baskets, [v["basket"] for v in views], seed=seed)
+    out = {}
+    for seg, vs in segments(views, page_offers, hub).items():
+        out[seg] = {"pages": len({v["page"] for v in vs}), "views": len(vs)}
+        for kind in ("attach", "any"):
+            summ = summarise(vs, kind)
+            diffs = {name: boot.diff(vs, kind, name, BASELINE) for name in RULES if name != BASELINE and name in summ["rows"]}
+            out[seg][kind] = {"summary": summ, "bootstrap_vs_chain_model": diffs}
+    return out
+
+
+def print_rule_report(title: str, rep: dict) -> None:
+    fmt = lambda d, m: f"{d[m]['diff']:+.4f} [{d[m]['lo']:+.4f}, {d[m]['hi']:+.4f}]" if d else ""  # noqa: E731
+    for seg, r in rep.items():
+        a, y = r["attach"]["summary"], r["any"]["summary"]
+        print(f"\n{title}, {seg}: {r['pages']} pages, {r['views']} views, {a['views_with_hit']} with an attach hit, {y['views_with_hit']} with an any-companion hit")
+        print()
+        print("| ordering | attach HR@1 | attach MRR | attach NDCG | any HR@1 | any MRR | any NDCG |")
+        print("|---|---|---|---|---|---|---|")
+        for name in RULES:
+            ra, ry = a["rows"].get(name), y["rows"].get(name)
+            cells = [f"{ra[m]:.4f}" if ra else "" for m in ("hr@1", "mrr", "ndcg")] + [f"{ry[m]:.4f}" if ry else "" for m in ("hr@1", "mrr", "ndcg")]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        print(f"\nminus {BASELINE}, 95 % basket bootstrap (1000 resamples, seed 0):")
+        print()
+        print("| ordering | attach HR@1 | attach MRR | attach NDCG | any HR@1 | any NDCG |")
+        print("|---|---|---|---|---|---|")
+        for name in RULES:
+            if name == BASELINE:
+                continue
+            da, dy = r["attach"]["bootstrap_vs_chain_model"].get(name), r["any"]["bootstrap_vs_chain_model"].get(name)
+            print(f"| {name} | {fmt(da, 'hr@1')} | {fmt(da, 'mrr')} | {fmt(da, 'ndcg')} | {fmt(dy, 'hr@1')} | {fmt(dy, 'ndcg')} |")
 
 
 def main() -> int:
@@ -212,6 +355,9 @@ def main() -> int:
     ap.add_argument("--max-bundles", type=int, default=5000)
     ap.add_argument("--min-store-baskets", type=int, default=5)
     ap.add_argument("--sample-baskets", type=int, default=3000, help="test baskets with a store (seed 0); 0 = all")
+    ap.add_argument("--second-sample-baskets", default="rest",
+                    help="a second, disjoint sample of test baskets with a store: 'rest' (all not in the first), N (seed --second-seed), or 'none'")
+    ap.add_argument("--second-seed", type=int, default=1)
     ap.add_argument("--train-sample-baskets", type=int, default=3000, help="baskets of train_model's internal backtest")
     ap.add_argument("--artifact", default=None, help="reuse this trained artifact (skip training)")
     ap.add_argument("--save-artifact", default=None, help="write the trained artifact here")
@@ -311,6 +457,16 @@ def main() -> int:
     if args.sample_baskets and args.sample_baskets < len(ids):
         ids = np.sort(np.random.default_rng(0).choice(ids, size=args.sample_baskets, replace=False))
     baskets = [(b, store_of[b], items_of[b]) for b in ids]
+    rest_ids = np.setdiff1d(items_of.index.to_numpy(), ids)
+    second = str(args.second_sample_baskets).strip().lower()
+    if second in ("none", "0", "") or len(rest_ids) == 0:
+        ids2 = rest_ids[:0]
+    elif second == "rest":
+        ids2 = rest_ids
+    else:
+        n2 = int(second)
+        ids2 = np.sort(np.random.default_rng(args.second_seed).choice(rest_ids, size=min(n2, len(rest_ids)), replace=False))
+    baskets2 = [(b, store_of[b], items_of[b]) for b in ids2]
     page_offers: dict = {}
     for o, p in chain[["offer_id", "product_id"]].itertuples(index=False, name=None):
         page_offers.setdefault(p, []).append(int(o))
@@ -318,6 +474,18 @@ def main() -> int:
     ev = evaluate(baskets, page_offers, offer_items, lookups)
     views = ev["views"]
     timings["evaluate"] = time.perf_counter() - t5
+    # hub page = the page with the most offers (ties: most views in the first sample)
+    n_views = pd.Series([v["page"] for v in views], dtype=object).value_counts()
+    hub_rules = max(page_offers, key=lambda q: (len(page_offers[q]), int(n_views.get(q, 0))))
+    t6 = time.perf_counter()
+    rules = {"first sample": rule_report(views, len(baskets), page_offers, hub_rules)}
+    timings["rules_first"] = time.perf_counter() - t6
+    views2 = []
+    if baskets2:
+        t7 = time.perf_counter()
+        views2 = evaluate(baskets2, page_offers, offer_items, lookups)["views"]
+        rules["second sample"] = rule_report(views2, len(baskets2), page_offers, hub_rules)
+        timings["evaluate_second"] = time.perf_counter() - t7
     summaries = {k: summarise(views, k) for k in ("attach", "any")}
     boots = {k: bootstrap_diff(views, k, len(baskets), "store-aware model", "chain-wide model") for k in ("attach", "any")}
     if args.exclusion_check:
@@ -370,6 +538,14 @@ def main() -> int:
             if b_:
                 print(f"\nstore-aware minus chain-wide (95 % basket bootstrap, {b_['views']} views in {b_['baskets_with_views']} baskets): "
                       + "; ".join(f"{m.upper()} {b_[m]['diff']:+.4f} [{b_[m]['lo']:+.4f}, {b_[m]['hi']:+.4f}]" for m in ("hr@1", "mrr", "ndcg")))
+    # the ordering rules a storefront can compute from score_offers_by_store's rows, on both samples
+    samples_desc = {"first sample": f"{len(baskets)} test baskets with a store (seed 0)",
+                    "second sample": f"{len(baskets2)} other test baskets with a store ("
+                                     + ("all not in the first" if second == "rest" else f"seed {args.second_seed}") + ", disjoint from the first)"}
+    print(f"\n## Ordering rules (hub page = most offers: {hub_rules} {names.get(hub_rules, '')!r}, {len(page_offers[hub_rules])} offers)")
+    for name, rep in rules.items():
+        print(f"\n### {name}: {samples_desc[name]}")
+        print_rule_report(name, rep)
     print()
     print("| stage | wall s | peak RSS MiB (process, so far) |")
     print("|---|---|---|")
@@ -381,10 +557,15 @@ def main() -> int:
     if "score_offers_by_store_excluded" in timings:
         print(f"| score_offers_by_store (excluded lines) | {timings['score_offers_by_store_excluded']:.1f} | |")
     print(f"| evaluation + bootstrap | {timings['evaluate']:.1f} | {peak_rss_mib():.0f} |")
+    print(f"| ordering rules, first sample (segments + bootstrap) | {timings['rules_first']:.1f} | |")
+    if "evaluate_second" in timings:
+        print(f"| second sample ({len(baskets2)} baskets): evaluation + rules | {timings['evaluate_second']:.1f} | {peak_rss_mib():.0f} |")
     if args.json:
         out = {"split_date": str(split.date()), "offers": len(offers), "artifact": str(art), "internal_split": meta["data_window"]["split_date"],
                "counts": counts, "summaries": summaries, "bootstrap": boots, "timings_s": timings, "peak_rss_mib": {**rss, "end": peak_rss_mib()},
-               "exclusion_check": check, "score_rows": len(scores), "by_page": by_page}
+               "exclusion_check": check, "score_rows": len(scores), "by_page": by_page,
+               "rules": {"hub_page": hub_rules, "hub_offers": len(page_offers[hub_rules]), "samples": samples_desc,
+                         "second_sample_baskets": len(baskets2), "second_sample_page_views": len(views2), **rules}}
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"\nwrote {args.json}")
     tmp.cleanup()
