@@ -42,6 +42,9 @@ or the scores):
    * chain confidence: chain_conf alone (no store);
    * shrunk store confidence, k in 2, 5, 10, 20, 50:
      (store co_purchase_count + k * chain_conf) / (store anchor_baskets + k);
+     k = 10 is the storefront's order (``OfferStoreScore.attach_rate``, the
+     ``attach_rate`` column of ``score_offers_by_store``; the storefront breaks
+     ties by the chain-wide model score, this benchmark by offer_id);
    * chain-wide model score x (shrunk store confidence k=10 / chain_conf)
      (ratio 1 where chain_conf is 0);
    * rank average: mean of the chain-wide model rank and the shrunk k=10 rank
@@ -144,7 +147,7 @@ def random_metrics(hits: np.ndarray, rng: np.random.Generator, n: int = 200) -> 
 
 def score_lookup(scores: pd.DataFrame) -> dict:
     """(offer_id int, page product, store) -> (score, co_purchase_count, anchor_baskets)."""
-    return {(int(o), p, s): (sc, int(n), int(na)) for o, p, s, sc, n, na in scores[pipeline.OFFER_SCORE_COLUMNS].itertuples(index=False, name=None)}
+    return {(int(o), p, s): (sc, int(n), int(na)) for o, p, s, sc, n, na in scores[["offer_id", "product_id", "store_id", "score", "co_purchase_count", "anchor_baskets"]].itertuples(index=False, name=None)}
 
 
 def rule_keys(offs: np.ndarray, chain: list, srow: list) -> dict:
