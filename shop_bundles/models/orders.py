@@ -26,7 +26,7 @@ class Order(models.Model):
                                  on_delete=models.SET_NULL, related_name="orders")
     placed_at = models.DateTimeField(db_index=True)
     source = models.CharField(max_length=16, choices=SOURCE_CHOICES, default=SOURCE_IMPORT)
-    store_id = models.CharField(max_length=32, blank=True)
+    store_id = models.CharField(max_length=32, blank=True, db_index=True)
     session_key = models.CharField(max_length=64, blank=True)
     experiment_group = models.CharField(max_length=16, blank=True, db_index=True,
                                         help_text="Holdout experiment group of the shopper: treatment, holdout "

@@ -6,8 +6,12 @@ and ``order_place``; nothing is priced here. Per household (a shopper,
 identity ``cj-<household>`` so assignment is the real ``selectors.experiment``
 hash) and per basket, in time order:
 
-1. open the product page of every product in the real basket (records the
-   impressions; holdout shoppers get no offer block);
+1. choose the basket's store on the storefront's store page (POST
+   ``/store/``, when it differs from the last one), as a shopper of a chain
+   with stores does, so the product pages show the offers with the highest
+   attach rate in that store; then open the product page of every product in
+   the real basket (records the impressions; holdout shoppers get no offer
+   block);
 2. for each offer shown: accept it (POST "add bundle to cart") when the real
    basket holds all its products, otherwise with probability
    ``take(d)`` of ``bundling_ml.economics`` (department slope fitted from the
@@ -132,6 +136,7 @@ class _Basket:
     order_id: int
     placed_at: datetime
     lines: tuple[tuple[int, str, int], ...]  # (product id, sku, quantity), products for sale only
+    store_id: str = ""
 
 
 def _aware(day: date, *, end: bool = False) -> datetime:
@@ -159,8 +164,8 @@ def _load(date_from: date, date_to: date, limit: int | None):
                                     placed_at__gte=_aware(date_from), placed_at__lt=_aware(date_to, end=True))
                .values_list("customer_id", flat=True).distinct())
     rows = list(orders.filter(customer_id__in=wanted).order_by("placed_at", "pk")
-                .values_list("pk", "customer_id", "placed_at"))
-    already = sum(1 for _, cid, _ in rows if cid in done)
+                .values_list("pk", "customer_id", "placed_at", "store_id"))
+    already = sum(1 for _, cid, _, _ in rows if cid in done)
     rows = [r for r in rows if r[1] not in done]
     lines: dict[int, list[tuple[int, str, int]]] = {}
     line_rows = (OrderLine.objects.filter(order_id__in=[r[0] for r in rows], quantity__gt=0, product__active=True,
@@ -170,9 +175,10 @@ def _load(date_from: date, date_to: date, limit: int | None):
         lines.setdefault(order_id, []).append((pid, sku, qty))
     per_customer: dict[int, list[_Basket]] = {cid: [] for cid in wanted}
     skipped = 0
-    for pk, cid, placed_at in rows:
+    for pk, cid, placed_at, store_id in rows:
         if pk in lines:
-            per_customer[cid].append(_Basket(order_id=pk, placed_at=placed_at, lines=tuple(lines[pk])))
+            per_customer[cid].append(_Basket(order_id=pk, placed_at=placed_at, lines=tuple(lines[pk]),
+                                             store_id=store_id))
         else:
             skipped += 1
     households = [(cid, ext, per_customer[cid]) for cid, ext in customers
@@ -277,6 +283,7 @@ class _Replayer:
         self.seed, self.responses, self.base, self.stop_at = seed, responses, base, stop_at
         self.offers: dict[int, tuple[dict[int, int], float, str] | None] = {}
         self.product_url = reverse("shop_bundles:product_detail", kwargs={"sku": "SKU"}).replace("SKU", "{}")
+        self.store_url = reverse("shop_bundles:store_choose")
         self.cart_add_url = reverse("shop_bundles:cart_add", kwargs={"sku": "SKU"}).replace("SKU", "{}")
         self.checkout_url = reverse("shop_bundles:checkout")
         self.cart_update_url = reverse("shop_bundles:cart_update")
@@ -313,9 +320,16 @@ class _Replayer:
         spent: Counter = Counter()
         clock = _time.perf_counter
         marks: list[tuple[str, datetime, datetime, datetime, int | None]] = []
+        store = ""
         for basket in baskets:
             report.baskets += 1
             started = timezone.now()
+            if basket.store_id != store:
+                t0 = clock()
+                client.post(self.store_url, {"store": basket.store_id})
+                spent["store_choose"] += clock() - t0
+                report.requests += 1
+                store = basket.store_id
             rng = np.random.default_rng([self.seed, int(customer_id), basket.order_id])
             in_basket = {pid for pid, _, _ in basket.lines}
             accepted: set[int] = set()

@@ -62,7 +62,11 @@ class CheckoutForm(forms.Form):
 
 
 class StoreForm(forms.Form):
-    """The shopper's store: one of the shop's stores (``stores``: ``[(store_id, orders), ...]``), or "" for none."""
+    """The store page's choice: the shop's stores (``stores``: ``[(store_id, orders), ...]``) and "" for none.
+
+    Renders the page only: the view checks a posted store with ``stores.store_known`` (one indexed
+    ``EXISTS``), so a POST does not list every store.
+    """
 
     store = forms.ChoiceField(required=False, label="Your store")
 

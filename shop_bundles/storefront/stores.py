@@ -21,6 +21,15 @@ def shopper_store(request: HttpRequest) -> str:
     return str(session.get(STORE_SESSION_KEY, "") or "") if session is not None else ""
 
 
+def store_known(store_id: str) -> bool:
+    """Whether ``store_id`` is a store of the order history (simulated replay orders left out).
+
+    One ``EXISTS`` on the ``Order.store_id`` index: the store page's POST checks the choice with it.
+    """
+    return bool(store_id) and Order.objects.filter(store_id=store_id).exclude(
+        source=Order.SOURCE_SIMULATED).exists()
+
+
 def known_stores() -> list[tuple[str, int]]:
     """``[(store_id, orders), ...]``: stores in the order history (simulated replay orders left out), busiest first.
 

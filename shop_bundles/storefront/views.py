@@ -24,7 +24,7 @@ from ..services.orders import NOT_FOR_SALE, customer_get_or_create, order_place
 from .cart import SessionCart, cart_price
 from .offers import product_offers_shown
 from .forms import AddToCartForm, CartUpdateForm, CheckoutForm, ProductSearchForm, StoreForm
-from .stores import STORE_SESSION_KEY, known_stores, shopper_store
+from .stores import STORE_SESSION_KEY, known_stores, shopper_store, store_known
 
 PAGE_SIZE = 24
 ORDERS_SESSION_KEY = "shop_bundles_orders"
@@ -213,13 +213,11 @@ def store_choose(request: HttpRequest) -> HttpResponse:
     store (``selectors.offers.offers_for_product``), and the checkout records
     the store on the order. An unknown store id is refused with a message.
     """
-    stores = known_stores()
     if request.method == "POST":
-        form = StoreForm(request.POST, stores=stores)
-        if not form.is_valid():
+        store = str(request.POST.get("store", "")).strip()
+        if store and not store_known(store):  # one indexed EXISTS, not the whole store list
             messages.error(request, "Choose one of the listed stores.")
             return redirect("shop_bundles:store_choose")
-        store = form.cleaned_data["store"]
         if store:
             request.session[STORE_SESSION_KEY] = store
             messages.success(request, f"Your store is now store {store}: offers are ordered for it.")
@@ -227,7 +225,7 @@ def store_choose(request: HttpRequest) -> HttpResponse:
             request.session.pop(STORE_SESSION_KEY, None)
             messages.success(request, "No store chosen: offers are ordered for the whole shop.")
         return _redirect_back(request, reverse("shop_bundles:product_list"))
-    form = StoreForm(initial={"store": shopper_store(request)}, stores=stores)
+    form = StoreForm(initial={"store": shopper_store(request)}, stores=known_stores())
     return render(request, "shop_bundles/storefront/store.html", {
         "form": form, "store": shopper_store(request), "next": request.GET.get("next", ""),
     })

@@ -262,7 +262,7 @@ def history(shop):
         for k, lines in enumerate([[(a, 1), (b, 1), (c, 2)], [(a, 2)]]):
             n += 1
             order = Order.objects.create(external_id=f"cj{n}", customer=customer, source=Order.SOURCE_IMPORT,
-                                         placed_at=start + timedelta(days=7 * k + h))
+                                         placed_at=start + timedelta(days=7 * k + h), store_id=f"s{(h + k) % 3}")
             for product, qty in lines:
                 OrderLine.objects.create(order=order, product=product, quantity=qty, unit_price=product.price)
     Order.objects.create(external_id="old", customer=Customer.objects.get(external_id="hh0"),
@@ -279,8 +279,12 @@ def test_simulate_shoppers_replays_baskets_through_the_storefront(settings, hist
     assert simulated.count() == 10  # 5 households x 2 baskets
     imported = {(o.customer.external_id, o.placed_at) for o in Order.objects.filter(
         source=Order.SOURCE_IMPORT, placed_at__year=2017, placed_at__month__gte=11).select_related("customer")}
+    imported_store = {(o.customer.external_id, o.placed_at): o.store_id for o in Order.objects.filter(
+        source=Order.SOURCE_IMPORT).select_related("customer")}
     for order in simulated:
         assert (order.customer.external_id, order.placed_at) in imported
+        # the replayed shopper chose the basket's store on the store page, and the checkout recorded it
+        assert order.store_id == imported_store[(order.customer.external_id, order.placed_at)] != ""
         group = assignment_group(f"cj-{order.customer.external_id}")
         assert order.experiment_group == group
         skus = sorted(order.lines.values_list("product__sku", flat=True))
