@@ -465,10 +465,10 @@ def score_offers_by_store(
 ) -> pd.DataFrame:
     """Score live offers for each product page, chain-wide and in each store.
 
-    The storefront shows every live offer that holds the page's product; this
-    says in which order, for a shopper with or without a chosen store. For
-    each offer and each of its items taken as the page product (the anchor),
-    the model scores the offer's other items as companions of the anchor,
+    The storefront shows the first few live offers that hold the page's
+    product; this gives what to order them by, for a shopper with or without
+    a chosen store: an attach rate and a model score. For each offer and each
+    of its items taken as the page product (the anchor), the model scores the offer's other items as companions of the anchor,
     once with no store (the "anonymous, no store" query of the protocol) and
     once in every store where the anchor was bought in at least
     ``min_store_baskets`` baskets (the store context features of

@@ -183,10 +183,10 @@ def offers_for_product(product: Product, *, store_id: str = "", now: datetime | 
     product (one index scan on ``bundlecampaignitem(product_id)``); most
     products are in no campaign and that is the only query. Otherwise the
     live ones among those ids (primary-key lookups, so the plan does not
-    depend on table statistics), their items with products, and the model's
-    scores of those campaigns on this product's page (one index scan on
-    ``offerstorescore(product_id, store_id, campaign_id)``): four queries
-    whatever the number of offers.
+    depend on table statistics), their items with products, and their
+    ``OfferStoreScore`` rows for this page, chain-wide and in the store (one
+    index scan on ``offerstorescore(product_id, store_id, campaign_id)``):
+    four queries whatever the number of offers.
 
     Order: offers that save money first, then no-discount campaigns (0 % or
     0.00 off: the discount optimiser's choice when no discount earns more
