@@ -31,6 +31,8 @@ SHOP_BUNDLES_EVENT_TOKEN   bearer token of ``POST /bundles/events/`` (external s
 SHOP_BUNDLES_CURRENCY  ISO code of the shop currency for display (default USD).
 SHOP_BUNDLES_ANONYMOUS_ENSEMBLE  anonymous rankers averaged (default 3).
 SHOP_BUNDLES_IMPRESSION_BUFFER_KEY  Redis list of the impression buffer (default shop_bundles:impressions).
+SHOP_BUNDLES_HISTORY_UNTIL  ``YYYY-MM-DD``: train, score and rank on order lines before that day only
+    (an out-of-sample ``simulate_shoppers`` replay from that day).
 SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD  ``1`` lets every shopper enter a customer id at checkout
                       (default off: only logged-in staff).
 """
@@ -191,6 +193,7 @@ if os.environ.get("SHOP_BUNDLES_IMPRESSION_BUFFER_KEY"):
 # Secret: only from the environment; empty disables the events endpoint.
 SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD = env_bool("SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD", False)
 SHOP_BUNDLES_EVENT_TOKEN = os.environ.get("SHOP_BUNDLES_EVENT_TOKEN", "").strip()
+SHOP_BUNDLES_HISTORY_UNTIL = os.environ.get("SHOP_BUNDLES_HISTORY_UNTIL", "").strip() or None
 
 # --- Production hardening (what `manage.py check --deploy` asks for) -----
 if PRODUCTION:

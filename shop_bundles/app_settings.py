@@ -43,6 +43,10 @@ SHOP_BUNDLES_OFFERS_PER_PAGE    most offers a product page shows (default 3), th
 SHOP_BUNDLES_MIN_STORE_BASKETS  a store gets its own ordering of a product page's offers when the product
                                  sold there in at least this many baskets (default 5; fewer: the
                                  chain-wide ordering).
+SHOP_BUNDLES_HISTORY_UNTIL      a date (``YYYY-MM-DD``, shop local midnight) or None (default): order lines
+                                 placed on or after it are left out of training, scoring, the per-store
+                                 offer ranking and the take-rate fit, so ``simulate_shoppers`` can replay
+                                 the weeks from that date out of sample.
 SHOP_BUNDLES_IMPRESSION_DRAIN_BATCH  messages per LRANGE / INSERT / LTRIM step of the drain (default 1000).
 SHOP_BUNDLES_IMPRESSION_DRAIN_MAX   messages one ``drain_impression_buffer`` task run drains at most
                                  (default 50,000; the next beat run continues).
@@ -76,6 +80,7 @@ DEFAULTS = {
     "CHECKOUT_CUSTOMER_FIELD": False,
     "MIN_STORE_BASKETS": 5,
     "OFFERS_PER_PAGE": 3,
+    "HISTORY_UNTIL": None,
 }
 
 REDIS_SCHEMES = ("redis://", "rediss://")
@@ -95,6 +100,27 @@ def get(name: str):
         KeyError: if ``name`` is not a known setting.
     """
     return getattr(settings, f"SHOP_BUNDLES_{name}", DEFAULTS[name])
+
+
+def history_until():
+    """``SHOP_BUNDLES_HISTORY_UNTIL`` as an aware datetime (midnight in ``TIME_ZONE``), or None when unset.
+
+    Raises:
+        ImproperlyConfigured: the setting is not a ``YYYY-MM-DD`` date.
+    """
+    from datetime import date, datetime, time
+
+    from django.core.exceptions import ImproperlyConfigured
+    from django.utils import timezone
+
+    value = get("HISTORY_UNTIL")
+    if value in (None, ""):
+        return None
+    try:
+        day = value if isinstance(value, date) else date.fromisoformat(str(value).strip())
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"SHOP_BUNDLES_HISTORY_UNTIL must be a date YYYY-MM-DD, not {value!r}") from exc
+    return timezone.make_aware(datetime.combine(day, time.min))
 
 
 def artifact_dir() -> str:

@@ -33,6 +33,7 @@ from django.db.models import FloatField, QuerySet
 from django.db.models.functions import Cast
 from django.utils import timezone
 
+from . import app_settings
 from .models import BundleSuggestion, Order, OrderLine, Product, Promotion
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,8 @@ def lines_frame(orders: QuerySet | None = None, *, since: datetime | None = None
         orders: which orders to read (default: imported and storefront orders; simulated
             replay orders, ``Order.source == "simulated"``, are never training data).
         since: keep orders placed at or after this aware datetime.
-        until: keep orders placed before this aware datetime.
+        until: keep orders placed before this aware datetime (default:
+            ``SHOP_BUNDLES_HISTORY_UNTIL`` when set, for out-of-sample replays).
 
     Returns:
         DataFrame, one row per order line, sorted by basket time (lines of one basket together):
@@ -143,6 +145,8 @@ def lines_frame(orders: QuerySet | None = None, *, since: datetime | None = None
         No row is dropped here (protocol step 1 is ``bundling_ml.data.prepare_lines``).
     """
     orders_qs = Order.objects.exclude(source=Order.SOURCE_SIMULATED) if orders is None else orders
+    if until is None:
+        until = app_settings.history_until()
     if since is not None:
         orders_qs = orders_qs.filter(placed_at__gte=since)
     if until is not None:

@@ -44,6 +44,9 @@ def department_responses_fit(*, orders=None) -> dict:
     # tables without statistics PostgreSQL picks a nested loop for the subquery form.
     lines_qs = (OrderLine.objects.filter(order__source=Order.SOURCE_IMPORT) if orders is None
                 else OrderLine.objects.filter(order__in=orders.values("pk")))
+    until = app_settings.history_until()  # an out-of-sample replay's cut-off
+    if until is not None:
+        lines_qs = lines_qs.filter(order__placed_at__lt=until)
     rows = (lines_qs.filter(quantity__gt=0, unit_price__gt=0)
             .annotate(week=TruncWeek("order__placed_at"))
             .values("product__department", "product_id", "week")

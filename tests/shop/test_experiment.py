@@ -2,6 +2,7 @@
 import hashlib
 import math
 from datetime import datetime, timedelta
+from io import StringIO
 from decimal import Decimal as D
 
 import pytest
@@ -303,6 +304,24 @@ def test_simulate_shoppers_replays_baskets_through_the_storefront(settings, hist
     client.force_login(User.objects.create_superuser("boss", "b@example.com", "pw-For-tests-1"))
     html = client.get(reverse("admin:shop_bundles_experimentdashboard_changelist")).content.decode()
     assert "SIMULATED" in html
+
+
+def test_simulate_shoppers_says_whether_the_active_model_saw_the_replayed_weeks(settings, history):
+    from shop_bundles.models import ModelVersion
+
+    version = ModelVersion.objects.create(label="v-full", artifact_path="/tmp/v-full", is_active=True,
+                                          data_end=timezone.make_aware(datetime(2017, 12, 31, 20)))
+    out = StringIO()
+    call_command("simulate_shoppers", "--from", "2017-10-30", "--to", "2017-12-31", "--limit", "1", "--no-progress",
+                 stdout=out)
+    assert ("IN-SAMPLE: the active model v-full (and the offers' scores and attach rates) learnt from order lines "
+            "up to 2017-12-31, inside the replayed window") in out.getvalue()
+    ModelVersion.objects.filter(pk=version.pk).update(data_end=timezone.make_aware(datetime(2017, 10, 29, 22)))
+    out = StringIO()
+    call_command("simulate_shoppers", "--from", "2017-10-30", "--to", "2017-12-31", "--limit", "1", "--no-progress",
+                 stdout=out)
+    assert "out of sample: the active model v-full learnt from order lines up to 2017-10-29, before 2017-10-30" \
+        in out.getvalue()
 
 
 def test_simulate_shoppers_resumes_without_replaying_twice_and_reset_starts_over(settings, history):

@@ -130,6 +130,21 @@ def test_lines_frame_follows_the_contract():
     assert lines["time"].is_monotonic_increasing
 
 
+@override_settings(TIME_ZONE="UTC")
+def test_lines_frame_leaves_out_lines_from_shop_bundles_history_until(settings):
+    """An out-of-sample replay's cut-off: lines placed on or after the day are not training data."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    _tiny_orders()  # 540001 on 2017-01-01 18:00 UTC, 540002 on 2017-01-02 03:30 UTC
+    settings.SHOP_BUNDLES_HISTORY_UNTIL = "2017-01-02"
+    assert sorted(ml_bridge.lines_frame()["basket_id"].unique()) == ["540001"]
+    assert sorted(ml_bridge.lines_frame(until=timezone.make_aware(datetime(2017, 1, 3)))["basket_id"].unique()) == [
+        "540001", "540002"]  # an explicit window wins
+    settings.SHOP_BUNDLES_HISTORY_UNTIL = "02/01/2017"
+    with pytest.raises(ImproperlyConfigured, match="SHOP_BUNDLES_HISTORY_UNTIL must be a date YYYY-MM-DD"):
+        ml_bridge.lines_frame()
+
+
 def test_lines_frame_window_and_empty_database():
     assert ml_bridge.lines_frame().empty
     assert list(ml_bridge.lines_frame().columns) == ml_bridge.LINE_COLUMNS

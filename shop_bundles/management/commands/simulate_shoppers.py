@@ -3,6 +3,11 @@
 Replays held-out Complete Journey baskets as shopper sessions through the
 real storefront (see ``shop_bundles.services.simulation``); the orders are
 marked ``source="simulated"`` and shown as SIMULATED on the experiment dashboard.
+
+The replay is *out of sample* only when the active model (and so the offers'
+scores and attach rates) learnt from order lines before ``--from``: set
+``SHOP_BUNDLES_HISTORY_UNTIL`` to the ``--from`` day before training, scoring
+and ranking. Otherwise the command says IN-SAMPLE in its report.
 """
 from datetime import date
 
@@ -42,6 +47,7 @@ class Command(BaseCommand):
         report = shoppers_simulate(date_from=start, date_to=end, limit=options["limit"], seed=options["seed"],
                                    progress=not options["no_progress"], workers=options["workers"],
                                    stop_after=None if options["stop_after"] is None else options["stop_after"] * 60)
+        self._sample_note(start)
         for key, value in report.as_dict().items():
             if key != "failure_reasons":
                 self.stdout.write(f"{key}: {value}")
@@ -62,3 +68,22 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(
             f"SIMULATED: {report.orders} orders from {report.baskets} baskets of {report.shoppers} shoppers "
             f"in {report.seconds:.0f} s; see the admin's experiment dashboard."))
+
+    def _sample_note(self, start: date) -> None:
+        """Say whether the active model saw the replayed weeks (IN-SAMPLE) or not (out of sample)."""
+        from django.utils import timezone
+
+        from shop_bundles.models import ModelVersion
+
+        version = ModelVersion.objects.filter(is_active=True).first()
+        if version is None or version.data_end is None:
+            return
+        last = timezone.localtime(version.data_end).date()
+        if last >= start:
+            self.stdout.write(self.style.WARNING(
+                f"IN-SAMPLE: the active model {version.label} (and the offers' scores and attach rates) learnt from "
+                f"order lines up to {last}, inside the replayed window; for an out-of-sample replay set "
+                f"SHOP_BUNDLES_HISTORY_UNTIL={start} and retrain, rescore and re-rank first"))
+        else:
+            self.stdout.write(f"out of sample: the active model {version.label} learnt from order lines up to {last}, "
+                              f"before {start}")
