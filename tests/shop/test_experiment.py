@@ -153,7 +153,16 @@ def test_uplift_and_relative_uplift_known_answer():
     assert d.se == pytest.approx(math.sqrt(t.se ** 2 + h.se ** 2))
     rel = relative_uplift(t, h)
     assert rel.value == pytest.approx(0.5)
-    assert rel.se == pytest.approx(1.5 * math.sqrt((t.se / 0.75) ** 2 + (h.se / 0.5) ** 2))
+    s = math.sqrt((t.se / 0.75) ** 2 + (h.se / 0.5) ** 2)
+    assert rel.se == pytest.approx(1.5 * s)
+    # the interval is formed for log(t/h) and mapped back (Katz): skewed, never below -100 %
+    assert (rel.low, rel.high) == (pytest.approx(1.5 * math.exp(-1.959964 * s) - 1, rel=1e-6),
+                                   pytest.approx(1.5 * math.exp(1.959964 * s) - 1, rel=1e-6))
+    few = relative_uplift(mean_estimate([0, 0, 0, 0, 0, 0, 0, 0, 0, 1]), mean_estimate([1, 0, 1, 0]))  # 10 % vs 50 %
+    assert few.value == pytest.approx(-0.8) and -1 < few.low < few.value < few.high
+    negative = relative_uplift(mean_estimate([-1.0, -3.0]), mean_estimate([2.0, 4.0]))  # a negative margin
+    assert negative.value == pytest.approx(-5 / 3) and negative.high - negative.value == pytest.approx(
+        negative.value - negative.low)  # symmetric on the ratio scale
 
 
 def test_sample_ratio_mismatch_warns_only_on_drift():
