@@ -243,6 +243,43 @@ def _reasons(count: int, lift: float, conf: float, anchor: str, others: list[str
     return f"Bought together in {count:,} baskets; {chance}; {conf:.0%} of baskets with {anchor} also have {what}"
 
 
+def _load_ranker(artifact_dir):
+    """(model, metadata, pair-feature columns) of a :func:`train_model` artifact.
+
+    Raises:
+        FileNotFoundError: if the artifact is missing.
+        ValueError: if the artifact was written by the earlier pointwise model.
+    """
+    model, meta = artifacts.load_model(artifact_dir)
+    if meta.get("model") != "bundle_list_ranker":
+        raise ValueError(f"artifact {artifact_dir} holds a {meta.get('model')!r} model from an older version; retrain it with train_model")
+    return model, meta, rk.feature_columns(meta.get("pair_features", rk.ANON_FEATURES))
+
+
+def _scoring_lines(lines: pd.DataFrame, products: pd.DataFrame, meta: dict, excluded_departments=()):
+    """(lines, products) cleaned (protocol step 1), without the model's and the caller's excluded departments."""
+    excluded = set(meta.get("excluded_departments", [])) | {str(d).strip().upper() for d in excluded_departments}
+    L = prepare_lines(lines)
+    P = prepare_products(products, L)
+    return exclude_departments(L, P, excluded), P
+
+
+def _scoring_context(L: pd.DataFrame, P: pd.DataFrame, meta: dict, promotions, week_start):
+    """(product_index, ranking context of ``L``, promotion week index or None) for scoring with a saved model.
+
+    The scoring week's promotions are attached only when the model was trained
+    with promotions (a model trained without them never saw them).
+    """
+    product_index = pd.Index(np.sort(L["product_id"].unique()))
+    table = ProductTable.build(P, product_index, ProductVocab.from_json(meta["vocab"]))
+    ctx = rk.build_context(L, product_index, table, P)
+    week = None
+    if promotions is not None and len(promotions) and meta.get("promotions"):
+        ctx = rk.attach_promotions(ctx, promotions_for_ranker(promotions))
+        week = int(rk.week_index(ctx, [pd.Timestamp(week_start) if week_start is not None else ctx.end])[0])
+    return product_index, ctx, week
+
+
 def score_bundles(
     artifact_dir,
     lines: pd.DataFrame,
@@ -328,27 +365,14 @@ def score_bundles(
     """
     prog = _Progress(progress)
     prog(0.0, "loading model")
-    model, meta = artifacts.load_model(artifact_dir)
-    if meta.get("model") != "bundle_list_ranker":
-        raise ValueError(f"artifact {artifact_dir} holds a {meta.get('model')!r} model from an older version; retrain it with train_model")
-    vocab = ProductVocab.from_json(meta["vocab"])
-    cols = rk.feature_columns(meta.get("pair_features", rk.ANON_FEATURES))
-    excluded = set(meta.get("excluded_departments", [])) | {str(d).strip().upper() for d in excluded_departments}
+    model, meta, cols = _load_ranker(artifact_dir)
     prog(0.05, "preparing lines")
-    L = prepare_lines(lines)
-    P = prepare_products(products, L)
-    L = exclude_departments(L, P, excluded)
+    L, P = _scoring_lines(lines, products, meta, excluded_departments)
     columns = ["anchor", "items", "score", "co_purchase_count", "support", "confidence", "lift", "expected_attach_rate", "suggested_discount_percent", "reasons"]
     if L.empty:
         return pd.DataFrame(columns=columns)
     prog(0.1, "counting co-purchases")
-    product_index = pd.Index(np.sort(L["product_id"].unique()))
-    table = ProductTable.build(P, product_index, vocab)
-    ctx = rk.build_context(L, product_index, table, P)
-    week = None
-    if promotions is not None and len(promotions) and meta.get("promotions"):  # a model trained without promotions never saw them
-        ctx = rk.attach_promotions(ctx, promotions_for_ranker(promotions))
-        week = int(rk.week_index(ctx, [pd.Timestamp(week_start) if week_start is not None else ctx.end])[0])
+    product_index, ctx, week = _scoring_context(L, P, meta, promotions, week_start)
     S = ctx.S
     anchors = np.flatnonzero(S.item_counts >= min_anchor_baskets)
     anchors = anchors[np.lexsort((anchors, -S.item_counts[anchors]))]
@@ -535,28 +559,15 @@ def score_offers_by_store(
     if missing:
         raise ValueError(f"offers: missing column(s) {sorted(missing)}; expected offer_id and items")
     prog(0.0, "loading model")
-    model, meta = artifacts.load_model(artifact_dir)
-    if meta.get("model") != "bundle_list_ranker":
-        raise ValueError(f"artifact {artifact_dir} holds a {meta.get('model')!r} model from an older version; retrain it with train_model")
-    vocab = ProductVocab.from_json(meta["vocab"])
-    cols = rk.feature_columns(meta.get("pair_features", rk.ANON_FEATURES))
+    model, meta, cols = _load_ranker(artifact_dir)
     empty = pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
         OFFER_SCORE_COLUMNS, [str, str, str, "float64", "float64", "int64", "int64"])})
-    excluded = set(meta.get("excluded_departments", [])) | {str(d).strip().upper() for d in excluded_departments}
     prog(0.05, "preparing lines")
-    L = prepare_lines(lines)
-    P = prepare_products(products, L)
-    L = exclude_departments(L, P, excluded)
+    L, P = _scoring_lines(lines, products, meta, excluded_departments)
     if L.empty or offers.empty:
         return empty
-    product_index = pd.Index(np.sort(L["product_id"].unique()))
-    table = ProductTable.build(P, product_index, vocab)
     prog(0.2, "counting co-purchases")
-    ctx = rk.build_context(L, product_index, table, P)
-    week = None
-    if promotions is not None and len(promotions) and meta.get("promotions"):
-        ctx = rk.attach_promotions(ctx, promotions_for_ranker(promotions))
-        week = int(rk.week_index(ctx, [pd.Timestamp(week_start) if week_start is not None else ctx.end])[0])
+    product_index, ctx, week = _scoring_context(L, P, meta, promotions, week_start)
     use_stores = ctx.stores is not None and any(f in rk.STORE_FEATURES for f in meta.get("pair_features", ()))
 
     # (offer, page product, companions) with every item known to the history

@@ -121,3 +121,12 @@ def test_the_page_shows_at_most_offers_per_page_and_records_impressions_for_thos
     assert sorted(OfferEvent.objects.filter(kind="impression").values_list("campaign__name", flat=True)) == ["AB", "AF"]
     settings.SHOP_BUNDLES_OFFERS_PER_PAGE = None  # all of them
     assert len(client.get(pasta_url).context["offers"]) == 5
+
+
+def test_rank_store_offers_needs_a_model_version():
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="no active model version; train one first"):
+        call_command("rank_store_offers", verbosity=0)
+    with pytest.raises(CommandError, match="There is no model version 9."):
+        call_command("rank_store_offers", "--model-version", "9", verbosity=0)
