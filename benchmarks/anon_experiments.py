@@ -75,6 +75,7 @@ import scipy.sparse as sp  # noqa: E402
 from bundling_ml import backtest as bt  # noqa: E402
 from bundling_ml import ranking as rk  # noqa: E402
 from bundling_ml.candidates import candidate_companions  # noqa: E402
+from bundling_ml.evaluation import hits_matrix, hr_ndcg  # noqa: E402
 from bundling_ml.data import (basket_matrix, build_queries, completejourney_frames, completejourney_promotions, prepare_lines,  # noqa: E402
                               prepare_products, temporal_split)
 from bundling_ml.features import ProductTable, ProductVocab  # noqa: E402
@@ -343,10 +344,14 @@ def run(cache: Path, variants, seeds, total=40_000, out_json=None):
 
     from bundling_ml.data import Queries
 
-    _, _, P, pidx, vocab, table, _ = setup_light()
+    _, _, P, pidx, vocab, table, qtimes = setup_light()
+    q_week = ((pd.DatetimeIndex(qtimes) - SPLIT) // pd.Timedelta(days=7)).to_numpy()
+    q_hol = holiday_flags(qtimes)
     test = load(cache, "test", X_KEYS + ("extra", "cands", "inv", "query_basket", "anchor"))
     queries = Queries(baskets=sp.load_npz(cache / "test_baskets.npz").tocsr(), basket_ids=None, query_basket=test["query_basket"], anchor=test["anchor"])
     need = sorted({str(w) for name in variants for w in VARIANTS[base_name(name)][0]})
+    if len(qtimes) != queries.n_queries:
+        raise ValueError("cached test queries do not match the protocol's (re-run --phase prep)")
     pools = {w: load(cache, f"w{w}", X_KEYS + ("y", "extra"), mmap=True) for w in need}
     results = []
     for seed in seeds:
@@ -388,9 +393,14 @@ def run(cache: Path, variants, seeds, total=40_000, out_json=None):
             r = bt._row(name, queries, recs, 0.0)
             res = {"variant": name, "seed": seed, "hr@10": r["hr@10"], "ndcg@10": r["ndcg@10"], "queries": r["queries"], "fit_s": round(t_fit, 1),
                    "total_s": round(time.perf_counter() - t, 1), "val_loss": hist["val_loss"]}
+            hits, ts = hits_matrix(queries, recs), queries.truth_sizes()
+            res["ndcg@10_by_week"] = [round(hr_ndcg(hits[q_week == w], ts[q_week == w], bt.K)[1], 4) for w in range(int(q_week.max()) + 1)]
+            res["ndcg@10_holiday_period"] = round(hr_ndcg(hits[q_hol], ts[q_hol], bt.K)[1], 4)
+            res["ndcg@10_other"] = round(hr_ndcg(hits[~q_hol], ts[~q_hol], bt.K)[1], 4)
             results.append(res)
             log(f"{name:<14} seed {seed}: HR@10 {r['hr@10']:.4f}  NDCG@10 {r['ndcg@10']:.4f}  (fit {t_fit:.0f} s, total {time.perf_counter() - t:.0f} s, "
-                f"val_loss {hist['val_loss']})")
+                f"val_loss {hist['val_loss']}); holiday-period queries {res['ndcg@10_holiday_period']:.4f}, other {res['ndcg@10_other']:.4f}, "
+                f"by test week {res['ndcg@10_by_week']}")
             if out_json:
                 with open(out_json, "a") as f:
                     f.write(json.dumps(res) + "\n")
@@ -400,15 +410,18 @@ def run(cache: Path, variants, seeds, total=40_000, out_json=None):
 
 
 def setup_light():
-    """Products, index, vocab and table without the lines' test half (the run phase needs only the vocabulary)."""
+    """Products, index, vocab and table (the run phase needs only the vocabulary),
+    and the (n_queries,) datetime64 times of the protocol's test queries (for the per-week rows)."""
     lines, products = completejourney_frames()
     L = prepare_lines(lines)
     P = prepare_products(products, L)
-    train = L[L["time"] < SPLIT]
+    train, test = temporal_split(L, SPLIT)
     pidx = pd.Index(np.sort(train["product_id"].unique()))
     vocab = ProductVocab.fit(P, pidx)
     table = ProductTable.build(P, pidx, vocab)
-    return None, None, P, pidx, vocab, table, None
+    q = build_queries(test, pidx, sample_baskets=3000, seed=0)
+    qtimes = bt.basket_times(test, q.basket_ids)[q.query_basket]
+    return None, None, P, pidx, vocab, table, qtimes
 
 
 def main() -> int:
