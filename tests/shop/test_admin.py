@@ -379,3 +379,23 @@ def test_read_only_history_admins_refuse_delete_even_to_a_superuser(admin_client
                                                 "post": "yes"})
         assert forged.status_code in (200, 302), name
         assert type(obj).objects.filter(pk=obj.pk).exists(), f"{name} {obj.pk} was deleted"
+
+
+def test_staff_see_a_sessions_experiment_group_on_its_orders_and_offer_events(admin_client):
+    """The README's answer to "which group is this session in?": the order list's experiment group column
+    and filter, the order's page, and the offer events searched by session key."""
+    from shop_bundles.models import OfferEvent
+    from shop_bundles.selectors.experiment import assignment_group
+
+    session = next(f"s{k}" for k in range(1000) if assignment_group(f"s{k}", holdout_share=0.1) == "holdout")
+    order = Order.objects.create(external_id="o-h", placed_at=timezone.now(), source=Order.SOURCE_STOREFRONT,
+                                 session_key=session, experiment_group="holdout", total=Decimal("9.00"),
+                                 subtotal=Decimal("9.00"))
+    campaign = BundleCampaign.objects.create(name="c", discount_type="percent", discount_value=Decimal("5"))
+    OfferEvent.objects.create(kind="impression", campaign=campaign, session_key=session, experiment_group="holdout")
+    listing = admin_client.get(reverse("admin:shop_bundles_order_changelist") + "?experiment_group=holdout")
+    assert "o-h" in listing.content.decode() and "Experiment group" in listing.content.decode()
+    page = admin_client.get(reverse("admin:shop_bundles_order_change", args=[order.pk])).content.decode()
+    assert "Experiment group" in page and "holdout" in page and session in page
+    events = admin_client.get(reverse("admin:shop_bundles_offerevent_changelist") + f"?q={session}").content.decode()
+    assert "holdout" in events and session in events
