@@ -26,12 +26,14 @@ from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from bundling_ml import artifacts
 from bundling_ml import ranking as rk
 from bundling_ml.candidates import candidate_companions
 from bundling_ml.data import (
+    basket_matrix,
     default_split_date,
     exclude_departments,
     prepare_lines,
@@ -646,3 +648,205 @@ def score_offers_by_store(
     df = df.sort_values(["offer_id", "product_id", "store_id"], kind="stable").reset_index(drop=True)
     prog(1.0, f"{len(df)} offer scores")
     return df
+
+
+STORE_BUNDLE_COLUMNS = ["anchor", "items", "score", "co_purchase_count", "support", "confidence", "lift",
+                        "expected_attach_rate", "suggested_discount_percent", "reasons", "store_ids", "store_evidence"]
+
+
+def store_specific_bundles(
+    lines: pd.DataFrame,
+    products: pd.DataFrame,
+    *,
+    exclude_item_sets=(),
+    excluded_departments=(),
+    min_store_count: int = 8,
+    min_ratio: float = 2.0,
+    min_store_lift: float = 1.5,
+    min_shoppers: int = 5,
+    max_per_store: int = 3,
+    max_bundles: int = 100,
+    count_prior: float = 20.0,
+    progress: Optional[ProgressFn] = None,
+) -> pd.DataFrame:
+    """Pairs that sell together in some stores far more than chain-wide: store-specific bundle suggestions.
+
+    Chain-wide suggestions (:func:`score_bundles`) rank pairs by their
+    evidence over all stores, so a pair bought together mostly in a few
+    stores (a regional product, a store's own display or shoppers) rarely
+    makes the list. For every store and every pair bought together in at
+    least ``min_store_count`` of that store's baskets, each direction
+    anchor a -> companion c is measured:
+
+    * store attach rate = P(c | a, store) shrunk towards the chain-wide
+      confidence with 10 pseudo-baskets,
+      (n_sac + 10 * conf) / (n_sa + 10)
+      (:func:`bundling_ml.ranking.shrunk_store_confidence`, beta-binomial
+      posterior mean), where conf = n_ac / n_a over all stores;
+    * ratio = store attach rate / conf;
+    * store lift = n_sac * N_s / (n_sa * n_sc) (N_s = the store's baskets).
+
+    A direction qualifies when ratio >= ``min_ratio`` and store lift >=
+    ``min_store_lift`` and the store's baskets holding both come from at
+    least ``min_shoppers`` shoppers (distinct ``customer_id``; a basket
+    without one counts as its own shopper), so one household's weekly habit
+    is not offered to a whole store; of a pair's two directions the one with the higher
+    store attach rate is kept (the anchor is the product whose page shows the
+    offer best). Substitutes are left out as in :func:`score_bundles`: the
+    same non-empty product_type only when the chain-wide lift is > 1.5 with
+    >= 5 baskets together, and never two products with the same display
+    name. Each store keeps its ``max_per_store`` best pairs by score =
+    store attach rate * n_sac / (n_sac + ``count_prior``) (the same evidence
+    shrinkage as :func:`score_bundles`); a pair kept in several stores
+    becomes one suggestion for all of them with the best store's score.
+    Item sets in ``exclude_item_sets`` (e.g. the chain-wide suggestions)
+    are skipped.
+
+    No model is used: the evidence is the stores' own counts, which is what
+    ``benchmarks/store_offer_ranking.py`` found orders offers within a store
+    best (``docs/quality.md``, "Store-aware offer order").
+
+    Args:
+        lines: order lines with ``store_id`` (cleaned here, as :func:`score_bundles` does).
+        products: products frame.
+        exclude_item_sets: iterable of item collections (product ids, str) not to suggest again.
+        excluded_departments: departments whose products are never in a bundle.
+        min_store_count: minimum baskets of the store holding both products.
+        min_ratio: minimum store attach rate / chain-wide confidence.
+        min_store_lift: minimum lift of the pair within the store.
+        min_shoppers: minimum distinct shoppers among the store's baskets holding both.
+        max_per_store: pairs kept per store.
+        max_bundles: maximum rows returned.
+        count_prior: evidence shrinkage of the score (baskets).
+        progress: optional callable(fraction, stage).
+
+    Returns:
+        DataFrame with the columns of :func:`score_bundles` (chain-wide
+        co_purchase_count, support, confidence and lift of anchor ->
+        companion; score as above, float 0..1; expected_attach_rate = the
+        mean store attach rate over the suggestion's stores weighted by their
+        anchor baskets; suggested_discount_percent from the chain-wide lift and that
+        attach rate; reasons naming the best store) plus store_ids (tuple of
+        str, sorted) and store_evidence (list of dicts, best first: store_id
+        str, co_purchase_count int, anchor_baskets int, attach_rate float
+        (shrunk), chain_attach_rate float, lift float (in the store),
+        shoppers int); sorted
+        by score descending, then chain-wide count. Empty (same columns) when
+        the lines carry no store.
+    """
+    prog = _Progress(progress)
+    empty = pd.DataFrame(columns=STORE_BUNDLE_COLUMNS)
+    prog(0.0, "preparing lines")
+    L = prepare_lines(lines)
+    P = prepare_products(products, L)
+    L = exclude_departments(L, P, {str(d).strip().upper() for d in excluded_departments})
+    if L.empty or "store_id" not in L.columns or not L["store_id"].notna().any():
+        return empty
+    prog(0.1, "counting co-purchases")
+    product_index = pd.Index(np.sort(L["product_id"].unique()))
+    X, basket_ids = basket_matrix(L, product_index)
+    item_counts = np.asarray(X.sum(axis=0)).ravel().astype(np.int64)
+    N = float(X.shape[0])
+    store_of = (L.drop_duplicates("basket_id").set_index("basket_id")["store_id"]
+                .reindex(basket_ids).astype("string").fillna("").to_numpy(dtype=object))
+    ptype = P.drop_duplicates("product_id").set_index("product_id")["product_type"].reindex(product_index).fillna("")
+    ptype_code, _ = pd.factorize(ptype.to_numpy(dtype=object))
+    ptype_code = np.where(ptype.to_numpy(dtype=object) == "", -1, ptype_code)
+    name = _name_codes(P, product_index)
+    excluded = {frozenset(str(i) for i in s) for s in exclude_item_sets}
+    ids = product_index.to_numpy()
+    Xc = X.tocsc()
+    first = L.drop_duplicates("basket_id").set_index("basket_id")
+    if "customer_id" in first.columns:
+        cust = first["customer_id"].astype("string").reindex(basket_ids).to_numpy(dtype=object)
+        cust = np.where(pd.isna(cust) | (cust == ""), "basket:" + pd.Index(basket_ids).astype(str).to_numpy(dtype=object), cust)
+    else:
+        cust = np.asarray(["basket:" + str(b) for b in basket_ids], dtype=object)
+
+    def baskets_of(p: int) -> np.ndarray:
+        return Xc.indices[Xc.indptr[p]:Xc.indptr[p + 1]]
+
+    def chain_count(a: int, c: int) -> int:
+        return int(np.intersect1d(baskets_of(a), baskets_of(c), assume_unique=True).size)
+
+    stores = sorted(s for s in set(store_of.tolist()) if s)
+    found: dict[tuple[int, int], list[dict]] = {}  # (anchor, companion) -> evidence per store
+    for store in tqdm(stores, desc="store pairs", mininterval=2.0):
+        rows = np.flatnonzero(store_of == store)
+        if len(rows) < min_store_count:
+            continue
+        Xs = X[rows]
+        n_s = np.asarray(Xs.sum(axis=0)).ravel().astype(np.float64)
+        co = sp.triu(Xs.T @ Xs, k=1).tocoo()
+        keep = co.data >= min_store_count
+        if not keep.any():
+            continue
+        a0, c0, n_ac = co.row[keep].astype(np.int64), co.col[keep].astype(np.int64), co.data[keep].astype(np.float64)
+        store_lift = n_ac * len(rows) / (n_s[a0] * n_s[c0])
+        cand = []
+        for a, c, n, lift_s in zip(a0.tolist(), c0.tolist(), n_ac.tolist(), store_lift.tolist()):
+            if lift_s < min_store_lift or (name[a] >= 0 and name[a] == name[c]):
+                continue
+            if frozenset((str(ids[a]), str(ids[c]))) in excluded:
+                continue
+            n_chain = chain_count(a, c)
+            best = None
+            for x, y in ((a, c), (c, a)):
+                conf = n_chain / item_counts[x]
+                rate = float(rk.shrunk_store_confidence(n, n_s[x], conf))
+                if conf > 0 and rate / conf >= min_ratio and (best is None or rate > best[2]):
+                    best = (x, y, rate, conf)
+            if best is None:
+                continue
+            if ptype_code[a] >= 0 and ptype_code[a] == ptype_code[c]:
+                chain_lift = n_chain * N / (float(item_counts[a]) * item_counts[c])
+                if not (chain_lift > 1.5 and n_chain >= 5):
+                    continue  # substitutes (two brands of the same type)
+            both = np.intersect1d(np.intersect1d(baskets_of(a), baskets_of(c), assume_unique=True), rows,
+                                  assume_unique=True)
+            shoppers = len(set(cust[both].tolist()))
+            if shoppers < min_shoppers:
+                continue  # one or two households' habit, not the store's
+            x, y, rate, conf = best
+            cand.append((rate * n / (n + count_prior), x, y, {
+                "store_id": str(store), "co_purchase_count": int(n), "anchor_baskets": int(n_s[x]),
+                "attach_rate": float(rate), "chain_attach_rate": float(conf), "lift": float(lift_s), "shoppers": int(shoppers)}))
+        cand.sort(key=lambda t: (-t[0], t[1], t[2]))
+        for score, x, y, ev in cand[:max_per_store]:
+            ev["score"] = score
+            # one suggestion per item set: a pair kept with different anchors in two stores joins the first
+            key = next(((u, v) for (u, v) in ((x, y), (y, x)) if (u, v) in found), (x, y))
+            found.setdefault(key, []).append(ev)
+    prog(0.8, "evidence")
+    if not found:
+        return empty
+    labels = _label(P).reindex(product_index).fillna("").to_numpy()
+    out = []
+    for (a, c), evs in found.items():
+        evs.sort(key=lambda e: (-e["score"], e["store_id"]))
+        n_chain = chain_count(a, c)
+        conf = n_chain / float(item_counts[a])
+        lift = n_chain * N / (float(item_counts[a]) * item_counts[c])
+        weight = sum(e["anchor_baskets"] for e in evs)
+        attach = sum(e["attach_rate"] * e["anchor_baskets"] for e in evs) / weight
+        best = evs[0]
+        anchor_label, comp_label = labels[a] or str(ids[a]), labels[c] or str(ids[c])
+        where = f"store {best['store_id']}" + (f" and {len(evs) - 1} more store(s)" if len(evs) > 1 else "")
+        reasons = (f"Sells together in {where} far more than across the shop: at store {best['store_id']} bought together "
+                   f"in {best['co_purchase_count']:,} baskets by {best['shoppers']:,} shoppers, {best['attach_rate']:.0%} of baskets with {anchor_label} "
+                   f"there also have {comp_label} ({conf:.0%} across all stores); "
+                   f"{best['lift']:.1f}x more often than chance in that store")
+        out.append({
+            "anchor": str(ids[a]), "items": (str(ids[a]), str(ids[c])), "score": float(best["score"]),
+            "co_purchase_count": int(n_chain), "support": n_chain / N, "confidence": conf, "lift": lift,
+            "expected_attach_rate": float(attach),
+            "suggested_discount_percent": float(suggested_discount_percent(lift, attach)),
+            "reasons": reasons,
+            "store_ids": tuple(sorted(e["store_id"] for e in evs)),
+            "store_evidence": [{k: v for k, v in e.items() if k != "score"} for e in evs],
+        })
+    df = pd.DataFrame(out, columns=STORE_BUNDLE_COLUMNS)
+    df = df.sort_values(["score", "co_purchase_count"], ascending=[False, False], kind="stable").head(max_bundles)
+    df["co_purchase_count"] = df["co_purchase_count"].astype("int64")
+    prog(1.0, f"{len(df)} store-specific bundles")
+    return df.reset_index(drop=True)

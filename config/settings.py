@@ -35,6 +35,7 @@ SHOP_BUNDLES_HISTORY_UNTIL  ``YYYY-MM-DD``: train, score and rank on order lines
     (an out-of-sample ``simulate_shoppers`` replay from that day).
 SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD  ``1`` lets every shopper enter a customer id at checkout
                       (default off: only logged-in staff).
+SHOP_BUNDLES_STORE_SUGGESTIONS  store-specific suggestions per scoring, at most (default 100; 0 = none).
 """
 import os
 from pathlib import Path
@@ -194,6 +195,7 @@ if os.environ.get("SHOP_BUNDLES_IMPRESSION_BUFFER_KEY"):
 SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD = env_bool("SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD", False)
 SHOP_BUNDLES_EVENT_TOKEN = os.environ.get("SHOP_BUNDLES_EVENT_TOKEN", "").strip()
 SHOP_BUNDLES_HISTORY_UNTIL = os.environ.get("SHOP_BUNDLES_HISTORY_UNTIL", "").strip() or None
+SHOP_BUNDLES_STORE_SUGGESTIONS = int(os.environ.get("SHOP_BUNDLES_STORE_SUGGESTIONS", "100"))
 
 # --- Production hardening (what `manage.py check --deploy` asks for) -----
 if PRODUCTION:

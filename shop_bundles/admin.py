@@ -24,6 +24,7 @@ from django.utils.safestring import mark_safe
 from .models import (
     BundleCampaign,
     BundleCampaignItem,
+    BundleCampaignStore,
     BundleSuggestion,
     BundleSuggestionItem,
     Customer,
@@ -352,13 +353,31 @@ class BundleSuggestionItemInline(ReadOnlyMixin, admin.TabularInline):
         return obj.product.active
 
 
+class SuggestionScopeFilter(admin.SimpleListFilter):
+    """Chain-wide suggestions (every store) or store-specific ones (``store_ids`` set)."""
+
+    title = "scope"
+    parameter_name = "scope"
+
+    def lookups(self, request, model_admin):
+        return (("chain", "Whole shop"), ("store", "Store-specific"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "chain":
+            return queryset.filter(store_ids=[])
+        if self.value() == "store":
+            return queryset.exclude(store_ids=[])
+        return queryset
+
+
 @admin.register(BundleSuggestion)
 class BundleSuggestionAdmin(admin.ModelAdmin):
     """Review queue: staff compare the evidence and approve or reject suggested bundles in bulk."""
 
-    list_display = ("bundle", "score_display", "co_purchase_count", "lift_display", "confidence_display",
+    list_display = ("bundle", "scope", "score_display", "co_purchase_count", "lift_display", "confidence_display",
                     "attach_rate_display", "suggested_discount_percent", "margin_display", "model_version", "status")
-    list_filter = ("status", "model_version", ("anchor__department", admin.AllValuesFieldListFilter))
+    list_filter = ("status", SuggestionScopeFilter, "model_version",
+                   ("anchor__department", admin.AllValuesFieldListFilter))
     search_fields = ("signature", "anchor__name", "items__product__name")
     ordering = ("-score", "pk")
     list_per_page = 50
@@ -369,13 +388,14 @@ class BundleSuggestionAdmin(admin.ModelAdmin):
                        "confidence_display", "lift_display", "attach_rate_detail", "discount_display",
                        "regular_price", "reasons_text",
                        "model_version", "signature", "created_at", "reviewed_by", "reviewed_at", "campaign_link",
-                       "economics_panel")
+                       "economics_panel", "scope", "store_evidence_panel")
     fieldsets = (
         (None, {"fields": ("bundle", "status", "campaign_link", "model_version", "created_at",
                            "reviewed_by", "reviewed_at")}),
         ("Evidence", {"fields": ("score_display", "co_purchase_count", "support_display", "confidence_display",
                                  "lift_display", "attach_rate_detail", "regular_price", "discount_display",
                                  "reasons_text", "signature")}),
+        ("Stores", {"fields": ("scope", "store_evidence_panel")}),
         ("Economics (per offer shown)", {"fields": ("economics_panel",)}),
     )
 
@@ -404,6 +424,34 @@ class BundleSuggestionAdmin(admin.ModelAdmin):
         """Items as "name (SKU)": products of one name (sizes, private label) stay apart in the queue."""
         return " + ".join(f"{item.product.name} ({item.product.sku})" if item.product.name else item.product.sku
                           for item in obj.items.all())
+
+    @admin.display(description="stores")
+    def scope(self, obj):
+        """"all stores" for a chain-wide suggestion, else the stores a store-specific one is for."""
+        stores = list(obj.store_ids or [])
+        if not stores:
+            return "all stores"
+        return "store " + stores[0] if len(stores) == 1 else f"{len(stores)} stores: " + ", ".join(stores)
+
+    @admin.display(description="evidence by store")
+    def store_evidence_panel(self, obj):
+        """Each store's own counts for a store-specific suggestion (``store_specific_bundles``)."""
+        rows = obj.store_evidence or []
+        if not rows:
+            return ("A whole-shop suggestion: approving it offers the bundle in every store (the product page "
+                    "orders offers by each store's attach rate once the campaign is scored).")
+        table = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+                                     "<td>{}</td></tr>", (
+            (r.get("store_id", ""), r.get("co_purchase_count", 0), r.get("shoppers", "—"), r.get("anchor_baskets", 0),
+             _percent(r.get("attach_rate", 0.0)), _percent(r.get("chain_attach_rate", 0.0)),
+             f"{r.get('lift', 0.0):.1f}") for r in rows))
+        return format_html(
+            '<table><thead><tr><th>store</th><th>baskets with both</th><th>shoppers</th>'
+            '<th>baskets with the anchor</th><th>attach rate in the store (shrunk)</th>'
+            '<th>attach rate, all stores</th><th>lift in the store</th></tr></thead><tbody>{}</tbody></table>'
+            '<p class="help">Approving makes a campaign offered and priced only to shoppers who chose one of '
+            'these stores; edit the stores on the campaign page. The store rate is shrunk towards the '
+            'all-stores rate with 10 baskets.</p>', table)
 
     @admin.display(description="score", ordering="score")
     def score_display(self, obj):
@@ -527,6 +575,31 @@ class BundleCampaignItemInline(admin.TabularInline):
         return obj.product.available if obj.product_id else None
 
 
+class BundleCampaignStoreInline(admin.TabularInline):
+    """Stores a campaign is limited to; none = every store (and shoppers with no store chosen)."""
+
+    model = BundleCampaignStore
+    extra = 0
+    fields = ("store_id",)
+    verbose_name = "store limit"
+    verbose_name_plural = "Only in these stores (none: every store)"
+
+    # The stores are part of the campaign: whoever may edit the campaign (Django's change permission and
+    # the dedicated manage permission, as BundleCampaignAdmin) may edit them; viewers see them.
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("shop_bundles.view_bundlecampaign") or self.has_change_permission(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return (request.user.has_perm("shop_bundles.change_bundlecampaign")
+                and request.user.has_perm("shop_bundles.manage_bundlecampaign"))
+
+    def has_add_permission(self, request, obj=None):
+        return self.has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return self.has_change_permission(request, obj)
+
+
 class BundleCampaignForm(forms.ModelForm):
     """Campaign edit form: the discount is checked against the bundle's regular price (case M3)."""
 
@@ -563,7 +636,7 @@ class BundleCampaignAdmin(admin.ModelAdmin):
     search_fields = ("name", "items__product__sku", "items__product__name")
     list_select_related = ("approved_by", "created_by")
     date_hierarchy = "starts_at"
-    inlines = (BundleCampaignItemInline,)
+    inlines = (BundleCampaignItemInline, BundleCampaignStoreInline)
     actions = ("pause_selected", "resume_selected")
     readonly_fields = ("suggestion_link", "created_by", "created_at", "approved_by", "approved_at", "updated_at",
                        "history", "store_ranking")
@@ -642,6 +715,18 @@ class BundleCampaignAdmin(admin.ModelAdmin):
                                        suggestion_id=obj.suggestion_id, detail=changes[:2000])
         elif not change:
             StaffAction.objects.create(user=request.user, action="create", campaign=obj, detail=str(obj))
+
+    def save_formset(self, request, form, formset, change):
+        """Save the inlines; a change of the store limits is recorded as a staff action."""
+        before = sorted(form.instance.store_limits.values_list("store_id", flat=True)) if form.instance.pk else []
+        super().save_formset(request, form, formset, change)
+        if formset.model is BundleCampaignStore and change:
+            after = sorted(form.instance.store_limits.values_list("store_id", flat=True))
+            if after != before:
+                StaffAction.objects.create(
+                    user=request.user, action="edit", campaign=form.instance,
+                    suggestion_id=form.instance.suggestion_id,
+                    detail=f"stores: {', '.join(after) or 'every store'} (was {', '.join(before) or 'every store'})")
 
     @admin.action(description="Pause selected campaigns", permissions=["manage"])
     def pause_selected(self, request, queryset):

@@ -6,6 +6,9 @@ SHOP_BUNDLES_ARTIFACT_DIR        directory for trained models (default ``var/mod
 SHOP_BUNDLES_EXCLUDED_DEPARTMENTS departments never mined for bundles (default fuel, coupons).
 SHOP_BUNDLES_NON_PRODUCT_CODES   SKUs that are not products in CSV exports (postage, manual, bank charges...).
 SHOP_BUNDLES_MAX_SUGGESTIONS     how many pending suggestions one scoring run writes at most.
+SHOP_BUNDLES_STORE_SUGGESTIONS   store-specific suggestions (pairs that sell together in some stores far more
+                                 than across the shop, ``bundling_ml.pipeline.store_specific_bundles``) one
+                                 scoring run adds at most, and the most kept pending (default 100; 0 = none).
 SHOP_BUNDLES_MIN_ANCHOR_BASKETS  an anchor needs this many training baskets to be scored.
 SHOP_BUNDLES_DEFAULT_DISCOUNT_PERCENT  discount given to a campaign when staff don't change it.
 SHOP_BUNDLES_CAMPAIGN_DAYS       default campaign length in days.
@@ -59,6 +62,7 @@ DEFAULTS = {
     "EXCLUDED_DEPARTMENTS": ("FUEL", "COUPON", "KIOSK-GAS", "MISCELLANEOUS", "POSTAL CENTER"),
     "NON_PRODUCT_CODES": ("POST", "DOT", "M", "B", "C2", "CRUK", "D", "S", "BANK CHARGES", "AMAZONFEE", "PADS"),
     "MAX_SUGGESTIONS": 5000,
+    "STORE_SUGGESTIONS": 100,
     "MIN_ANCHOR_BASKETS": 20,
     "DEFAULT_DISCOUNT_PERCENT": Decimal("10.00"),
     "CAMPAIGN_DAYS": 28,

@@ -289,7 +289,9 @@ def suggestions_from_frame(frame: pd.DataFrame, *, model_version, products_by_sk
     Args:
         frame: the scoring frame (anchor, items, score, co_purchase_count,
             support, confidence, lift, expected_attach_rate,
-            suggested_discount_percent, reasons), best first.
+            suggested_discount_percent, reasons), best first; with
+            ``store_ids`` / ``store_evidence`` columns
+            (``store_specific_bundles``) the suggestions are store-specific.
         model_version: the ``ModelVersion`` that scored them.
         products_by_sku: ``Product`` rows by SKU; an item set with a SKU that is
             not in it (deleted product) is dropped.
@@ -328,6 +330,8 @@ def suggestions_from_frame(frame: pd.DataFrame, *, model_version, products_by_sk
             reasons=str(row.reasons or ""),
             model_version=model_version,
             created_at=now,
+            store_ids=[str(s) for s in getattr(row, "store_ids", ())],
+            store_evidence=list(getattr(row, "store_evidence", []) or []),
         )
         out.append((suggestion, products))
     return out

@@ -4,6 +4,7 @@ from .orders import Order, OrderLine
 from .campaigns import (
     BundleCampaign,
     BundleCampaignItem,
+    BundleCampaignStore,
     BundleSuggestion,
     BundleSuggestionItem,
     OfferStoreScore,
@@ -17,6 +18,7 @@ from .outbox import OutboxEvent
 __all__ = [
     "BundleCampaign",
     "BundleCampaignItem",
+    "BundleCampaignStore",
     "BundleSuggestion",
     "BundleSuggestionItem",
     "Customer",

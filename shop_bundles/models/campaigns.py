@@ -16,6 +16,14 @@ class BundleSuggestion(models.Model):
     share of anchor baskets expected to take the bundle. ``score`` is the
     model's ranking score in [0, 1]. ``signature`` is the sorted SKUs joined
     with ``+``; one suggestion per signature and model version.
+
+    ``store_ids`` empty: a chain-wide suggestion (``score_bundles``). Non-empty:
+    a *store-specific* suggestion (``bundling_ml.pipeline.store_specific_bundles``)
+    of a pair bought together in those stores far more than across the shop;
+    ``store_evidence`` then holds each store's counts and attach rates, and
+    ``score`` is the best store's shrunk attach rate times its evidence
+    shrinkage, not a model probability. Approving it makes a campaign limited
+    to those stores (``BundleCampaignStore``).
     """
 
     PENDING, APPROVED, REJECTED, EXPIRED = "pending", "approved", "rejected", "expired"
@@ -34,6 +42,13 @@ class BundleSuggestion(models.Model):
     expected_attach_rate = models.FloatField(default=0.0)
     suggested_discount_percent = models.DecimalField(max_digits=5, decimal_places=2, default=Decimal("10.00"))
     reasons = models.TextField(blank=True)
+    store_ids = models.JSONField(default=list, blank=True,
+                                 help_text='Stores a store-specific suggestion is for (list of store ids); '
+                                           'empty = the whole shop.')
+    store_evidence = models.JSONField(default=list, blank=True,
+                                      help_text="Per store (best first): store_id, co_purchase_count, "
+                                                "anchor_baskets, shoppers, attach_rate (shrunk), "
+                                                "chain_attach_rate, lift.")
     economics = models.JSONField(default=dict, blank=True,
                                  help_text="Discount optimisation (services.economics): chosen discount, take rate, "
                                            "incremental revenue and margin per offer shown, and the grid table.")
@@ -134,6 +149,26 @@ class BundleCampaignItem(models.Model):
 
     def __str__(self):
         return f"{self.quantity} x {self.product}"
+
+
+class BundleCampaignStore(models.Model):
+    """A store a campaign is limited to. A campaign without rows runs in every store (and with no store chosen).
+
+    A campaign with rows is shown and priced only for a shopper whose chosen
+    store (``storefront.stores.shopper_store``; the order's ``store_id``) is
+    one of them: ``selectors.offers.live_campaigns(store_id=...)``.
+    Approving a store-specific suggestion copies its ``store_ids`` here;
+    staff edit them on the campaign's admin page.
+    """
+
+    campaign = models.ForeignKey(BundleCampaign, on_delete=models.CASCADE, related_name="store_limits")
+    store_id = models.CharField(max_length=32)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["campaign", "store_id"], name="campaignstore_unique")]
+
+    def __str__(self):
+        return f"campaign {self.campaign_id} in store {self.store_id}"
 
 
 class OfferStoreScore(models.Model):

@@ -16,12 +16,12 @@ from typing import Iterable
 from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from django.utils import timezone
 
-from ..models import BundleCampaign, BundleCampaignItem, OfferStoreScore, Product
+from ..models import BundleCampaign, BundleCampaignItem, BundleCampaignStore, OfferStoreScore, Product
 from ..storefront.pricing import CampaignSpec, bundle_price, bundle_regular_price, is_no_discount
 
 
-def live_campaigns(*, now: datetime | None = None) -> QuerySet[BundleCampaign]:
-    """Campaigns live at ``now`` (default: the current time), items not yet loaded.
+def live_campaigns(*, now: datetime | None = None, store_id: str | None = None) -> QuerySet[BundleCampaign]:
+    """Campaigns live at ``now`` (default: the current time), for a shopper in ``store_id``; items not yet loaded.
 
     The "no unavailable item" rule is a correlated ``NOT EXISTS`` (an
     anti-join probing ``bundlecampaignitem(campaign_id)`` and the product's
@@ -32,22 +32,34 @@ def live_campaigns(*, now: datetime | None = None) -> QuerySet[BundleCampaign]:
     campaign tables it chose a hash join over all products (see
     ``benchmarks/offers_query_plan.py``).
 
+    Store limits (``BundleCampaignStore``): a campaign limited to some stores
+    is live only for a shopper in one of them; two more correlated
+    ``EXISTS`` probes on ``bundlecampaignstore(campaign_id, store_id)``.
+
     Args:
         now: an aware datetime; None means ``timezone.now()``.
+        store_id: the shopper's store; "" = no store chosen (only campaigns
+            without store limits); None = any store (staff views, reports:
+            no store filter).
 
     Returns:
         QuerySet of ``BundleCampaign``: status active, inside its window, and
         no item whose product is inactive, out of stock (``stock <= 0``) or unpriced
-        (``price <= 0``: not for sale).
+        (``price <= 0``: not for sale); with ``store_id`` given, no store
+        limits or a limit to that store.
     """
     now = now or timezone.now()
     unavailable = BundleCampaignItem.objects.filter(campaign_id=OuterRef("pk")).filter(
         Q(product__active=False) | Q(product__stock__lte=0) | Q(product__price__lte=0))
-    return (
+    qs = (
         BundleCampaign.objects.filter(status=BundleCampaign.ACTIVE, starts_at__lte=now)
         .filter(Q(ends_at__isnull=True) | Q(ends_at__gt=now))
         .filter(~Exists(unavailable))
     )
+    if store_id is not None:
+        limits = BundleCampaignStore.objects.filter(campaign_id=OuterRef("pk"))
+        qs = qs.filter(~Exists(limits) | Exists(limits.filter(store_id=store_id)))
+    return qs
 
 
 def _with_items(queryset: QuerySet[BundleCampaign]) -> QuerySet[BundleCampaign]:
@@ -56,7 +68,8 @@ def _with_items(queryset: QuerySet[BundleCampaign]) -> QuerySet[BundleCampaign]:
     return queryset.prefetch_related(Prefetch("items", queryset=items))
 
 
-def live_campaigns_within(product_ids: Iterable[int], *, now: datetime | None = None) -> list[BundleCampaign]:
+def live_campaigns_within(product_ids: Iterable[int], *, now: datetime | None = None,
+                          store_id: str | None = None) -> list[BundleCampaign]:
     """Live campaigns all of whose products are among ``product_ids`` (the cart's products).
 
     Two queries whatever the cart size (campaigns, then items with products).
@@ -64,6 +77,7 @@ def live_campaigns_within(product_ids: Iterable[int], *, now: datetime | None = 
     Args:
         product_ids: primary keys of the products in the cart.
         now: aware datetime; None means now.
+        store_id: the shopper's store as for :func:`live_campaigns` ("" none, None any).
 
     Returns:
         list of ``BundleCampaign`` with ``items`` (and each item's ``product``) prefetched.
@@ -74,7 +88,7 @@ def live_campaigns_within(product_ids: Iterable[int], *, now: datetime | None = 
     outside = BundleCampaignItem.objects.exclude(product_id__in=ids)
     touching = BundleCampaignItem.objects.filter(product_id__in=ids)
     qs = (
-        live_campaigns(now=now)
+        live_campaigns(now=now, store_id=store_id)
         .filter(id__in=touching.values("campaign_id"))
         .exclude(id__in=outside.values("campaign_id"))
         .order_by("id")
@@ -204,7 +218,9 @@ def offers_for_product(product: Product, *, store_id: str = "", now: datetime | 
 
     Args:
         product: a ``Product`` (its pk is used).
-        store_id: the shopper's chosen store ("" = none).
+        store_id: the shopper's chosen store ("" = none). Campaigns limited
+            to other stores (``BundleCampaignStore``) are left out; with no
+            store chosen, every store-limited campaign is.
         now: aware datetime; None means ``timezone.now()``.
 
     Returns:
@@ -217,7 +233,7 @@ def offers_for_product(product: Product, *, store_id: str = "", now: datetime | 
     ids = list(BundleCampaignItem.objects.filter(product_id=product.pk).values_list("campaign_id", flat=True))
     if not ids:
         return []
-    qs = live_campaigns(now=now).filter(pk__in=ids).order_by("id")
+    qs = live_campaigns(now=now, store_id=store_id).filter(pk__in=ids).order_by("id")
     offers = [offer_from_campaign(c) for c in _with_items(qs)]
     offers = [o for o in offers if o.shown]
     if offers:
@@ -241,9 +257,10 @@ def offers_for_product(product: Product, *, store_id: str = "", now: datetime | 
     return offers
 
 
-def live_offer(campaign_id: int, *, now: datetime | None = None) -> Offer | None:
-    """The offer of one campaign if it is live now, else None (two queries)."""
-    campaign = _with_items(live_campaigns(now=now).filter(pk=campaign_id)).first()
+def live_offer(campaign_id: int, *, now: datetime | None = None, store_id: str | None = None) -> Offer | None:
+    """The offer of one campaign if it is live now (for a shopper in ``store_id``, as in
+    :func:`live_campaigns`; None = any store), else None (two queries)."""
+    campaign = _with_items(live_campaigns(now=now, store_id=store_id).filter(pk=campaign_id)).first()
     if campaign is None:
         return None
     offer = offer_from_campaign(campaign)

@@ -20,6 +20,7 @@ from .. import app_settings
 from ..models import (
     BundleCampaign,
     BundleCampaignItem,
+    BundleCampaignStore,
     BundleSuggestion,
     ModelVersion,
     StaffAction,
@@ -132,7 +133,7 @@ def local_days_after(moment: datetime, days: int) -> datetime:
 @transaction.atomic
 def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str | None = None,
                        discount_value=None, starts_at: datetime | None = None,
-                       ends_at: datetime | None = None) -> BundleCampaign:
+                       ends_at: datetime | None = None, store_ids=None) -> BundleCampaign:
     """Approve a pending suggestion: create its BundleCampaign (active) with items.
 
     Args:
@@ -146,6 +147,9 @@ def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str
         ends_at: aware datetime, default ``starts_at`` + SHOP_BUNDLES_CAMPAIGN_DAYS days
             on the wall clock of ``TIME_ZONE`` (a campaign approved at 10:00 ends at 10:00
             local time, also when a daylight-saving change falls inside the window).
+        store_ids: stores the campaign is limited to (``BundleCampaignStore``
+            rows); None = the suggestion's own ``store_ids`` (a store-specific
+            suggestion's stores; none for a chain-wide one); ``[]`` = every store.
 
     Returns:
         The new BundleCampaign (status active, created_by/approved_by = user).
@@ -234,6 +238,8 @@ def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str
         BundleCampaignItem(campaign=campaign, product=product, quantity=1, position=position)
         for position, product in enumerate(products)
     ])
+    stores = sorted({str(s).strip() for s in (locked.store_ids if store_ids is None else store_ids)} - {""})
+    BundleCampaignStore.objects.bulk_create([BundleCampaignStore(campaign=campaign, store_id=s[:32]) for s in stores])
     locked.status = BundleSuggestion.APPROVED
     locked.reviewed_by = user
     locked.reviewed_at = now
@@ -241,7 +247,8 @@ def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str
     StaffAction.objects.create(
         user=user, action="approve", suggestion=locked, campaign=campaign, created_at=now,
         detail=(f"{campaign.get_discount_type_display()} {campaign.discount_value} on regular price "
-                f"{regular_price}; {_when(starts_at)} to {_when(ends_at)}"),
+                f"{regular_price}; {_when(starts_at)} to {_when(ends_at)}"
+                + (f"; only in store(s) {', '.join(stores)}" if stores else "")),
     )
     suggestion.status, suggestion.reviewed_by, suggestion.reviewed_at = locked.status, user, now
     logger.info("suggestion %s approved by %s as campaign %s", locked.pk, user, campaign.pk)

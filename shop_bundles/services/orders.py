@@ -124,7 +124,8 @@ def order_place(*, cart, session_key: str | None, customer: Customer | None = No
         if errors:
             raise ValidationError(errors)
 
-        priced = cart_price(quantities, products=products, now=now, with_offers=experiment_group != "holdout")
+        priced = cart_price(quantities, products=products, now=now, with_offers=experiment_group != "holdout",
+                            store_id=store_id or "")
         order = Order.objects.create(
             external_id=f"web-{uuid.uuid4().hex}",
             customer=customer,

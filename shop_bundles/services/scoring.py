@@ -43,20 +43,24 @@ def suggestions_score(*, model_version_id: int | None = None, progress=None) -> 
 
     Steps: read the lines and products frames (``ml_bridge``), call
     ``bundling_ml.pipeline.score_bundles`` with SHOP_BUNDLES_MIN_ANCHOR_BASKETS,
-    SHOP_BUNDLES_MAX_SUGGESTIONS and SHOP_BUNDLES_EXCLUDED_DEPARTMENTS, then in
+    SHOP_BUNDLES_MAX_SUGGESTIONS and SHOP_BUNDLES_EXCLUDED_DEPARTMENTS, and
+    ``bundling_ml.pipeline.store_specific_bundles`` for up to
+    SHOP_BUNDLES_STORE_SUGGESTIONS store-specific pairs not among those
+    bundles (only when the orders carry stores), then in
     one transaction (the version row locked, so two scorings of one version
     queue up): when scoring the active version, expire pending suggestions of
     older versions; skip item sets that already have a pending, approved or
     rejected suggestion, a suggestion of this version, or a live campaign, and
     bundles with an inactive or out-of-stock product; keep the pending queue at
-    most SHOP_BUNDLES_MAX_SUGGESTIONS long (best scores first); ``bulk_create``
+    most SHOP_BUNDLES_MAX_SUGGESTIONS chain-wide and SHOP_BUNDLES_STORE_SUGGESTIONS
+    store-specific suggestions long (best scores first); ``bulk_create``
     the rest with their items (anchor at position 0).
 
     Raises:
         ArtifactCorruptError: the version's artifact is missing or fails its SHA-256 check.
 
     Returns:
-        ``{"model_version_id": int | None, "created": int, "skipped": int,
+        ``{"model_version_id": int | None, "created": int, "created_store_specific": int, "skipped": int,
         "skipped_reasons": {reason: count}, "expired": int, "scored": int, "seconds": float,
         "message": str}``.
     """
@@ -64,7 +68,7 @@ def suggestions_score(*, model_version_id: int | None = None, progress=None) -> 
     if model_version_id is None:
         version = ModelVersion.objects.filter(is_active=True).first()
         if version is None:
-            return {"model_version_id": None, "created": 0, "skipped": 0, "skipped_reasons": {}, "expired": 0,
+            return {"model_version_id": None, "created": 0, "created_store_specific": 0, "skipped": 0, "skipped_reasons": {}, "expired": 0,
                     "scored": 0, "seconds": 0.0, "message": "no active model version; train one first"}
     else:
         version = ModelVersion.objects.get(pk=model_version_id)
@@ -88,6 +92,18 @@ def suggestions_score(*, model_version_id: int | None = None, progress=None) -> 
         # scoring week (the week after the last order line).
         promotions=ml_bridge.promotions_frame(),
     )
+    store_limit = int(app_settings.get("STORE_SUGGESTIONS") or 0)
+    if store_limit > 0:
+        import pandas as pd
+
+        from bundling_ml.pipeline import store_specific_bundles
+
+        store_frame = store_specific_bundles(
+            lines, products, exclude_item_sets=frame["items"].tolist(), max_bundles=store_limit,
+            excluded_departments=tuple(app_settings.get("EXCLUDED_DEPARTMENTS")))
+        if len(store_frame):
+            frame = pd.concat([frame.assign(store_ids=[()] * len(frame), store_evidence=[[]] * len(frame)),
+                               store_frame], ignore_index=True)
     skus = {str(sku) for items in frame["items"] for sku in items} if len(frame) else set()
     products_by_sku = Product.objects.in_bulk(list(skus), field_name="sku") if skus else {}
     now = timezone.now()
@@ -106,11 +122,14 @@ def suggestions_score(*, model_version_id: int | None = None, progress=None) -> 
         live = live_signatures(now=now)
         # The review queue never grows past SHOP_BUNDLES_MAX_SUGGESTIONS pending: a rescoring after
         # approvals would otherwise refill it with ever weaker bundles every hour.
-        room = max(int(app_settings.get("MAX_SUGGESTIONS"))
-                   - BundleSuggestion.objects.filter(status=BundleSuggestion.PENDING).count(), 0)
+        pending_scopes = Counter(bool(s) for s in BundleSuggestion.objects.filter(
+            status=BundleSuggestion.PENDING).values_list("store_ids", flat=True))
+        room = {False: max(int(app_settings.get("MAX_SUGGESTIONS")) - pending_scopes[False], 0),
+                True: max(store_limit - pending_scopes[True], 0)}  # chain-wide / store-specific
         new: list[tuple[BundleSuggestion, list[Product]]] = []
         for suggestion, items in candidates:
-            if len(new) >= room:
+            scope = bool(suggestion.store_ids)
+            if room[scope] <= 0:
                 reasons["review queue full"] += 1
             elif suggestion.signature in live:
                 reasons["live campaign"] += 1
@@ -120,6 +139,7 @@ def suggestions_score(*, model_version_id: int | None = None, progress=None) -> 
                 reasons["product inactive, out of stock or unpriced"] += 1
             else:
                 new.append((suggestion, items))
+                room[scope] -= 1
         suggestions_economics_fill(candidates=new)  # discount optimisation (services.economics)
         created = BundleSuggestion.objects.bulk_create([s for s, _ in new], batch_size=1000)
         BundleSuggestionItem.objects.bulk_create([
@@ -131,6 +151,7 @@ def suggestions_score(*, model_version_id: int | None = None, progress=None) -> 
     result = {
         "model_version_id": version.pk,
         "created": len(created),
+        "created_store_specific": sum(1 for s in created if s.store_ids),
         "skipped": sum(skipped_reasons.values()),
         "skipped_reasons": skipped_reasons,
         "expired": expired,

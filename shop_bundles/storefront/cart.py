@@ -133,7 +133,7 @@ class PricedCart:
 
 
 def cart_price(quantities: Mapping[int, int], *, products: Mapping[int, Product] | None = None,
-               now: datetime | None = None, with_offers: bool = True) -> PricedCart:
+               now: datetime | None = None, with_offers: bool = True, store_id: str | None = None) -> PricedCart:
     """Price a cart from the catalogue with the campaigns live at ``now``.
 
     Three queries: the products (unless given), the live campaigns whose
@@ -146,6 +146,9 @@ def cart_price(quantities: Mapping[int, int], *, products: Mapping[int, Product]
         now: aware datetime for campaign windows; None means now.
         with_offers: False prices at shelf prices without forming bundles (the
             holdout group of the experiment); no campaign query is run.
+        store_id: the shopper's store: campaigns limited to other stores do
+            not price the cart ("" = no store chosen: only campaigns without
+            store limits; None = any store).
 
     Returns:
         ``PricedCart``. Unit prices are ``Product.price``; product ids that no
@@ -157,7 +160,7 @@ def cart_price(quantities: Mapping[int, int], *, products: Mapping[int, Product]
         products = Product.objects.in_bulk(list(wanted))
     order = [pid for pid in wanted if pid in products]
     items = [CartItem(product_id=pid, quantity=wanted[pid], unit_price=products[pid].price) for pid in order]
-    campaigns = live_campaigns_within(order, now=now) if order and with_offers else []
+    campaigns = live_campaigns_within(order, now=now, store_id=store_id) if order and with_offers else []
     by_id = {c.pk: c for c in campaigns}
     pricing = price_cart(items, [campaign_spec(c) for c in campaigns])
     rows = tuple(CartRow(product=products[line.product_id], line=line) for line in pricing.lines)

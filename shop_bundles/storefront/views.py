@@ -129,7 +129,7 @@ def cart_add(request: HttpRequest, sku: str) -> HttpResponse:
 @require_POST
 def bundle_add(request: HttpRequest, campaign_id: int) -> HttpResponse:
     """Add every item of a live bundle offer to the cart and record an ``add_to_cart`` event."""
-    offer = live_offer(campaign_id)
+    offer = live_offer(campaign_id, store_id=shopper_store(request))
     group = request_group(request)
     if offer is None or group == HOLDOUT:
         raise Http404("This offer has ended.")
@@ -148,7 +148,8 @@ def bundle_add(request: HttpRequest, campaign_id: int) -> HttpResponse:
 def cart_view(request: HttpRequest) -> HttpResponse:
     """The cart, re-priced from the catalogue with bundles re-formed on every view."""
     cart = SessionCart(request.session)
-    priced = cart_price(cart.quantities(), with_offers=request_group(request) != HOLDOUT)
+    priced = cart_price(cart.quantities(), with_offers=request_group(request) != HOLDOUT,
+                        store_id=shopper_store(request))
     return render(request, "shop_bundles/storefront/cart.html", {
         "priced": priced, "checkout_form": CheckoutForm(with_customer=customer_field_allowed(request)),
         "can_checkout": bool(priced.rows) and all(row.available for row in priced.rows),

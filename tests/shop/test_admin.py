@@ -148,7 +148,9 @@ def test_campaign_admin_pause_action_and_discount_check(queue, staff_client):
             "discount_value": "30.00", "starts_at_0": timezone.localtime(campaign.starts_at).strftime("%Y-%m-%d"),
             "starts_at_1": "00:00:00", "ends_at_0": timezone.localtime(campaign.ends_at).strftime("%Y-%m-%d"),
             "ends_at_1": "00:00:00", "items-TOTAL_FORMS": "2", "items-INITIAL_FORMS": "2",
-            "items-MIN_NUM_FORMS": "0", "items-MAX_NUM_FORMS": "1000"}
+            "items-MIN_NUM_FORMS": "0", "items-MAX_NUM_FORMS": "1000",
+            "store_limits-TOTAL_FORMS": "0", "store_limits-INITIAL_FORMS": "0",
+            "store_limits-MIN_NUM_FORMS": "0", "store_limits-MAX_NUM_FORMS": "1000"}
     for i, it in enumerate(item):
         data.update({f"items-{i}-id": it.pk, f"items-{i}-campaign": campaign.pk, f"items-{i}-product": it.product_id,
                      f"items-{i}-quantity": 1, f"items-{i}-position": i})

@@ -226,7 +226,9 @@ def _campaign_form(campaign, **changes):
     data = {"name": campaign.name, "status": campaign.status, "status_reason": "", "discount_type": "percent",
             "discount_value": "10.00", "starts_at_0": timezone.localtime(campaign.starts_at).strftime("%Y-%m-%d"),
             "starts_at_1": "00:00:00", "ends_at_0": "", "ends_at_1": "", "items-TOTAL_FORMS": "2",
-            "items-INITIAL_FORMS": "2", "items-MIN_NUM_FORMS": "0", "items-MAX_NUM_FORMS": "1000"}
+            "items-INITIAL_FORMS": "2", "items-MIN_NUM_FORMS": "0", "items-MAX_NUM_FORMS": "1000",
+            "store_limits-TOTAL_FORMS": "0", "store_limits-INITIAL_FORMS": "0", "store_limits-MIN_NUM_FORMS": "0",
+            "store_limits-MAX_NUM_FORMS": "1000"}
     for i, item in enumerate(campaign.items.order_by("position")):
         data.update({f"items-{i}-id": item.pk, f"items-{i}-campaign": campaign.pk,
                      f"items-{i}-product": item.product_id, f"items-{i}-quantity": 1, f"items-{i}-position": i})

@@ -192,6 +192,24 @@ def test_suggestions_from_frame_maps_rows_and_drops_unknown_products():
     suggestion, items = out[0]
     assert (suggestion.signature, suggestion.anchor, items) == ("007+22001", a, [a, b])
     assert suggestion.suggested_discount_percent == Decimal("12.35")
+    assert (suggestion.store_ids, suggestion.store_evidence) == ([], [])  # a whole-shop suggestion
+
+
+def test_suggestions_from_frame_keeps_a_store_specific_suggestions_stores_and_evidence():
+    a, b = _tiny_orders()
+    evidence = [{"store_id": "367", "co_purchase_count": 9, "anchor_baskets": 12, "attach_rate": 0.6,
+                 "chain_attach_rate": 0.2, "lift": 3.1, "shoppers": 6}]
+    frame = pd.DataFrame([
+        {"anchor": "007", "items": ("007", "22001"), "score": 0.2, "co_purchase_count": 14, "support": 0.01,
+         "confidence": 0.2, "lift": 0.9, "expected_attach_rate": 0.6, "suggested_discount_percent": 5.0,
+         "reasons": "Sells together in store 367 far more than across the shop", "store_ids": ("367",),
+         "store_evidence": evidence}])
+    [(suggestion, items)] = ml_bridge.suggestions_from_frame(frame, model_version=None,
+                                                            products_by_sku={"007": a, "22001": b})
+    suggestion.save()
+    suggestion.refresh_from_db()
+    assert (suggestion.store_ids, suggestion.store_evidence) == (["367"], evidence)
+    assert suggestion.expected_attach_rate == 0.6 and items == [a, b]
 
 
 # --------------------------------------------------------------------------- the 2 % activation rule (pure)
@@ -547,9 +565,12 @@ class TestOneRealTraining:
         skus = [i.product.sku for c in BundleCampaign.objects.all() for i in c.items.select_related("product")]
         assert len(skus) == len(set(skus))
 
-        # Rescoring after approvals never grows the review queue past SHOP_BUNDLES_MAX_SUGGESTIONS.
+        # Rescoring after approvals never grows the review queue past SHOP_BUNDLES_MAX_SUGGESTIONS whole-shop
+        # and SHOP_BUNDLES_STORE_SUGGESTIONS store-specific suggestions.
         pending = BundleSuggestion.objects.filter(status="pending").count()
-        settings.SHOP_BUNDLES_MAX_SUGGESTIONS = pending
+        store_pending = BundleSuggestion.objects.filter(status="pending").exclude(store_ids=[]).count()
+        settings.SHOP_BUNDLES_MAX_SUGGESTIONS = pending - store_pending
+        settings.SHOP_BUNDLES_STORE_SUGGESTIONS = store_pending
         result = suggestions_score()
         assert result["created"] == 0 and BundleSuggestion.objects.filter(status="pending").count() == pending
         if result["scored"]:

@@ -2,7 +2,7 @@
 
 Creates the staff user (with the approve and manage permissions and a printed
 random password) when missing, then approves the best-scored pending
-suggestions whose products are all active and in stock, each with its
+whole-shop suggestions (store-specific ones are left for staff) whose products are all active and in stock, each with its
 suggested discount, through the same service the admin uses. ``--by margin``
 ranks them by expected incremental margin per offer shown at the offer's
 discount (``economics["offer"]["incremental_margin"]``, see
@@ -47,7 +47,8 @@ class Command(BaseCommand):
         user = self._staff_user(options["username"])
         unavailable = BundleSuggestionItem.objects.filter(suggestion=OuterRef("pk")).filter(
             Q(product__active=False) | Q(product__stock__lte=0) | Q(product__price__lte=0))
-        queue = (BundleSuggestion.objects.filter(status=BundleSuggestion.PENDING)
+        # Whole-shop suggestions only: a store-specific one is a staff decision per store (review queue).
+        queue = (BundleSuggestion.objects.filter(status=BundleSuggestion.PENDING, store_ids=[])
                  .filter(~Exists(unavailable)).prefetch_related("items__product"))
         if options["by"] == "margin":
             margin = Cast(KT("economics__offer__incremental_margin"), FloatField())

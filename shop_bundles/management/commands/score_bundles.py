@@ -14,6 +14,7 @@ class Command(ModelVersionCommand):
         return suggestions_score(model_version_id=model_version_id, progress=progress)
 
     def report(self, result: dict) -> str:
-        return (f"{result['created']} new pending suggestions from model version {result['model_version_id']} "
+        return (f"{result['created']} new pending suggestions ({result.get('created_store_specific', 0)} "
+                f"store-specific) from model version {result['model_version_id']} "
                 f"({result['scored']} scored, {result['skipped']} skipped {result['skipped_reasons']}, "
                 f"{result['expired']} superseded suggestions expired) in {result['seconds']:.1f} s")
