@@ -83,13 +83,22 @@ def ratio_estimate(num, den) -> Estimate:
         den: (n,) denominator per visitor (orders); visitors with 0 still count.
 
     Returns:
-        ``Estimate``; NaN when n < 2 or sum(den) == 0.
+        ``Estimate``; all NaN when n == 0 or sum(den) == 0. With one visitor the value is that
+        visitor's ratio and the interval and se are NaN (as :func:`mean_estimate`: too few
+        visitors for an interval).
+
+    Raises:
+        ValueError: if ``num`` and ``den`` differ in length.
     """
     y, x = np.asarray(num, dtype="float64"), np.asarray(den, dtype="float64")
     n = y.size
-    if n < 2 or x.sum() == 0:
+    if x.size != n:
+        raise ValueError(f"ratio_estimate: num has {n} visitors but den has {x.size}")
+    if n == 0 or x.sum() == 0:
         return _nan_estimate()
     r = float(y.mean() / x.mean())
+    if n < 2:
+        return Estimate(r, math.nan, math.nan, math.nan)
     cov = np.cov(y, x, ddof=1)
     var = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / (n * x.mean() ** 2)
     se = float(math.sqrt(max(var, 0.0)))

@@ -77,11 +77,21 @@ def load_orders(path, columns: str, products_path=None, encoding: str = "utf-8",
     undecidable, rejected rows reported and skipped, duplicates, non-product
     codes, cancellations, adjustments); without quantity and price columns
     every line counts one unit at an unknown price (``require_amounts=False``).
-    A file that is not valid ``encoding`` is retried as cp1252 (Windows
-    exports). ``delimiter``, ``decimal`` and ``date_format`` are passed to
+    A file that is not text in ``encoding`` is refused, as the import
+    refuses it (no silent fallback to another encoding): pass the export's
+    encoding, e.g. ``"cp1252"`` for Windows exports. ``delimiter``, ``decimal`` and ``date_format`` are passed to
     ``read_orders_csv`` (the Django import's ``--delimiter``, ``--decimal``
     and ``--date-format``, which its error messages name). Rejected rows are
     printed to stderr with their line, field and reason; the good rows are kept.
+
+    Returns:
+        ``(lines, products)`` pandas frames (``docs/contracts.md``).
+
+    Raises:
+        SystemExit: the file is refused as a whole (the message of
+            :class:`bundling_ml.ingest.IngestError`, e.g. "orders.csv is not text in
+            encoding 'utf-8' (byte 0xa3 cannot be decoded); pass --encoding, e.g.
+            cp1252 for Windows exports"), or ``columns`` lacks basket, product or time.
     """
     from bundling_ml import ingest
 
@@ -95,12 +105,7 @@ def load_orders(path, columns: str, products_path=None, encoding: str = "utf-8",
             raise SystemExit(f"--columns needs {need}=COL")
     options = dict(mapping=mapping, require_amounts=False, delimiter=delimiter, decimal=decimal, date_format=date_format)
     try:
-        try:
-            res = ingest.read_orders_csv(path, encoding=encoding, **options)
-        except ingest.IngestError as exc:
-            if "not text in encoding" not in str(exc) or encoding.lower() == "cp1252":
-                raise
-            res = ingest.read_orders_csv(path, encoding="cp1252", **options)
+        res = ingest.read_orders_csv(path, encoding=encoding, **options)
     except ingest.IngestError as exc:
         raise SystemExit(str(exc)) from exc
     for r in res.report.rejections[:20]:
@@ -131,7 +136,8 @@ def _add_data_options(p):
     p.add_argument("--orders", help="order-lines CSV")
     p.add_argument("--products", help="products CSV: product_id + attribute columns")
     p.add_argument("--columns", help="basket=COL,product=COL,time=COL[,customer=COL,quantity=COL,price=COL,name=COL,store=COL]")
-    p.add_argument("--encoding", default="utf-8", help="text encoding of --orders (cp1252 is tried when utf-8 fails)")
+    p.add_argument("--encoding", default="utf-8", help="text encoding of --orders, e.g. cp1252 (default utf-8; a file that is not "
+                   "text in it is refused, as by manage.py import_orders)")
     p.add_argument("--delimiter", default=",", help="field separator of --orders (e.g. ';'; '\\t' for tab)")
     p.add_argument("--decimal", default=".", choices=(".", ","), help="decimal mark of --orders (',' = decimal comma)")
     p.add_argument("--date-format", default=None,

@@ -306,12 +306,22 @@ def _metric(metrics: dict | None, system: str, key: str = "ndcg@10"):
 
 
 class ReadOnlyMixin:
-    """Admin mixin: rows are shown, never added or edited by hand (history, events, audit, runs)."""
+    """Admin mixin: rows are shown, never added, edited or deleted by hand (history, events, audit, runs).
+
+    Delete is off for everyone, superusers included (no "Delete selected" action, 403 on the delete
+    view): a training run is the record that stops a repeated nightly retrain, and import runs, order
+    and offer events are the history the experiment and reports are computed from. Rows still go when
+    their parent goes in code (e.g. ``on_delete=CASCADE``); the admin refuses to delete a parent whose
+    cascade would take rows of an admin with delete off, and names them.
+    """
 
     def has_add_permission(self, request, obj=None):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False
 
 

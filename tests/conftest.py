@@ -19,7 +19,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 #: Redis of the impression buffer in tests: a database index no other test fixture uses (the worker
-#: fixtures flush 13), and a key of each test's own (below), so parallel runs never share a list.
+#: fixture's fallback flushes 13; by default it runs a private redis-server), and a key of each test's
+#: own (below), never flushed, so parallel runs never share a list.
 BUFFER_REDIS_URL = os.environ.get("SHOP_BUNDLES_TEST_BUFFER_REDIS_URL", "redis://127.0.0.1:6379/12")
 
 CASES_DIR = Path(os.environ.get("SHOP_BUNDLES_CASES_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "cases"))

@@ -1,24 +1,37 @@
 """Fixtures for integration tests: a real Celery worker subprocess on Redis.
 
 ``celery_worker`` starts ``celery -A config worker -Q default,ml -c 1 --pool prefork``
-against a Redis database of its own (``SHOP_BUNDLES_TEST_REDIS_URL``, default
-``redis://127.0.0.1:6379/13``, flushed first) and the pytest-django test
-database (so the test must use ``transactional_db``: the worker only sees
-committed rows). The test process's Celery app is pointed at the same broker
-with ``task_always_eager`` off for the duration of the test, then restored.
+against a broker of its own and the pytest-django test database (so the test
+must use ``transactional_db``: the worker only sees committed rows). The broker
+(:func:`_test_broker`):
+
+* ``SHOP_BUNDLES_TEST_REDIS_URL`` when set: that Redis database, **flushed
+  first**, so it must be used by one test run at a time;
+* else, when ``redis-server`` is installed, a private ``redis-server`` on a free
+  port for the test (stopped afterwards), so concurrent test runs on one
+  machine never share queues or flush each other's messages;
+* else ``redis://127.0.0.1:6379/13`` (flushed first: one run at a time).
+
+The test process's Celery app is pointed at the same broker with
+``task_always_eager`` off for the duration of the test, then restored.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_URL = os.environ.get("SHOP_BUNDLES_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+#: Redis database the worker tests use (and flush) when set; unset: a private redis-server per test.
+REDIS_URL = os.environ.get("SHOP_BUNDLES_TEST_REDIS_URL", "")
+#: The shared database used (and flushed) only when REDIS_URL is unset and redis-server is not installed.
+SHARED_REDIS_URL = "redis://127.0.0.1:6379/13"
 
 
 def wait_for(predicate, *, timeout: float = 60.0, interval: float = 0.25, what: str = "condition"):
@@ -58,17 +71,49 @@ class WorkerHandle:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+@contextmanager
+def _test_broker(tmp_path: Path):
+    """The broker URL of one worker test (see the module docstring); yields it, stops a private server after.
+
+    Skips the test when the configured or shared Redis does not answer.
+    """
+    if REDIS_URL:
+        if not _redis_available(REDIS_URL):
+            pytest.skip(f"Redis not reachable at SHOP_BUNDLES_TEST_REDIS_URL={REDIS_URL}")
+        yield REDIS_URL
+        return
+    if shutil.which("redis-server") and shutil.which("redis-cli"):
+        from tests.integration.test_outbox_faults import PrivateRedis, _free_port
+
+        workdir = tmp_path / "redis"
+        workdir.mkdir()
+        server = PrivateRedis(_free_port(), workdir)
+        try:
+            server.start()
+            yield server.url
+        finally:
+            server.stop()
+        return
+    if not _redis_available(SHARED_REDIS_URL):
+        pytest.skip(f"redis-server not installed and Redis not reachable at {SHARED_REDIS_URL}")
+    yield SHARED_REDIS_URL
+
+
 @pytest.fixture
 def celery_worker(transactional_db, tmp_path, settings):
     """Start a real Celery worker for this test and point the test's Celery app at its broker.
 
     Yields:
-        WorkerHandle; the worker is stopped (TERM, then KILL) at teardown.
+        WorkerHandle; the worker is stopped (TERM, then KILL) at teardown, then its private Redis (if any).
     """
+    with _test_broker(tmp_path) as broker_url:
+        yield from _run_worker(tmp_path, settings, broker_url)
+
+
+def _run_worker(tmp_path: Path, settings, broker_url: str):
+    """The body of :func:`celery_worker` on ``broker_url`` (a generator yielding the WorkerHandle)."""
     from django.db import connection
 
-    if not _redis_available(REDIS_URL):
-        pytest.skip(f"Redis not reachable at {REDIS_URL}")
     db = connection.settings_dict
     database_url = (f"postgres://{db['USER'] or 'postgres'}"
                     f"{(':' + db['PASSWORD']) if db.get('PASSWORD') else ''}@{db['HOST'] or '127.0.0.1'}:"
@@ -78,7 +123,7 @@ def celery_worker(transactional_db, tmp_path, settings):
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
-        "CELERY_BROKER_URL": REDIS_URL,
+        "CELERY_BROKER_URL": broker_url,
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "SHOP_BUNDLES_ARTIFACT_DIR": str(artifact_dir),
         "DJANGO_TIME_ZONE": settings.TIME_ZONE,
@@ -92,14 +137,14 @@ def celery_worker(transactional_db, tmp_path, settings):
         [str(celery_bin), "-A", "config", "worker", "-Q", "default,ml", "-c", "1", "--pool", "prefork",
          "-l", "info", "--without-gossip", "--without-mingle", "-n", f"pytest-{os.getpid()}@%h"],
         cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    handle = WorkerHandle(process, log_path, REDIS_URL)
+    handle = WorkerHandle(process, log_path, broker_url)
 
     from config.celery import app
 
     saved = {key: app.conf.get(key) for key in ("broker_url", "task_always_eager")}
-    app.conf.broker_url = REDIS_URL
+    app.conf.broker_url = broker_url
     app.conf.task_always_eager = False
-    settings.CELERY_BROKER_URL = REDIS_URL
+    settings.CELERY_BROKER_URL = broker_url
     settings.CELERY_TASK_ALWAYS_EAGER = False
     _reset_connections(app)
     try:

@@ -13,6 +13,7 @@ def test_recommend_on_messy_export(cases_dir, tmp_path):
         "recommend", "--orders", str(cases_dir / "import" / "retail_export_messy.csv"),
         "--columns", "basket=InvoiceNo,product=StockCode,time=InvoiceDate,quantity=Quantity,price=UnitPrice,customer=CustomerID,name=Description",
         "--train-until", "2011-01-05", "--queries", str(queries), "--k", "3", "--out", str(out),
+        "--encoding", "cp1252",
     ])
     assert code == 0
     recs = pd.read_csv(out, dtype=str)
@@ -28,7 +29,7 @@ def test_recommend_on_messy_export(cases_dir, tmp_path):
 def test_recommend_queries_with_time_column(cases_dir, tmp_path, capsys):
     args = ["recommend", "--orders", str(cases_dir / "import" / "retail_export_messy.csv"),
             "--columns", "basket=InvoiceNo,product=StockCode,time=InvoiceDate,quantity=Quantity,price=UnitPrice,customer=CustomerID,name=Description",
-            "--train-until", "2011-01-05", "--k", "3"]
+            "--train-until", "2011-01-05", "--k", "3", "--encoding", "cp1252"]
     queries = tmp_path / "q.csv"
     pd.DataFrame({"query_id": ["q1", "q2"], "product_id": ["22001", "22003"], "time": ["2011-01-06 09:30", ""]}).to_csv(queries, index=False)
     out = tmp_path / "recs.csv"
@@ -56,7 +57,7 @@ def test_recommend_with_store_column(cases_dir, tmp_path):
                   "store_id": ["United Kingdom", "", "Atlantis"]}).to_csv(queries, index=False)
     out = tmp_path / "recs.csv"
     assert cli.main(["recommend", "--orders", str(path), "--columns", columns + ",store=Country", "--train-until", "2011-01-05",
-                     "--queries", str(queries), "--k", "3", "--out", str(out)]) == 0
+                     "--queries", str(queries), "--k", "3", "--out", str(out), "--encoding", "cp1252"]) == 0
     recs = pd.read_csv(out, dtype=str)
     # known, empty and unseen stores all rank; the companion sets are those of the training baskets
     assert recs[recs.query_id == "q1"].product_id.tolist() == ["22003"]
@@ -72,7 +73,8 @@ def test_recommend_without_quantity_and_price_applies_the_import_rules(cases_dir
     pd.DataFrame({"query_id": ["q1"], "product_id": ["22001"]}).to_csv(queries, index=False)
     out = tmp_path / "recs.csv"
     assert cli.main(["recommend", "--orders", str(messy), "--columns", "basket=InvoiceNo,product=StockCode,time=InvoiceDate,customer=CustomerID",
-                     "--train-until", "2011-01-06", "--queries", str(queries), "--k", "10", "--out", str(out)]) == 0
+                     "--train-until", "2011-01-06", "--queries", str(queries), "--k", "10", "--out", str(out),
+                     "--encoding", "cp1252"]) == 0
     # baskets 540001 {22001}, 540002 {22001, 22003}, 540005 {22001}, 540007 {22001, 22003}: the only companion is 22003
     assert pd.read_csv(out, dtype=str).product_id.tolist() == ["22003"]
 
@@ -114,3 +116,25 @@ def test_recommend_reads_exports_with_the_imports_date_delimiter_and_decimal_opt
     lines, _ = cli.load_orders(semi, "basket=order_id,product=sku,time=ordered_at,quantity=qty,price=unit_price",
                                delimiter=";", decimal=",", date_format="%d/%m/%Y %H:%M")
     assert sorted(lines.price.unique().tolist()) == [3.0, 4.5, 7.25]
+
+
+@pytest.mark.parametrize("command", ["recommend", "backtest"])
+def test_a_file_not_in_the_given_encoding_is_refused_as_the_import_refuses_it(cases_dir, tmp_path, command):
+    """No silent cp1252 fallback: without --encoding a cp1252 export (0xa3 = £) is refused with the
+    import's message; with --encoding cp1252 it is read."""
+    from bundling_ml import ingest
+
+    messy = cases_dir / "import" / "retail_export_messy.csv"
+    columns = "basket=InvoiceNo,product=StockCode,time=InvoiceDate,quantity=Quantity,price=UnitPrice,customer=CustomerID"
+    with pytest.raises(ingest.IngestError) as imported:
+        ingest.read_orders_csv(messy, mapping=columns)  # what manage.py import_orders reads with
+    expected = ("retail_export_messy.csv is not text in encoding 'utf-8' (byte 0xa3 cannot be decoded); "
+                "pass --encoding, e.g. cp1252 for Windows exports")
+    assert str(imported.value) == expected
+    extra = (["--train-until", "2011-01-05", "--queries", str(tmp_path / "q.csv"), "--out", str(tmp_path / "r.csv")]
+             if command == "recommend" else ["--split-date", "2011-01-05"])
+    with pytest.raises(SystemExit) as refused:
+        cli.main([command, "--orders", str(messy), "--columns", columns, *extra])
+    assert str(refused.value) == expected
+    lines, _ = cli.load_orders(messy, columns, encoding="cp1252")
+    assert "540001" in set(lines.basket_id)

@@ -353,3 +353,51 @@ def test_training_run_page_warns_when_a_model_scores_below_its_baseline(admin_cl
     ok = TrainingRun.objects.create(status="succeeded", progress=1.0, stage="done", metrics=METRICS)
     html = admin_client.get(reverse("admin:shop_bundles_trainingrun_change", args=[ok.pk])).content.decode()
     assert "scores below" not in html
+
+
+def test_read_only_history_admins_refuse_delete_even_to_a_superuser(admin_client):
+    """Training runs, import runs, order and offer events: no "Delete selected" action, 403 on the
+    delete view, and a forged bulk-delete POST deletes nothing (a training run stops a repeated retrain)."""
+    from shop_bundles.models import ImportRun, OfferEvent, OrderEvent
+
+    product = make_product("A", "20.00", name="Apples")
+    campaign = BundleCampaign.objects.create(name="c", discount_type="percent", discount_value=Decimal("5"))
+    order = Order.objects.create(external_id="o-1", placed_at=timezone.now(), source=Order.SOURCE_STOREFRONT,
+                                 total=Decimal("20.00"), subtotal=Decimal("20.00"))
+    OrderLine.objects.create(order=order, product=product, quantity=1, unit_price=product.price)
+    rows = {"trainingrun": TrainingRun.objects.create(status="succeeded"),
+            "importrun": ImportRun.objects.create(source="orders.csv"),
+            "orderevent": OrderEvent.objects.create(order=order, revenue=Decimal("20.00")),
+            "offerevent": OfferEvent.objects.create(kind="impression", campaign=campaign, session_key="s1")}
+    for name, obj in rows.items():
+        changelist = reverse(f"admin:shop_bundles_{name}_changelist")
+        page = admin_client.get(changelist)
+        assert page.status_code == 200, name
+        assert 'value="delete_selected"' not in page.content.decode(), name
+        delete_url = reverse(f"admin:shop_bundles_{name}_delete", args=[obj.pk])
+        assert admin_client.get(delete_url).status_code == 403, name
+        assert admin_client.post(delete_url, {"post": "yes"}).status_code == 403, name
+        forged = admin_client.post(changelist, {"action": "delete_selected", "_selected_action": [obj.pk],
+                                                "post": "yes"})
+        assert forged.status_code in (200, 302), name
+        assert type(obj).objects.filter(pk=obj.pk).exists(), f"{name} {obj.pk} was deleted"
+
+
+def test_staff_see_a_sessions_experiment_group_on_its_orders_and_offer_events(admin_client):
+    """The README's answer to "which group is this session in?": the order list's experiment group column
+    and filter, the order's page, and the offer events searched by session key."""
+    from shop_bundles.models import OfferEvent
+    from shop_bundles.selectors.experiment import assignment_group
+
+    session = next(f"s{k}" for k in range(1000) if assignment_group(f"s{k}", holdout_share=0.1) == "holdout")
+    order = Order.objects.create(external_id="o-h", placed_at=timezone.now(), source=Order.SOURCE_STOREFRONT,
+                                 session_key=session, experiment_group="holdout", total=Decimal("9.00"),
+                                 subtotal=Decimal("9.00"))
+    campaign = BundleCampaign.objects.create(name="c", discount_type="percent", discount_value=Decimal("5"))
+    OfferEvent.objects.create(kind="impression", campaign=campaign, session_key=session, experiment_group="holdout")
+    listing = admin_client.get(reverse("admin:shop_bundles_order_changelist") + "?experiment_group=holdout")
+    assert "o-h" in listing.content.decode() and "Experiment group" in listing.content.decode()
+    page = admin_client.get(reverse("admin:shop_bundles_order_change", args=[order.pk])).content.decode()
+    assert "Experiment group" in page and "holdout" in page and session in page
+    events = admin_client.get(reverse("admin:shop_bundles_offerevent_changelist") + f"?q={session}").content.decode()
+    assert "holdout" in events and session in events

@@ -146,6 +146,19 @@ def test_ratio_delta_method_known_answer():
     assert e.high - e.value == pytest.approx(1.959964 * math.sqrt(var), rel=1e-6)
 
 
+def test_ratio_with_one_visitor_gives_the_value_without_interval():
+    """One visitor: AOV is that visitor's revenue / orders, with no interval (as mean_estimate)."""
+    e = ratio_estimate([25.0], [2.0])
+    assert e.value == 12.5
+    assert math.isnan(e.low) and math.isnan(e.high) and math.isnan(e.se)
+    one = mean_estimate([25.0])
+    assert one.value == 25.0 and math.isnan(one.low)
+    assert math.isnan(ratio_estimate([], []).value)
+    assert math.isnan(ratio_estimate([10.0], [0.0]).value)  # no orders: no AOV
+    with pytest.raises(ValueError, match="num has 2 visitors but den has 1"):
+        ratio_estimate([1.0, 2.0], [1.0])
+
+
 def test_uplift_and_relative_uplift_known_answer():
     t, h = mean_estimate([0, 1, 1, 1]), mean_estimate([0, 0, 1, 1])
     d = difference(t, h)
@@ -229,6 +242,10 @@ def test_dashboard_page_and_csv_export(client, settings, shop):
     assert "attach_rate,treatment,1.000000" in csv_response.content.decode()
     # One visitor per group: no interval, said in words; no replay yet: the empty charts say what to run.
     assert "(too few visitors for an interval)" in html
+    # AOV like the other metrics: the one visitor's value (25.00 and 5.00, one order each), not "—"
+    few = "(too few visitors for an interval)"
+    assert (f"<tr><td>AOV</td><td>25.00 {few}</td><td>5.00 {few}</td><td>20.00 {few}</td>"
+            f"<td>+400.0% {few}</td></tr>") in html
     simulated = client.get(url + "?data=simulated").content.decode()
     assert "No simulated data yet: run simulate_shoppers." in simulated
     assert "No training curve recorded." not in simulated
