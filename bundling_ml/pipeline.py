@@ -747,8 +747,8 @@ def store_specific_bundles(
     X, basket_ids = basket_matrix(L, product_index)
     item_counts = np.asarray(X.sum(axis=0)).ravel().astype(np.int64)
     N = float(X.shape[0])
-    store_of = (L.drop_duplicates("basket_id").set_index("basket_id")["store_id"]
-                .reindex(basket_ids).astype("string").fillna("").to_numpy(dtype=object))
+    first = L.drop_duplicates("basket_id").set_index("basket_id")  # one row per basket: its store and shopper
+    store_of = first["store_id"].reindex(basket_ids).astype("string").fillna("").to_numpy(dtype=object)
     ptype = P.drop_duplicates("product_id").set_index("product_id")["product_type"].reindex(product_index).fillna("")
     ptype_code, _ = pd.factorize(ptype.to_numpy(dtype=object))
     ptype_code = np.where(ptype.to_numpy(dtype=object) == "", -1, ptype_code)
@@ -756,7 +756,6 @@ def store_specific_bundles(
     excluded = {frozenset(str(i) for i in s) for s in exclude_item_sets}
     ids = product_index.to_numpy()
     Xc = X.tocsc()
-    first = L.drop_duplicates("basket_id").set_index("basket_id")
     if "customer_id" in first.columns:
         cust = first["customer_id"].astype("string").reindex(basket_ids).to_numpy(dtype=object)
         cust = np.where(pd.isna(cust) | (cust == ""), "basket:" + pd.Index(basket_ids).astype(str).to_numpy(dtype=object), cust)
@@ -771,6 +770,7 @@ def store_specific_bundles(
 
     stores = sorted(s for s in set(store_of.tolist()) if s)
     found: dict[tuple[int, int], list[dict]] = {}  # (anchor, companion) -> evidence per store
+    chain_counts: dict[frozenset, int] = {}  # baskets holding both, over all stores
     for store in tqdm(stores, desc="store pairs", mininterval=2.0):
         rows = np.flatnonzero(store_of == store)
         if len(rows) < min_store_count:
@@ -789,7 +789,10 @@ def store_specific_bundles(
                 continue
             if frozenset((str(ids[a]), str(ids[c]))) in excluded:
                 continue
-            n_chain = chain_count(a, c)
+            pair = frozenset((a, c))
+            if pair not in chain_counts:
+                chain_counts[pair] = chain_count(a, c)
+            n_chain = chain_counts[pair]
             best = None
             for x, y in ((a, c), (c, a)):
                 conf = n_chain / item_counts[x]
@@ -824,7 +827,7 @@ def store_specific_bundles(
     out = []
     for (a, c), evs in found.items():
         evs.sort(key=lambda e: (-e["score"], e["store_id"]))
-        n_chain = chain_count(a, c)
+        n_chain = chain_counts[frozenset((a, c))]
         conf = n_chain / float(item_counts[a])
         lift = n_chain * N / (float(item_counts[a]) * item_counts[c])
         weight = sum(e["anchor_baskets"] for e in evs)
