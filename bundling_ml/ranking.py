@@ -583,8 +583,30 @@ def decayed_jaccard_matrix(ctx: Context) -> sp.csr_matrix:
 
 
 def anchor_candidates(ctx: Context, anchors: np.ndarray, m: int = 100, *, n_count: int = 50, n_jaccard: int = 30, n_category: int = 12,
-                      J: sp.csr_matrix | None = None, allowed: np.ndarray | None = None) -> np.ndarray:
+                      J: sp.csr_matrix | None = None, allowed: np.ndarray | None = None, own_category: bool = True,
+                      n_related: int = 3, n_per_related: int = 4) -> np.ndarray:
     """Candidate companions per anchor (order in the module docstring).
+
+    Args:
+        ctx: statistics context (:func:`build_context`).
+        anchors: (n_anchors,) int64 product indices (-1: no anchor, back-fill only).
+        m: list length (default 100).
+        n_count: top products by co-purchase count with the anchor (default 50).
+        n_jaccard: top products by time-decayed Jaccard (default 30; 0 = none, ``J`` not built).
+        n_category: most recently popular products kept per category (default 12;
+            0 = no category candidates at all, own or related).
+        J: (n_products, n_products) CSR decayed Jaccard (:func:`decayed_jaccard_matrix`), built if None.
+        allowed: (n_products,) bool mask of products that may be candidates.
+        own_category: add the ``n_category`` recently popular products of the
+            anchor's own category (default True).
+        n_related: number of categories with the highest category-pair log lift
+            with the anchor's category to draw from (default 3; the anchor's own
+            category is skipped if it is among them).
+        n_per_related: recently popular products per related category (default 4,
+            at most ``n_category``).
+
+    Defaults reproduce the product's candidates; the keyword switches exist for
+    the candidate-generation ablation (``benchmarks/candidate_ablation.py``).
 
     Returns:
         (n_anchors, m) int64 product indices, -1 padded; never the anchor; only
@@ -616,11 +638,12 @@ def anchor_candidates(ctx: Context, anchors: np.ndarray, m: int = 100, *, n_coun
                 parts.append(_row_top(J, a, n_jaccard, pop))
             ca = int(ctx.cat[a])
             if ca >= 0 and n_category > 0:
-                parts.append(np.asarray(cat_top.get(ca, []), np.int64))
-                rel = np.argsort(-ctx.cat_log_lift[ca])[:3]
+                if own_category:
+                    parts.append(np.asarray(cat_top.get(ca, []), np.int64))
+                rel = np.argsort(-ctx.cat_log_lift[ca])[:n_related] if n_related > 0 else []
                 for cr in rel:
                     if cr != ca:
-                        parts.append(np.asarray(cat_top.get(int(cr), [])[:4], np.int64))
+                        parts.append(np.asarray(cat_top.get(int(cr), [])[:n_per_related], np.int64))
         parts.append(head)
         allc = np.concatenate(parts) if parts else head
         allc = allc[ok[allc] & (allc != a)]
