@@ -247,6 +247,29 @@ def setup():
 X_KEYS = ("pair",) + tuple(f"{s}_{f}" for f in ("department", "category", "product_type", "brand") for s in ("a", "c")) + ("bias",)
 
 
+def protocol_test_lists(ctx: rk.Context, test: pd.DataFrame, pidx: pd.Index):
+    """The protocol's test queries (3,000 baskets, seed 0) grouped into the lists the backtest scores.
+
+    As ``backtest.run_backtest``: one candidate list per distinct (anchor, query
+    week, 3-hour time-of-day bucket, weekday).
+
+    Returns:
+        (queries, qtimes, weeks, nw_first, nw_inv, uniq, inv): the
+        :class:`~bundling_ml.data.Queries`; (n_queries,) query times and
+        promotion-week rows; (n_lists,) index of each list's first query and
+        (n_queries,) each query's list; the sorted distinct anchors and each
+        query's row in them.
+    """
+    queries = build_queries(test, pidx, sample_baskets=3000, seed=0)
+    qtimes = bt.basket_times(test, queries.basket_ids)[queries.query_basket]
+    weeks = rk.week_index(ctx, qtimes)
+    qt = pd.DatetimeIndex(qtimes)
+    slot = (qt.hour.to_numpy() // rk.HOUR_BUCKET_HOURS) * 7 + qt.day_of_week.to_numpy()
+    _, nw_first, nw_inv = np.unique(np.stack([queries.anchor, weeks, slot], axis=1), axis=0, return_index=True, return_inverse=True)
+    uniq, inv = np.unique(queries.anchor, return_inverse=True)
+    return queries, qtimes, weeks, nw_first, nw_inv.ravel(), uniq, inv
+
+
 def prep(cache: Path, windows=(0, 1, 2), test_lists=True):
     train, test, P, pidx, vocab, table, promotions = setup()
     cols = rk.feature_columns(COLS_NAMES)
@@ -280,14 +303,7 @@ def prep(cache: Path, windows=(0, 1, 2), test_lists=True):
     if not test_lists:
         return
     ctx = rk.attach_promotions(rk.build_context(train, pidx, table, P, end=SPLIT), promotions)
-    queries = build_queries(test, pidx, sample_baskets=3000, seed=0)
-    qtimes = bt.basket_times(test, queries.basket_ids)[queries.query_basket]
-    weeks = rk.week_index(ctx, qtimes)
-    qt = pd.DatetimeIndex(qtimes)
-    slot = (qt.hour.to_numpy() // rk.HOUR_BUCKET_HOURS) * 7 + qt.day_of_week.to_numpy()
-    nw, nw_first, nw_inv = np.unique(np.stack([queries.anchor, weeks, slot], axis=1), axis=0, return_index=True, return_inverse=True)
-    nw_inv = nw_inv.ravel()
-    uniq, inv = np.unique(queries.anchor, return_inverse=True)
+    queries, qtimes, weeks, nw_first, nw_inv, uniq, inv = protocol_test_lists(ctx, test, pidx)
     J = rk.decayed_jaccard_matrix(ctx)
     cand_u = rk.anchor_candidates(ctx, uniq, bt.M_TEST, J=J)
     del J

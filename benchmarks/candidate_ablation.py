@@ -149,14 +149,7 @@ def prep(cache: Path, variants):
     del ctx, J, q, feat, lab
     # test lists on the whole training window
     ctx = rk.attach_promotions(rk.build_context(train, pidx, table, P, end=SPLIT), promotions)
-    queries = build_queries(test, pidx, sample_baskets=3000, seed=0)
-    qtimes = bt.basket_times(test, queries.basket_ids)[queries.query_basket]
-    weeks = rk.week_index(ctx, qtimes)
-    qt = pd.DatetimeIndex(qtimes)
-    slot = (qt.hour.to_numpy() // rk.HOUR_BUCKET_HOURS) * 7 + qt.day_of_week.to_numpy()
-    nw, nw_first, nw_inv = np.unique(np.stack([queries.anchor, weeks, slot], axis=1), axis=0, return_index=True, return_inverse=True)
-    nw_inv = nw_inv.ravel()
-    uniq, inv = np.unique(queries.anchor, return_inverse=True)
+    queries, qtimes, weeks, nw_first, nw_inv, uniq, inv = ax.protocol_test_lists(ctx, test, pidx)
     nw_anchor = queries.anchor[nw_first]
     cold = ctx.S.item_counts[queries.anchor] < bt.COLD_MAX_BASKETS
     J = rk.decayed_jaccard_matrix(ctx)

@@ -101,13 +101,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
+import anon_experiments as ax  # noqa: E402  (same store-free data setup)
 from bundling_ml import backtest as bt  # noqa: E402
 from bundling_ml import ranking as rk  # noqa: E402
 from bundling_ml.candidates import candidate_companions  # noqa: E402
-from bundling_ml.data import (Queries, build_queries, completejourney_frames, completejourney_promotions, prepare_lines,  # noqa: E402
-                              prepare_products, temporal_split)
-from bundling_ml.evaluation import hits_matrix, hr_ndcg  # noqa: E402
-from bundling_ml.features import CATEGORICAL_FIELDS, ProductTable, ProductVocab  # noqa: E402
+from bundling_ml.data import Queries, build_queries, completejourney_frames, prepare_lines, temporal_split  # noqa: E402
+from bundling_ml.features import CATEGORICAL_FIELDS  # noqa: E402
 
 SPLIT = pd.Timestamp("2017-10-30")
 LABEL_WEEKS = 4
@@ -191,20 +190,6 @@ def user_baskets(lines: pd.DataFrame, ctx: rk.Context, product_index: pd.Index, 
 
 # ----------------------------------------------------------------------------- prep
 
-def setup():
-    lines, products = completejourney_frames()
-    promotions = completejourney_promotions()
-    L = prepare_lines(lines)
-    if "store_id" in L.columns:
-        L = L.drop(columns=["store_id"])  # store-free setting
-    P = prepare_products(products, L)
-    train, test = temporal_split(L, SPLIT)
-    pidx = pd.Index(np.sort(train["product_id"].unique()))
-    vocab = ProductVocab.fit(P, pidx)
-    table = ProductTable.build(P, pidx, vocab)
-    return train, test, P, pidx, vocab, table, promotions
-
-
 def chunked_inputs(ctx, anchors, cands, users, cols, weeks, times, chunk=5000) -> dict:
     parts = [rk.list_inputs(ctx, anchors[s:s + chunk], cands[s:s + chunk], users[s:s + chunk], cols, weeks[s:s + chunk], times[s:s + chunk])
              for s in range(0, len(anchors), chunk)]
@@ -212,7 +197,7 @@ def chunked_inputs(ctx, anchors, cands, users, cols, weeks, times, chunk=5000) -
 
 
 def prep(cache: Path):
-    train, test, P, pidx, vocab, table, promotions = setup()
+    train, test, P, pidx, vocab, table, promotions = ax.setup()
     cols = rk.feature_columns(COLS_NAMES)
     log(f"loaded: {len(train):,} train lines, {len(test):,} test lines, {len(pidx):,} products")
     # --- label context (weeks 41-44 labels, statistics and histories before them)
