@@ -247,6 +247,37 @@ def setup():
 X_KEYS = ("pair",) + tuple(f"{s}_{f}" for f in ("department", "category", "product_type", "brand") for s in ("a", "c")) + ("bias",)
 
 
+def label_pool(train: pd.DataFrame, pidx: pd.Index, table, P: pd.DataFrame, promotions, lab_start: pd.Timestamp, lab_end: pd.Timestamp,
+               pool_n: int, seed: int):
+    """A label window's context and its pool of sampled label queries, as ``fit_rankers`` builds them.
+
+    Statistics come from the lines before ``lab_start``; the label queries are
+    the protocol queries of the baskets in [``lab_start``, ``lab_end``), of
+    which ``pool_n`` are sampled with ``numpy.random.default_rng(seed)``.
+
+    Returns:
+        (feat, lab, ctx, q, sel, anchors, rows, times, weeks, J, uniq, inv):
+        the statistics and label lines, the context, the label
+        :class:`~bundling_ml.data.Queries` and the (pool,) sorted sample of its
+        query indices, the sampled queries' anchors, basket rows, times and
+        promotion weeks, the decayed Jaccard matrix, the sorted distinct
+        anchors and each sampled query's row in them.
+    """
+    feat = train[train["time"] < lab_start]
+    lab = train[(train["time"] >= lab_start) & (train["time"] < lab_end)]
+    ctx = rk.attach_promotions(rk.build_context(feat, pidx, table, P, end=lab_start), promotions)
+    seen = pidx[ctx.S.item_counts > 0]
+    q = bt.remap_queries(build_queries(lab, seen), seen, pidx)
+    rng = np.random.default_rng(seed)
+    sel = np.sort(rng.choice(q.n_queries, size=min(pool_n, q.n_queries), replace=False))
+    anchors, rows = q.anchor[sel], q.query_basket[sel]
+    times = bt.basket_times(lab, q.basket_ids)[rows]
+    weeks = rk.week_index(ctx, times)
+    J = rk.decayed_jaccard_matrix(ctx)
+    uniq, inv = np.unique(anchors, return_inverse=True)
+    return feat, lab, ctx, q, sel, anchors, rows, times, weeks, J, uniq, inv
+
+
 def protocol_test_lists(ctx: rk.Context, test: pd.DataFrame, pidx: pd.Index):
     """The protocol's test queries (3,000 baskets, seed 0) grouped into the lists the backtest scores.
 
@@ -278,18 +309,8 @@ def prep(cache: Path, windows=(0, 1, 2), test_lists=True):
         w_start, w_end, pool_n = WINDOWS[w]
         lab_end = SPLIT - pd.Timedelta(weeks=w_end)
         lab_start = SPLIT - pd.Timedelta(weeks=w_start)
-        feat = train[train["time"] < lab_start]
-        lab = train[(train["time"] >= lab_start) & (train["time"] < lab_end)]
-        ctx = rk.attach_promotions(rk.build_context(feat, pidx, table, P, end=lab_start), promotions)
-        seen = pidx[ctx.S.item_counts > 0]
-        q = bt.remap_queries(build_queries(lab, seen), seen, pidx)
-        rng = np.random.default_rng(1000 + (w if isinstance(w, int) else 10 + w_start))
-        sel = np.sort(rng.choice(q.n_queries, size=min(pool_n, q.n_queries), replace=False))
-        anchors, rows = q.anchor[sel], q.query_basket[sel]
-        times = bt.basket_times(lab, q.basket_ids)[rows]
-        weeks = rk.week_index(ctx, times)
-        J = rk.decayed_jaccard_matrix(ctx)
-        uniq, inv = np.unique(anchors, return_inverse=True)
+        feat, lab, ctx, q, sel, anchors, rows, times, weeks, J, uniq, inv = label_pool(
+            train, pidx, table, P, promotions, lab_start, lab_end, pool_n, 1000 + (w if isinstance(w, int) else 10 + w_start))
         cands = rk.anchor_candidates(ctx, uniq, bt.M_TEST, J=J)[inv][:, :bt.M_TRAIN]
         del J
         x = rk.list_inputs(ctx, anchors, cands, None, cols, weeks, times)

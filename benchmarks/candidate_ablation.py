@@ -82,7 +82,7 @@ import anon_experiments as ax  # noqa: E402  (same store-free setup, cache helpe
 from bundling_ml import backtest as bt  # noqa: E402
 from bundling_ml import ranking as rk  # noqa: E402
 from bundling_ml.candidates import candidate_companions  # noqa: E402
-from bundling_ml.data import Queries, build_queries  # noqa: E402
+from bundling_ml.data import Queries  # noqa: E402
 from bundling_ml.evaluation import hits_matrix, hr_ndcg  # noqa: E402
 
 SPLIT = ax.SPLIT
@@ -124,18 +124,7 @@ def prep(cache: Path, variants):
     info = json.loads((cache / "prep.json").read_text()) if (cache / "prep.json").exists() else {}
     # label lists: window weeks 41-44, statistics weeks 1-40 (as anon_experiments window 0)
     lab_start = SPLIT - pd.Timedelta(weeks=LABEL_WEEKS)
-    feat = train[train["time"] < lab_start]
-    lab = train[train["time"] >= lab_start]
-    ctx = rk.attach_promotions(rk.build_context(feat, pidx, table, P, end=lab_start), promotions)
-    seen = pidx[ctx.S.item_counts > 0]
-    q = bt.remap_queries(build_queries(lab, seen), seen, pidx)
-    rng = np.random.default_rng(1000)
-    sel = np.sort(rng.choice(q.n_queries, size=min(POOL, q.n_queries), replace=False))
-    anchors, rows = q.anchor[sel], q.query_basket[sel]
-    times = bt.basket_times(lab, q.basket_ids)[rows]
-    weeks = rk.week_index(ctx, times)
-    J = rk.decayed_jaccard_matrix(ctx)
-    uniq, inv = np.unique(anchors, return_inverse=True)
+    feat, lab, ctx, q, sel, anchors, rows, times, weeks, J, uniq, inv = ax.label_pool(train, pidx, table, P, promotions, lab_start, SPLIT, POOL, 1000)
     for v in variants:
         t = time.perf_counter()
         cands = rk.anchor_candidates(ctx, uniq, bt.M_TEST, J=J, **VARIANTS[v])[inv][:, :bt.M_TRAIN]
