@@ -81,6 +81,9 @@ from bundling_ml.data import (basket_matrix, build_queries, completejourney_fram
 from bundling_ml.features import ProductTable, ProductVocab  # noqa: E402
 
 SPLIT = pd.Timestamp("2017-10-30")
+#: the candidate generator these experiments were measured with (3 related categories: the product's default
+#: until the candidate ablation, benchmarks/candidate_ablation.py, turned them off)
+MEASURED_CANDIDATES = dict(n_related=3)
 #: label windows: name -> (weeks before the split the labels start, weeks before the split they end, pool of label queries);
 #: statistics come from the lines before the labels' start
 WINDOWS = {0: (4, 0, 50_000), 1: (8, 4, 30_000), 2: (12, 8, 30_000), "L2": (2, 0, 40_000), "L6": (6, 0, 40_000), "L8": (8, 0, 40_000)}
@@ -311,7 +314,7 @@ def prep(cache: Path, windows=(0, 1, 2), test_lists=True):
         lab_start = SPLIT - pd.Timedelta(weeks=w_start)
         feat, lab, ctx, q, sel, anchors, rows, times, weeks, J, uniq, inv = label_pool(
             train, pidx, table, P, promotions, lab_start, lab_end, pool_n, 1000 + (w if isinstance(w, int) else 10 + w_start))
-        cands = rk.anchor_candidates(ctx, uniq, bt.M_TEST, J=J)[inv][:, :bt.M_TRAIN]
+        cands = rk.anchor_candidates(ctx, uniq, bt.M_TEST, J=J, **MEASURED_CANDIDATES)[inv][:, :bt.M_TRAIN]
         del J
         x = rk.list_inputs(ctx, anchors, cands, None, cols, weeks, times)
         y = rk.list_labels(q.baskets, rows, cands)
@@ -326,7 +329,7 @@ def prep(cache: Path, windows=(0, 1, 2), test_lists=True):
     ctx = rk.attach_promotions(rk.build_context(train, pidx, table, P, end=SPLIT), promotions)
     queries, qtimes, weeks, nw_first, nw_inv, uniq, inv = protocol_test_lists(ctx, test, pidx)
     J = rk.decayed_jaccard_matrix(ctx)
-    cand_u = rk.anchor_candidates(ctx, uniq, bt.M_TEST, J=J)
+    cand_u = rk.anchor_candidates(ctx, uniq, bt.M_TEST, J=J, **MEASURED_CANDIDATES)
     del J
     nw_anchor = queries.anchor[nw_first]
     nw_cands = cand_u[np.searchsorted(uniq, nw_anchor)]

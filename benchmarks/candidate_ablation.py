@@ -89,12 +89,15 @@ SPLIT = ax.SPLIT
 LABEL_WEEKS = 4
 POOL = 50_000
 TOTAL = 40_000
-#: variant name -> keyword arguments of rk.anchor_candidates
+#: variant name -> keyword arguments of rk.anchor_candidates. "default" is the
+#: generator this ablation measured (with 3 related categories); the product's
+#: default is now "no_related" (rk.anchor_candidates n_related=0), chosen from
+#: this ablation and confirmed on the full store-aware backtest (docs/quality.md).
 VARIANTS = {
-    "default": {},
+    "default": dict(n_related=3),
     "count_only": dict(n_count=100, n_jaccard=0, n_category=0),
-    "no_jaccard": dict(n_count=80, n_jaccard=0),
-    "no_own_category": dict(own_category=False),
+    "no_jaccard": dict(n_count=80, n_jaccard=0, n_related=3),
+    "no_own_category": dict(own_category=False, n_related=3),
     "no_related": dict(n_related=0),
     # follow-up (not in the list): neither category part, count 50 + Jaccard 30 + back-fill
     "no_category": dict(n_category=0),

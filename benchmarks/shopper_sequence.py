@@ -216,7 +216,7 @@ def prep(cache: Path):
     weeks = rk.week_index(ctx, times)
     J = rk.decayed_jaccard_matrix(ctx)
     uniq, inv = np.unique(anchors, return_inverse=True)
-    cand_u = rk.anchor_candidates(ctx, uniq, bt.M_TEST, J=J)
+    cand_u = rk.anchor_candidates(ctx, uniq, bt.M_TEST, J=J, **ax.MEASURED_CANDIDATES)
     del J
     sc = rk.shopper_candidates(ctx, anchors, users, cand_u, inv, bt.M_TRAIN + 20)
     x = chunked_inputs(ctx, anchors, sc, users, cols, weeks, times)
@@ -241,7 +241,7 @@ def prep(cache: Path):
     weeks = rk.week_index(ctx, qtimes)
     uniq, inv = np.unique(queries.anchor, return_inverse=True)
     J = rk.decayed_jaccard_matrix(ctx)
-    cand_u = rk.anchor_candidates(ctx, uniq, bt.M_TEST, J=J)
+    cand_u = rk.anchor_candidates(ctx, uniq, bt.M_TEST, J=J, **ax.MEASURED_CANDIDATES)
     del J
     sc = rk.shopper_candidates(ctx, queries.anchor, users, cand_u, inv, bt.M_TEST + 20)
     x = chunked_inputs(ctx, queries.anchor, sc, users, cols, weeks, qtimes)

@@ -16,8 +16,10 @@ window of order lines that ends at ``end``:
 
 Candidates for an anchor (:func:`anchor_candidates`), in this order, without
 duplicates, never the anchor: top co-purchase count, top time-decayed
-Jaccard, the most recently popular products of the anchor's category and of
-categories with the highest category-pair lift, then recent popularity.
+Jaccard, the most recently popular products of the anchor's category, then
+recent popularity (candidates from the categories with the highest
+category-pair lift are off by default: they displaced back-fill that holds
+the truth more often; ``docs/quality.md``, "Candidate generation ablation").
 For a known shopper (:func:`shopper_candidates`) the shopper's most bought
 products come first.
 
@@ -584,7 +586,7 @@ def decayed_jaccard_matrix(ctx: Context) -> sp.csr_matrix:
 
 def anchor_candidates(ctx: Context, anchors: np.ndarray, m: int = 100, *, n_count: int = 50, n_jaccard: int = 30, n_category: int = 12,
                       J: sp.csr_matrix | None = None, allowed: np.ndarray | None = None, own_category: bool = True,
-                      n_related: int = 3, n_per_related: int = 4) -> np.ndarray:
+                      n_related: int = 0, n_per_related: int = 4) -> np.ndarray:
     """Candidate companions per anchor (order in the module docstring).
 
     Args:
@@ -600,12 +602,15 @@ def anchor_candidates(ctx: Context, anchors: np.ndarray, m: int = 100, *, n_coun
         own_category: add the ``n_category`` recently popular products of the
             anchor's own category (default True).
         n_related: number of categories with the highest category-pair log lift
-            with the anchor's category to draw from (default 3; the anchor's own
-            category is skipped if it is among them).
+            with the anchor's category to draw from (default 0 = none; the
+            anchor's own category is skipped if it is among them). 3 was the
+            default until the candidate ablation measured that those
+            candidates lower NDCG@10 (cold anchors most: 0.1162 -> 0.1204 with
+            store, 0.0991 -> 0.1061 without, on the full backtest).
         n_per_related: recently popular products per related category (default 4,
             at most ``n_category``).
 
-    Defaults reproduce the product's candidates; the keyword switches exist for
+    Defaults are the product's candidates; the keyword switches exist for
     the candidate-generation ablation (``benchmarks/candidate_ablation.py``).
 
     Returns:
