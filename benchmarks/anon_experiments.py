@@ -281,6 +281,32 @@ def label_pool(train: pd.DataFrame, pidx: pd.Index, table, P: pd.DataFrame, prom
     return feat, lab, ctx, q, sel, anchors, rows, times, weeks, J, uniq, inv
 
 
+def predict_cached(model, test: dict, keys, extra=None, chunk: int = 4000) -> np.ndarray:
+    """Logits of ``model`` on cached (possibly memory-mapped) test lists.
+
+    Args:
+        model: a Keras list ranker; only its named inputs are fed.
+        test: arrays by input name, each (n_lists, M, ...), plus ``cands`` (n_lists, M).
+        keys: the input names to read from ``test``.
+        extra: optional ``extra(rows: slice, x: dict) -> dict`` giving inputs to add or
+            replace for that chunk of lists (column subsets, history inputs).
+        chunk: lists per ``model.predict`` call (bounds memory).
+
+    Returns:
+        (n_lists, M) float32 logits.
+    """
+    names = {t.name for t in model.inputs}
+    n = len(test["cands"])
+    out = []
+    for s in range(0, n, chunk):
+        sl = slice(s, min(s + chunk, n))
+        xi = {k: np.asarray(test[k][sl]) for k in keys if k in names}
+        if extra is not None:
+            xi.update({k: v for k, v in extra(sl, xi).items() if k in names})
+        out.append(np.asarray(model.predict(xi, batch_size=256, verbose=0)))
+    return np.concatenate(out)
+
+
 def protocol_test_lists(ctx: rk.Context, test: pd.DataFrame, pidx: pd.Index):
     """The protocol's test queries (3,000 baskets, seed 0) grouped into the lists the backtest scores.
 
@@ -419,16 +445,11 @@ def run(cache: Path, variants, seeds, total=40_000, out_json=None):
             model, hist = rk.fit_listwise(vocab, x, y, epochs=2, seed=seed, name=f"r_{seed}", use_embeddings=emb)
             del x, y
             t_fit = time.perf_counter() - t
-            names = {tt.name for tt in model.inputs}
-            scores = []
-            n = len(test["cands"])
-            for s in range(0, n, 4000):
-                xi = {k: test[k][s:s + 4000] for k in X_KEYS if k in names}
-                xi["pair"] = xi["pair"][:, :, keep]
-                if ecols:
-                    xi["pair"] = np.concatenate([xi["pair"], test["extra"][s:s + 4000][:, :, ecols]], axis=2)
-                scores.append(np.asarray(model.predict(xi, batch_size=256, verbose=0)))
-            s_n = np.concatenate(scores)
+            def columns(sl, xi, keep=keep, ecols=ecols):
+                pair = xi["pair"][:, :, keep]
+                return {"pair": np.concatenate([pair, np.asarray(test["extra"][sl])[:, :, ecols]], axis=2) if ecols else pair}
+
+            s_n = predict_cached(model, test, X_KEYS, columns)
             recs = rk.top_k(test["cands"], s_n, bt.K)[0][test["inv"]]
             r = bt._row(name, queries, recs, 0.0)
             res = {"variant": name, "seed": seed, "hr@10": r["hr@10"], "ndcg@10": r["ndcg@10"], "queries": r["queries"], "fit_s": round(t_fit, 1),

@@ -214,13 +214,7 @@ def run(cache: Path, variants, seeds, out_json=None, test_variant=None):
             model, hist = rk.fit_listwise(vocab, x, y, epochs=2, seed=seed, name=f"r_{seed}")
             del x, y
             t_fit = time.perf_counter() - t
-            names = {tt.name for tt in model.inputs}
-            scores = []
-            n = len(test["cands"])
-            for s in range(0, n, 4000):
-                xi = {k: np.asarray(test[k][s:s + 4000]) for k in X_KEYS if k in names}
-                scores.append(np.asarray(model.predict(xi, batch_size=256, verbose=0)))
-            s_n = np.concatenate(scores)
+            s_n = ax.predict_cached(model, test, X_KEYS)
             res = evaluate("keras", v, seed, queries, inv, cold, np.asarray(test["cands"]), s_n,
                            {"test_variant": tv, "train_lists": n_lists, "fit_s": round(t_fit, 1), "total_s": round(time.perf_counter() - t, 1),
                             "val_loss": hist["val_loss"]})

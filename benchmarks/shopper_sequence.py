@@ -406,13 +406,7 @@ def build_seq_model(vocab, n_features: int, *, mean, var, seed: int, spec: dict,
     else:
         seq = [pooled, cross, dot]
     x = layers.Concatenate(name="concat")(parts + [norm] + seq)
-    x = layers.Dense(96, activation="relu", name="dense1")(x)
-    x = layers.Dense(48, activation="relu", name="dense2")(x)
-    deep = layers.Dense(1, name="deep_logit")(x)
-    wide = layers.Dense(1, name="wide_logit")(norm)
-    logit = layers.Reshape((-1,), name="flat")(layers.Add(name="logit")([deep, wide]))
-    out = layers.Add(name="masked_logit")([logit, bias])
-    model = keras.Model(inputs=inputs, outputs=out, name="shopper_seq_ranker")
+    model = keras.Model(inputs=inputs, outputs=rk.list_scoring_head(x, norm, bias), name="shopper_seq_ranker")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
     return model
 
@@ -428,24 +422,22 @@ def seq_inputs(spec: dict, meta: dict, d: dict, rows: slice | np.ndarray) -> dic
         out["c_id"] = np.where(cands >= 0, meta["id_code"][np.maximum(cands, 0)], 0).astype(np.int32)
     if spec["kind"] == "din":
         L = spec["L"]
-        H = np.asarray(d["H"])[users][:, :L]  # users == -1 -> the all-padding last row
-        valid = H >= 0
-        Hc = np.maximum(H, 0)
-        for f in CATEGORICAL_FIELDS:
-            out[f"h_{f}"] = meta[f"code_{f}"][Hc].astype(np.int32)
-        if spec.get("use_id", True):
-            out["h_id"] = np.where(valid, meta["id_code"][Hc], 0).astype(np.int32)
+        out.update(item_inputs("h", np.asarray(d["H"])[users][:, :L], meta, spec.get("use_id", True)))  # users == -1 -> the all-padding last row
         out["h_feat"] = np.asarray(d["HF"])[users][:, :L]
-        out["h_mask"] = valid.astype(np.float32)
     else:
-        Bk = np.asarray(d["B"])[users]
-        valid = Bk >= 0
-        Bc = np.maximum(Bk, 0)
-        for f in CATEGORICAL_FIELDS:
-            out[f"b_{f}"] = meta[f"code_{f}"][Bc].astype(np.int32)
-        if spec.get("use_id", True):
-            out["b_id"] = np.where(valid, meta["id_code"][Bc], 0).astype(np.int32)
-        out["b_mask"] = valid.astype(np.float32)
+        out.update(item_inputs("b", np.asarray(d["B"])[users], meta, spec.get("use_id", True)))
+    return out
+
+
+def item_inputs(prefix: str, items: np.ndarray, meta: dict, use_id: bool) -> dict:
+    """Attribute codes (``<prefix>_<field>``), optional id codes (``<prefix>_id``) and the
+    validity mask (``<prefix>_mask``) of an int array of product rows, -1 = padding."""
+    valid = items >= 0
+    ic = np.maximum(items, 0)
+    out = {f"{prefix}_{f}": meta[f"code_{f}"][ic].astype(np.int32) for f in CATEGORICAL_FIELDS}
+    if use_id:
+        out[f"{prefix}_id"] = np.where(valid, meta["id_code"][ic], 0).astype(np.int32)
+    out[f"{prefix}_mask"] = valid.astype(np.float32)
     return out
 
 
@@ -569,16 +561,10 @@ def run_one(cache: Path, name: str, seed: int, epochs: int = 2, val_by_basket=Fa
     queries = Queries(baskets=sp.load_npz(cache / "test_baskets.npz").tocsr(), basket_ids=None, query_basket=np.asarray(test["query_basket"]),
                       anchor=np.asarray(test["anchor"]))
     t_pred = time.perf_counter()
-    scores = []
-    nq = len(test["cands"])
-    for s in range(0, nq, 2000):
-        rows = np.arange(s, min(s + 2000, nq))
-        xi = {k: np.asarray(test[k][s:s + 2000]) for k in X_KEYS if k in names}
-        xi.update({k: v for k, v in seq_inputs(spec, meta, test, rows).items() if k in names})
-        scores.append(np.asarray(model.predict(xi, batch_size=256, verbose=0)))
+    logits = ax.predict_cached(model, test, X_KEYS, lambda sl, xi: seq_inputs(spec, meta, test, np.arange(sl.start, sl.stop)), chunk=2000)
     t_pred = time.perf_counter() - t_pred
     cands = np.asarray(test["cands"])
-    recs = rk.top_k(cands, np.concatenate(scores), bt.K)[0]
+    recs = rk.top_k(cands, logits, bt.K)[0]
     known, cold = np.asarray(test["known"]), np.asarray(test["cold"])
     r = bt._row(name, queries, recs, 0.0, known)
     rc = bt._row(name, queries, recs, 0.0, known & cold)

@@ -780,6 +780,21 @@ def feature_columns(names) -> np.ndarray:
     return np.asarray([ALL_FEATURES.index(n) for n in names], np.int64)
 
 
+def list_scoring_head(x, norm, bias):
+    """The ranker's wide & deep head: ``x`` (B, M, D) concatenated per-candidate
+    inputs -> Dense(96) -> Dense(48) -> deep logit, plus a linear (wide) logit of
+    the normalised pair features ``norm`` (B, M, F), plus ``bias`` (B, M; 0 valid,
+    -1e4 padding). Returns the (B, M) masked logits (Keras tensor)."""
+    from keras import layers
+
+    x = layers.Dense(96, activation="relu", name="dense1")(x)
+    x = layers.Dense(48, activation="relu", name="dense2")(x)
+    deep = layers.Dense(1, name="deep_logit")(x)
+    wide = layers.Dense(1, name="wide_logit")(norm)
+    logit = layers.Reshape((-1,), name="flat")(layers.Add(name="logit")([deep, wide]))
+    return layers.Add(name="masked_logit")([logit, bias])
+
+
 def build_listwise_model(vocab, n_features: int, *, mean=None, var=None, seed: int = 0, lr: float = 2e-3, use_embeddings: bool = True,
                          name: str = "bundle_list_ranker"):
     """Keras listwise scorer: inputs ``a_<field>``, ``c_<field>`` (B, M) int32,
@@ -806,13 +821,7 @@ def build_listwise_model(vocab, n_features: int, *, mean=None, var=None, seed: i
     var = np.ones(n_features, np.float32) if var is None else np.maximum(np.asarray(var, np.float32), 1e-6)
     norm = layers.Normalization(mean=mean, variance=var, name="pair_norm")(pair)
     x = layers.Concatenate(name="concat")(parts + [norm]) if parts else norm
-    x = layers.Dense(96, activation="relu", name="dense1")(x)
-    x = layers.Dense(48, activation="relu", name="dense2")(x)
-    deep = layers.Dense(1, name="deep_logit")(x)
-    wide = layers.Dense(1, name="wide_logit")(norm)
-    logit = layers.Reshape((-1,), name="flat")(layers.Add(name="logit")([deep, wide]))
-    out = layers.Add(name="masked_logit")([logit, bias])
-    model = keras.Model(inputs=inputs, outputs=out, name=name)
+    model = keras.Model(inputs=inputs, outputs=list_scoring_head(x, norm, bias), name=name)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
     return model
 
