@@ -87,7 +87,9 @@ MEASURED_CANDIDATES = dict(n_related=3)
 #: label windows: name -> (weeks before the split the labels start, weeks before the split they end, pool of label queries);
 #: statistics come from the lines before the labels' start
 WINDOWS = {0: (4, 0, 50_000), 1: (8, 4, 30_000), 2: (12, 8, 30_000), "L2": (2, 0, 40_000), "L6": (6, 0, 40_000), "L8": (8, 0, 40_000)}
-COLS_NAMES = tuple(f for f in rk.ANON_FEATURES if f not in rk.STORE_FEATURES)
+#: the feature columns these experiments were measured with: the anonymous features without the store (constant
+#: here) and without the likely-shopper features (added later, benchmarks/household_posterior.py)
+COLS_NAMES = tuple(f for f in rk.ANON_FEATURES if f not in rk.STORE_FEATURES + rk.HOUSEHOLD_FEATURES)
 SEASON_NAMES = ("cand_season_lift", "pair_season_conf_log_ratio", "cand_holiday_lift", "pair_holiday_conf_log_ratio", "cand_trend8",
                 "pair_recent8_conf_log_ratio")
 SEASON_GROUPS = {"season": [0, 1], "holiday": [2, 3], "trend": [4, 5], "all": [0, 1, 2, 3, 4, 5]}
@@ -330,7 +332,19 @@ def protocol_test_lists(ctx: rk.Context, test: pd.DataFrame, pidx: pd.Index):
     return queries, qtimes, weeks, nw_first, nw_inv.ravel(), uniq, inv
 
 
-def prep(cache: Path, windows=(0, 1, 2), test_lists=True):
+def season_extra(feat: pd.DataFrame, ctx: rk.Context, pidx: pd.Index, end: pd.Timestamp, anchors, cands, times) -> np.ndarray:
+    """:func:`season_features` from the context's lines ``feat`` (the ``extra_fn`` of :func:`prep`)."""
+    X, bids = basket_matrix(feat, pidx)
+    return season_features(ctx, X, basket_times_of(feat, bids), end, anchors, cands, times)
+
+
+def prep(cache: Path, windows=(0, 1, 2), test_lists=True, extra_fn=season_extra):
+    """Build and cache the label pools of ``windows`` and the test lists (module docstring).
+
+    ``extra_fn(feat, ctx, pidx, end, anchors, cands, times) -> (n, M, F) float32`` gives the
+    extra columns saved as ``extra`` (default: the seasonality columns), from the context's
+    lines ``feat`` only.
+    """
     train, test, P, pidx, vocab, table, promotions = setup()
     cols = rk.feature_columns(COLS_NAMES)
     log(f"loaded: {len(train):,} train lines, {len(test):,} test lines, {len(pidx):,} products")
@@ -344,12 +358,11 @@ def prep(cache: Path, windows=(0, 1, 2), test_lists=True):
         del J
         x = rk.list_inputs(ctx, anchors, cands, None, cols, weeks, times)
         y = rk.list_labels(q.baskets, rows, cands)
-        X, bids = basket_matrix(feat, pidx)
-        extra = season_features(ctx, X, basket_times_of(feat, bids), lab_start, anchors, cands, times)
+        extra = extra_fn(feat, ctx, pidx, lab_start, anchors, cands, times)
         save(cache, f"w{w}", {**{k: x[k] for k in X_KEYS}, "y": y, "extra": extra})
         log(f"window {w}: labels {lab_start.date()}..{(lab_end - pd.Timedelta(days=1)).date()}, {q.n_queries:,} queries, pool {len(sel):,}, "
             f"recall@80 {(y.sum(1) > 0).mean():.3f}, holiday-gated label queries {holiday_flags(times).mean():.3f}")
-        del ctx, x, y, extra, X, q
+        del ctx, x, y, extra, q
     if not test_lists:
         return
     ctx = rk.attach_promotions(rk.build_context(train, pidx, table, P, end=SPLIT), promotions)
@@ -360,8 +373,7 @@ def prep(cache: Path, windows=(0, 1, 2), test_lists=True):
     nw_anchor = queries.anchor[nw_first]
     nw_cands = cand_u[np.searchsorted(uniq, nw_anchor)]
     x = rk.list_inputs(ctx, nw_anchor, nw_cands, None, cols, weeks[nw_first], qtimes[nw_first])
-    X, bids = basket_matrix(train, pidx)
-    extra = season_features(ctx, X, basket_times_of(train, bids), SPLIT, nw_anchor, nw_cands, qtimes[nw_first])
+    extra = extra_fn(train, ctx, pidx, SPLIT, nw_anchor, nw_cands, qtimes[nw_first])
     count = candidate_companions(ctx.S, uniq, n_total=bt.K, n_cooc=bt.K, n_category=0)[inv]
     r = bt._row("cooccurrence_count", queries, count, 0.0)
     save(cache, "test", {**{k: x[k] for k in X_KEYS}, "extra": extra, "cands": nw_cands, "inv": nw_inv})

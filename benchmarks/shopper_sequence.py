@@ -16,7 +16,7 @@ the 10 % validation split), shopper candidate lists as ``fit_rankers`` builds
 them (``M_TRAIN + 20`` = 100 for training) and as ``run_backtest`` builds them
 for the test queries (``M_TEST + 20`` = 120, statistics and histories on the
 whole training window), 2 epochs, Adam 2e-3, batch 128 lists, seeds 0 and 1.
-Feature columns: ``ANON_FEATURES`` minus the store features, plus
+Feature columns: ``ANON_FEATURES`` minus the store and likely-shopper features, plus
 ``SHOPPER_FEATURES``. Metrics on the 35,210 known-shopper test queries of the
 protocol (3,000 test baskets, seed 0) and on the cold-start subset (anchor
 with < 5 training baskets, 1,914 queries).
@@ -115,7 +115,7 @@ L_MAX = 100
 ID_MIN_BASKETS = 20
 N_BASKETS = 20
 BASKET_ITEMS = 24
-COLS_NAMES = tuple(f for f in rk.ANON_FEATURES if f not in rk.STORE_FEATURES) + rk.SHOPPER_FEATURES
+COLS_NAMES = tuple(f for f in rk.ANON_FEATURES if f not in rk.STORE_FEATURES + rk.HOUSEHOLD_FEATURES) + rk.SHOPPER_FEATURES
 X_KEYS = ("pair", "bias") + tuple(f"{s}_{f}" for f in CATEGORICAL_FIELDS for s in ("a", "c"))
 T0 = time.perf_counter()
 

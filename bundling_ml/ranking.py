@@ -59,9 +59,12 @@ ANON_FEATURES = (
     "cand_display", "cand_mailer", "anchor_promo",
     "cand_hour_lift", "cand_dow_lift", "cand_log_basket_size", "cand_log_codegree", "anchor_log_basket_size",
     "store_known", "store_confidence", "store_conf_log_ratio", "store_cand_log_lift", "store_anchor_log_baskets",
+    "hh_log_rate", "hh_log_lift", "hh_anchor_log_lift", "hh_context_shift", "hh_log_effective",
 )
 #: the store-context features (a subset of ANON_FEATURES; see :func:`pair_features`)
 STORE_FEATURES = ANON_FEATURES[27:32]
+#: the likely-shopper (household posterior) features (a subset of ANON_FEATURES; see :func:`household_features`)
+HOUSEHOLD_FEATURES = ANON_FEATURES[32:37]
 SHOPPER_FEATURES = ("shopper_bought", "shopper_log_count", "shopper_share", "shopper_recency", "shopper_log_baskets", "shopper_anchor_share", "shopper_category_share")
 ALL_FEATURES = ANON_FEATURES + SHOPPER_FEATURES
 
@@ -75,6 +78,7 @@ FEATURE_GROUPS = {
     "query_time": ("cand_hour_lift", "cand_dow_lift"),
     "basket_size": ("cand_log_basket_size", "cand_log_codegree", "anchor_log_basket_size"),
     "store": STORE_FEATURES,
+    "household": HOUSEHOLD_FEATURES,
 }
 
 #: hours per time-of-day bucket of the query-time features (8 buckets of 3 h)
@@ -87,6 +91,14 @@ STORE_SHARE_PRIOR = 20.0
 
 HALF_LIFE_DAYS = 56.0
 RECENT_DAYS = 28
+
+#: shrinkage (pseudo-baskets) of a shopper's time-slot and store shares towards the chain's (household posterior)
+HH_SLOT_PRIOR = 10.0
+HH_STORE_PRIOR = 10.0
+#: groups (distinct anchor, slot, store) per block of :func:`household_features`, and the cap on the
+#: dense (block x shoppers) posterior it holds (float32 cells)
+HH_BLOCK = 500
+HH_MAX_CELLS = 50_000_000
 
 
 def _codes(values: np.ndarray) -> np.ndarray:
@@ -132,6 +144,16 @@ class Context:
             CSR basket matrix and Xcsc the same in CSC (anchor -> baskets);
             store_n: (n_stores,) float64 baskets per store; store_item:
             (n_stores, n_products) CSR float32 baskets per store and product.
+        hh_C: (n_users, n_products) CSC float32 baskets of each shopper (rows of
+            ``users``) holding the product; hh_Rt: (n_products, n_users) CSR
+            float32 the same over the shopper's baskets (share of the shopper's
+            baskets holding the product, transposed); hh_slot: (n_users, 56)
+            float32 P(slot | shopper), slot = 3-hour bucket * 7 + weekday,
+            shrunk towards the chain's slot shares with :data:`HH_SLOT_PRIOR`
+            pseudo-baskets; hh_store: (n_users, n_stores) float32 P(store |
+            shopper) shrunk likewise (:data:`HH_STORE_PRIOR`), None without
+            stores; hh_p: (n_products,) float64 share of the shoppers' baskets
+            holding the product. None when no line carries a customer id.
     """
 
     S: PairStats
@@ -170,6 +192,11 @@ class Context:
     Xcsc: sp.csc_matrix | None = None
     store_n: np.ndarray | None = None
     store_item: sp.csr_matrix | None = None
+    hh_C: sp.csc_matrix | None = None
+    hh_Rt: sp.csr_matrix | None = None
+    hh_slot: np.ndarray | None = None
+    hh_store: np.ndarray | None = None
+    hh_p: np.ndarray | None = None
 
     @property
     def n_products(self) -> int:
@@ -279,10 +306,121 @@ def build_context(lines: pd.DataFrame, product_index: pd.Index, table: ProductTa
         Sm = sp.csr_matrix((np.ones(okb.sum(), np.float32), (ctx.b_store[okb], np.flatnonzero(okb))), shape=(len(ctx.stores), nb_))
         ctx.store_n = np.bincount(ctx.b_store[okb], minlength=len(ctx.stores)).astype(np.float64)
         ctx.store_item = (Sm @ Xf).tocsr()
+    if len(users):
+        _attach_households(ctx, g, ul, bids)
     key = ctx.recent.astype(np.float64) + 1e-6 * S.item_counts
     idx = np.flatnonzero(S.item_counts > 0)
     ctx.rec_order = idx[np.lexsort((idx, -key[idx]))]
     return ctx
+
+
+def _time_slots(times) -> np.ndarray:
+    """(n,) int64 slot (3-hour bucket * 7 + weekday) of ``times``; -1 for NaT."""
+    t = pd.DatetimeIndex(pd.to_datetime(np.asarray(times)))
+    nat = t.isna()
+    t = t.where(~nat, pd.Timestamp(0))
+    slot = (t.hour.to_numpy() // HOUR_BUCKET_HOURS).astype(np.int64) * 7 + t.day_of_week.to_numpy().astype(np.int64)
+    return np.where(nat, -1, slot)
+
+
+def _attach_households(ctx: Context, g: pd.DataFrame, ul: pd.DataFrame, bids) -> None:
+    """Set the ``hh_*`` fields of ``ctx`` from the per (shopper row ``ui``, product ``p``) basket counts ``g``
+    (column ``n``) and the shoppers' lines ``ul`` (ui, t, b)."""
+    H, nP = len(ctx.users), ctx.n_products
+    C = sp.csr_matrix((g["n"].to_numpy(np.float32), (g["ui"].to_numpy(), g["p"].to_numpy())), shape=(H, nP))
+    nb = np.maximum(ctx.u_nb, 1.0)
+    ctx.hh_C = C.tocsc()
+    ctx.hh_Rt = (sp.diags((1.0 / nb).astype(np.float32)) @ C).T.tocsr()
+    ctx.hh_p = np.asarray(C.sum(axis=0)).ravel().astype(np.float64) / max(float(ctx.u_nb.sum()), 1.0)
+    ub = ul.drop_duplicates("b")
+    ui = ub["ui"].to_numpy()
+
+    def shrunk(k: np.ndarray, n_cells: int, prior: float) -> np.ndarray:
+        cnt = np.zeros((H, n_cells))
+        ok = k >= 0
+        np.add.at(cnt, (ui[ok], k[ok]), 1.0)
+        share = cnt.sum(axis=0) / max(cnt.sum(), 1.0)
+        return ((cnt + prior * share) / (cnt.sum(axis=1, keepdims=True) + prior)).astype(np.float32)
+
+    ctx.hh_slot = shrunk(_time_slots(ub["t"]), (24 // HOUR_BUCKET_HOURS) * 7, HH_SLOT_PRIOR)
+    if ctx.stores is not None:
+        brow = pd.Index(bids).get_indexer(ub["b"])
+        ctx.hh_store = shrunk(np.where(brow >= 0, ctx.b_store[np.maximum(brow, 0)], -1), len(ctx.stores), HH_STORE_PRIOR)
+
+
+def household_features(ctx: Context, a: np.ndarray, c: np.ndarray, times=None, stores: np.ndarray | None = None) -> np.ndarray:
+    """Likely-shopper features of (anchor, candidate) pairs for a query without a shopper id.
+
+    Most of a shop's baskets come from returning shoppers, who differ in what
+    they buy, when and where they shop. The anchor, the query's time slot
+    (3-hour bucket x weekday) and its store give a posterior over the
+    window's shoppers (naive Bayes; slot and store independent of the anchor
+    given the shopper):
+
+        P(h | a, slot, store) ∝ C[h, a] · P(slot | h) · P(store | h)
+
+    with C[h, a] the shopper's baskets holding the anchor (∝ P(h, a)) and the
+    slot / store shares of :class:`Context` (a factor is left out when the
+    query's time or store is unknown). The candidate's *profile rate* is the
+    expected share of a likely shopper's baskets holding it,
+    rate(c) = Σ_h P(h | ·) · C[h, c] / n_h.
+
+    Args:
+        ctx: context with ``hh_*`` fields (else all columns are 0).
+        a, c: (n,) int64 anchor and candidate indices.
+        times: (n,) datetime64 query times (NaT / None: no slot factor).
+        stores: (n,) int64 store rows (-1 / None: no store factor).
+
+    Returns:
+        (n, 5) float32 columns :data:`HOUSEHOLD_FEATURES`: log(rate + 1e-4);
+        log((rate + 1e-4) / (p_c + 1e-4)) with p_c the candidate's share of
+        the shoppers' baskets; the same lift with P(h | a) alone (no slot, no
+        store); the first column minus log(rate_anchor_only + 1e-4); log of
+        the posterior's effective number of shoppers 1 / Σ_h P(h | ·)². All 0
+        for an anchor no known shopper bought.
+    """
+    a = np.asarray(a, np.int64)
+    c = np.asarray(c, np.int64)
+    n = len(a)
+    out = np.zeros((n, 5), np.float32)
+    if n == 0 or ctx.hh_C is None:
+        return out
+    slot = _time_slots(times) if times is not None else np.full(n, -1, np.int64)
+    st = np.asarray(stores, np.int64) if stores is not None and ctx.hh_store is not None else np.full(n, -1, np.int64)
+    n_slot = ctx.hh_slot.shape[1]
+    n_st = ctx.hh_store.shape[1] if ctx.hh_store is not None else 0
+    keys = (a * (n_slot + 1) + slot + 1) * (n_st + 1) + st + 1
+    uk, first, inv = np.unique(keys, return_index=True, return_inverse=True)
+    inv = inv.ravel()
+    order = np.argsort(inv, kind="stable")
+    bounds = np.searchsorted(inv[order], np.arange(len(uk) + 1))
+    H = ctx.hh_C.shape[0]
+    block = max(1, min(HH_BLOCK, HH_MAX_CELLS // max(2 * H, 1)))
+    log_p = np.log(ctx.hh_p + 1e-4)
+    for g0 in range(0, len(uk), block):
+        g1 = min(g0 + block, len(uk))
+        f = first[g0:g1]
+        A = ctx.hh_C[:, a[f]].T.toarray()  # (k, H) baskets of each shopper with the anchor
+        W = A.copy()
+        ks = slot[f] >= 0
+        W[ks] *= ctx.hh_slot[:, slot[f][ks]].T
+        kt = st[f] >= 0
+        if kt.any():
+            W[kt] *= ctx.hh_store[:, st[f][kt]].T
+        za, zw = A.sum(axis=1, keepdims=True), W.sum(axis=1, keepdims=True)
+        A = np.divide(A, za, out=np.zeros_like(A), where=za > 0)
+        W = np.divide(W, zw, out=np.zeros_like(W), where=zw > 0)
+        idx = order[bounds[g0]:bounds[g1]]
+        uc, cpos = np.unique(c[idx], return_inverse=True)
+        k = g1 - g0
+        rates = ctx.hh_Rt[uc] @ np.concatenate([W, A], axis=0).T  # (U, 2k)
+        grp = inv[idx] - g0
+        r_ctx, r_a = rates[cpos.ravel(), grp], rates[cpos.ravel(), k + grp]
+        has = (za[grp, 0] > 0)
+        lc, la, lp = np.log(r_ctx + 1e-4), np.log(r_a + 1e-4), log_p[c[idx]]
+        eff = np.log(1.0 / np.maximum((W ** 2).sum(axis=1), 1e-12))[grp]
+        out[idx] = np.where(has[:, None], np.stack([lc, lc - lp, la - lp, lc - la, eff], axis=1), 0.0)
+    return out
 
 
 def attach_promotions(ctx: Context, promotions: pd.DataFrame | None) -> Context:
@@ -414,7 +552,7 @@ def user_index(ctx: Context, customers) -> np.ndarray:
 
 
 def pair_features(ctx: Context, a: np.ndarray, c: np.ndarray, u: np.ndarray | None = None, *, shopper: bool = False, weeks: np.ndarray | None = None,
-                  times=None, stores: np.ndarray | None = None) -> np.ndarray:
+                  times=None, stores: np.ndarray | None = None, household: bool = True) -> np.ndarray:
     """Features of (anchor, candidate[, shopper]) triples.
 
     Args:
@@ -450,7 +588,9 @@ def pair_features(ctx: Context, a: np.ndarray, c: np.ndarray, u: np.ndarray | No
         of the store's baskets, (n_sc + k' * p_c) / (n_s + k'), over its
         overall share p_c (k' = :data:`STORE_SHARE_PRIOR`); and
         ``store_anchor_log_baskets`` = log1p(n_sa). All 0 (and the confidence
-        global) for an unknown store.
+        global) for an unknown store. Likely shopper (:data:`HOUSEHOLD_FEATURES`,
+        computed when ``household`` and the context has shopper ids, else 0):
+        see :func:`household_features` (uses ``times`` and ``stores``).
     """
     a = np.asarray(a, np.int64)
     c = np.asarray(c, np.int64)
@@ -525,6 +665,8 @@ def pair_features(ctx: Context, a: np.ndarray, c: np.ndarray, u: np.ndarray | No
             n_sc = _sparse_values(ctx.store_item, st[known_s], c[known_s])
             out[known_s, 30] = np.log((n_sc + STORE_SHARE_PRIOR * p_c) / (ctx.store_n[st[known_s]] + STORE_SHARE_PRIOR) / p_c)
             out[known_s, 31] = np.log1p(n_sa[known_s])
+    if household and ctx.hh_C is not None:
+        out[:, 32:37] = household_features(ctx, a, c, times, stores)
     if shopper:
         u = np.asarray(u, np.int64) if u is not None else np.full(n, -1, np.int64)
         k0 = len(ANON_FEATURES)
@@ -840,7 +982,8 @@ def list_inputs(ctx: Context, anchors: np.ndarray, cands: np.ndarray, users: np.
     W = np.repeat(np.asarray(weeks, np.int64), m) if weeks is not None else None
     T = np.repeat(pd.to_datetime(np.asarray(times)).to_numpy(), m) if times is not None else None
     St = np.repeat(np.asarray(stores, np.int64), m) if stores is not None else None
-    feats = pair_features(ctx, A, cc.ravel(), U, shopper=shopper, weeks=W, times=T, stores=St)[:, cols]
+    household = bool(np.isin(cols, feature_columns(HOUSEHOLD_FEATURES)).any())
+    feats = pair_features(ctx, A, cc.ravel(), U, shopper=shopper, weeks=W, times=T, stores=St, household=household)[:, cols]
     x = {"pair": feats.reshape(n, m, len(cols)), "bias": np.where(valid, 0.0, -1e4).astype(np.float32)}
     for f in CATEGORICAL_FIELDS:
         x[f"a_{f}"] = np.broadcast_to(ctx.table.codes[f][np.asarray(anchors, np.int64)][:, None], (n, m)).astype(np.int32)

@@ -195,3 +195,48 @@ def test_store_count_baseline_reranks_by_the_query_store():
     recs = rk.store_count_rank(ctx, np.array([i["BREAD"]] * 3), np.array([s1, s2, -1]), k=2)
     # globally CHEESE (5) beats JAM (4); in S1 JAM comes first, in S2 CHEESE
     assert [[idx[j] for j in r] for r in recs] == [["JAM", "CHEESE"], ["CHEESE", "JAM"], ["CHEESE", "JAM"]]
+
+
+def test_household_features_have_known_values():
+    """Likely-shopper features: P(h | anchor, slot, store) ∝ C[h, a] P(slot | h) P(store | h), shares shrunk with 10 pseudo-baskets."""
+    rows = [("b1", "BREAD", "c1", "2024-01-01 09:00", "S1"), ("b1", "JAM", "c1", "2024-01-01 09:00", "S1"),  # c1: Monday mornings, store S1
+            ("b2", "JAM", "c1", "2024-01-08 10:00", "S1"),
+            ("b3", "BREAD", "c2", "2024-01-06 18:00", "S2"), ("b3", "CHEESE", "c2", "2024-01-06 18:00", "S2"),  # c2: Saturday evening, S2
+            ("g1", "BREAD", None, "2024-01-02 12:00", "S1"), ("g1", "YOG", None, "2024-01-02 12:00", "S1")]  # a guest: not a known shopper
+    df = pd.DataFrame(rows, columns=["basket_id", "product_id", "customer_id", "time", "store_id"])
+    df["time"], df["quantity"], df["price"] = pd.to_datetime(df["time"]), 1.0, 1.0
+    df["customer_id"] = df["customer_id"].astype("string")
+    L = prepare_lines(df)
+    P = prepare_products(PRODUCTS, L)
+    idx = pd.Index(np.sort(L["product_id"].unique()))
+    ctx = rk.build_context(L, idx, ProductTable.build(P, idx, ProductVocab.fit(P, idx)), P)
+    i = {p: k for k, p in enumerate(idx)}
+    a = np.array([i["BREAD"], i["BREAD"]])
+    c = np.array([i["JAM"], i["CHEESE"]])
+    # slot 21 = Monday 9-12 h (2 of c1's 2 baskets, 0 of c2's 1; chain 2/3), slot 47 = Saturday 18-21 h (chain 1/3)
+    p21 = {"c1": (2 + 10 * 2 / 3) / 12, "c2": (0 + 10 * 2 / 3) / 11}
+    pS2 = {"c1": (0 + 10 * 1 / 3) / 12, "c2": (1 + 10 * 1 / 3) / 11}
+    monday = np.array(["2024-01-15 09:30"] * 2, dtype="datetime64[ns]")
+    cols = [rk.ANON_FEATURES.index(n) for n in rk.HOUSEHOLD_FEATURES]
+    f = rk.pair_features(ctx, a, c, times=monday)[:, cols]
+    assert np.array_equal(f, rk.household_features(ctx, a, c, monday))
+    w1 = p21["c1"] / (p21["c1"] + p21["c2"])  # C[c1, BREAD] = C[c2, BREAD] = 1
+    # JAM is in 2 of c1's 2 baskets, CHEESE in c2's only basket; shares of the shoppers' 3 baskets: 2/3 and 1/3
+    rate = np.array([w1, 1 - w1])
+    share = np.array([2 / 3, 1 / 3])
+    assert f[:, 0] == pytest.approx(np.log(rate + 1e-4), rel=1e-5)
+    assert f[:, 1] == pytest.approx(np.log((rate + 1e-4) / (share + 1e-4)), rel=1e-5)
+    assert f[:, 2] == pytest.approx(np.log((0.5 + 1e-4) / (share + 1e-4)), rel=1e-5)  # anchor only: both shoppers 1/2
+    assert f[:, 3] == pytest.approx(np.log(rate + 1e-4) - np.log(0.5 + 1e-4), rel=1e-5)
+    assert f[:, 4] == pytest.approx(np.log(1 / (w1 ** 2 + (1 - w1) ** 2)), rel=1e-5)
+    assert f[0, 0] > f[1, 0]  # Monday morning: JAM (c1's) first
+    # Monday morning in store S2: the store outweighs the slot, CHEESE (c2's) first
+    s2 = rk.store_index(ctx, ["S2", "S2"])
+    g = rk.household_features(ctx, a, c, monday, s2)
+    w1s = p21["c1"] * pS2["c1"] / (p21["c1"] * pS2["c1"] + p21["c2"] * pS2["c2"])
+    assert g[:, 0] == pytest.approx(np.log(np.array([w1s, 1 - w1s]) + 1e-4), rel=1e-5)
+    assert g[1, 0] > g[0, 0]
+    # no time, no store: the anchor alone; YOG (a guest's only) has no known shopper: all 0
+    h = rk.household_features(ctx, np.array([i["BREAD"], i["YOG"]]), np.array([i["JAM"], i["BREAD"]]))
+    assert h[0, 0] == pytest.approx(np.log(0.5 + 1e-4), rel=1e-5) and h[0, 3] == 0.0
+    assert h[1].tolist() == [0.0] * 5
