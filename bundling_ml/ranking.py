@@ -101,6 +101,37 @@ HH_BLOCK = 500
 HH_MAX_CELLS = 50_000_000
 
 
+@dataclass
+class ShrunkShares:
+    """Each shopper's shares of a categorical context (time slot, store), shrunk towards the chain's.
+
+    P(cell | h) = (cnt[h, cell] + prior * share[cell]) / (total[h] + prior), with
+    ``cnt`` the shopper's baskets per cell (sparse: a shop may have millions of
+    shoppers and hundreds of stores), ``total`` the shopper's baskets with a known
+    cell and ``share`` the chain's share of baskets per cell (beta-binomial /
+    Dirichlet posterior mean with the chain's shares as prior mean).
+    """
+
+    cnt: sp.csc_matrix
+    total: np.ndarray
+    share: np.ndarray
+    prior: float
+
+    @classmethod
+    def count(cls, shopper: np.ndarray, cell: np.ndarray, n_shoppers: int, n_cells: int, prior: float) -> "ShrunkShares":
+        """From (n_baskets,) int64 shopper rows and cells (-1 unknown: not counted)."""
+        ok = cell >= 0
+        cnt = sp.csc_matrix((np.ones(int(ok.sum()), np.float64), (shopper[ok], cell[ok])), shape=(n_shoppers, n_cells))
+        cnt.sum_duplicates()
+        share = np.asarray(cnt.sum(axis=0)).ravel() / max(float(ok.sum()), 1.0)
+        return cls(cnt=cnt, total=np.asarray(cnt.sum(axis=1)).ravel(), share=share, prior=prior)
+
+    def columns(self, cells: np.ndarray) -> np.ndarray:
+        """(n_shoppers, len(cells)) float32 P(cell | shopper) for each of ``cells`` (int64, all >= 0)."""
+        num = self.cnt[:, cells].toarray() + self.prior * self.share[cells][None, :]
+        return (num / (self.total[:, None] + self.prior)).astype(np.float32)
+
+
 def _codes(values: np.ndarray) -> np.ndarray:
     c, _ = pd.factorize(values)
     c = c.astype(np.int64)
@@ -147,13 +178,13 @@ class Context:
         hh_C: (n_users, n_products) CSC float32 baskets of each shopper (rows of
             ``users``) holding the product; hh_Rt: (n_products, n_users) CSR
             float32 the same over the shopper's baskets (share of the shopper's
-            baskets holding the product, transposed); hh_slot: (n_users, 56)
-            float32 P(slot | shopper), slot = 3-hour bucket * 7 + weekday,
-            shrunk towards the chain's slot shares with :data:`HH_SLOT_PRIOR`
-            pseudo-baskets; hh_store: (n_users, n_stores) float32 P(store |
-            shopper) shrunk likewise (:data:`HH_STORE_PRIOR`), None without
-            stores; hh_p: (n_products,) float64 share of the shoppers' baskets
-            holding the product. None when no line carries a customer id.
+            baskets holding the product, transposed); hh_slot:
+            :class:`ShrunkShares` P(slot | shopper), slot = 3-hour bucket * 7 +
+            weekday (56), shrunk towards the chain's slot shares with
+            :data:`HH_SLOT_PRIOR` pseudo-baskets; hh_store: :class:`ShrunkShares`
+            P(store | shopper) shrunk likewise (:data:`HH_STORE_PRIOR`), None
+            without stores; hh_p: (n_products,) float64 share of the shoppers'
+            baskets holding the product. None when no line carries a customer id.
     """
 
     S: PairStats
@@ -194,8 +225,8 @@ class Context:
     store_item: sp.csr_matrix | None = None
     hh_C: sp.csc_matrix | None = None
     hh_Rt: sp.csr_matrix | None = None
-    hh_slot: np.ndarray | None = None
-    hh_store: np.ndarray | None = None
+    hh_slot: ShrunkShares | None = None
+    hh_store: ShrunkShares | None = None
     hh_p: np.ndarray | None = None
 
     @property
@@ -333,19 +364,11 @@ def _attach_households(ctx: Context, g: pd.DataFrame, ul: pd.DataFrame, bids) ->
     ctx.hh_Rt = (sp.diags((1.0 / nb).astype(np.float32)) @ C).T.tocsr()
     ctx.hh_p = np.asarray(C.sum(axis=0)).ravel().astype(np.float64) / max(float(ctx.u_nb.sum()), 1.0)
     ub = ul.drop_duplicates("b")
-    ui = ub["ui"].to_numpy()
-
-    def shrunk(k: np.ndarray, n_cells: int, prior: float) -> np.ndarray:
-        cnt = np.zeros((H, n_cells))
-        ok = k >= 0
-        np.add.at(cnt, (ui[ok], k[ok]), 1.0)
-        share = cnt.sum(axis=0) / max(cnt.sum(), 1.0)
-        return ((cnt + prior * share) / (cnt.sum(axis=1, keepdims=True) + prior)).astype(np.float32)
-
-    ctx.hh_slot = shrunk(_time_slots(ub["t"]), (24 // HOUR_BUCKET_HOURS) * 7, HH_SLOT_PRIOR)
+    ui = ub["ui"].to_numpy().astype(np.int64)
+    ctx.hh_slot = ShrunkShares.count(ui, _time_slots(ub["t"]), H, (24 // HOUR_BUCKET_HOURS) * 7, HH_SLOT_PRIOR)
     if ctx.stores is not None:
         brow = pd.Index(bids).get_indexer(ub["b"])
-        ctx.hh_store = shrunk(np.where(brow >= 0, ctx.b_store[np.maximum(brow, 0)], -1), len(ctx.stores), HH_STORE_PRIOR)
+        ctx.hh_store = ShrunkShares.count(ui, np.where(brow >= 0, ctx.b_store[np.maximum(brow, 0)], -1), H, len(ctx.stores), HH_STORE_PRIOR)
 
 
 def household_features(ctx: Context, a: np.ndarray, c: np.ndarray, times=None, stores: np.ndarray | None = None) -> np.ndarray:
@@ -387,8 +410,8 @@ def household_features(ctx: Context, a: np.ndarray, c: np.ndarray, times=None, s
         return out
     slot = _time_slots(times) if times is not None else np.full(n, -1, np.int64)
     st = np.asarray(stores, np.int64) if stores is not None and ctx.hh_store is not None else np.full(n, -1, np.int64)
-    n_slot = ctx.hh_slot.shape[1]
-    n_st = ctx.hh_store.shape[1] if ctx.hh_store is not None else 0
+    n_slot = len(ctx.hh_slot.share)
+    n_st = len(ctx.hh_store.share) if ctx.hh_store is not None else 0
     keys = (a * (n_slot + 1) + slot + 1) * (n_st + 1) + st + 1
     uk, first, inv = np.unique(keys, return_index=True, return_inverse=True)
     inv = inv.ravel()
@@ -403,10 +426,10 @@ def household_features(ctx: Context, a: np.ndarray, c: np.ndarray, times=None, s
         A = ctx.hh_C[:, a[f]].T.toarray()  # (k, H) baskets of each shopper with the anchor
         W = A.copy()
         ks = slot[f] >= 0
-        W[ks] *= ctx.hh_slot[:, slot[f][ks]].T
+        W[ks] *= ctx.hh_slot.columns(slot[f][ks]).T
         kt = st[f] >= 0
         if kt.any():
-            W[kt] *= ctx.hh_store[:, st[f][kt]].T
+            W[kt] *= ctx.hh_store.columns(st[f][kt]).T
         za, zw = A.sum(axis=1, keepdims=True), W.sum(axis=1, keepdims=True)
         A = np.divide(A, za, out=np.zeros_like(A), where=za > 0)
         W = np.divide(W, zw, out=np.zeros_like(W), where=zw > 0)
