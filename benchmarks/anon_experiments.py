@@ -226,6 +226,13 @@ def basket_times_of(lines: pd.DataFrame, bids) -> np.ndarray:
     return lines.groupby("basket_id", sort=False)["time"].first().reindex(bids).to_numpy()
 
 
+def append_json(path, res: dict) -> None:
+    """Append ``res`` as one JSON line to ``path`` (no-op when ``path`` is None): the experiments' ``--out`` log."""
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(res) + "\n")
+
+
 def save(cache: Path, prefix: str, arrays: dict):
     for k, v in arrays.items():
         np.save(cache / f"{prefix}_{k}.npy", v)
@@ -474,9 +481,7 @@ def run(cache: Path, variants, seeds, total=40_000, out_json=None):
             log(f"{name:<14} seed {seed}: HR@10 {r['hr@10']:.4f}  NDCG@10 {r['ndcg@10']:.4f}  (fit {t_fit:.0f} s, total {time.perf_counter() - t:.0f} s, "
                 f"val_loss {hist['val_loss']}); holiday-period queries {res['ndcg@10_holiday_period']:.4f}, other {res['ndcg@10_other']:.4f}, "
                 f"by test week {res['ndcg@10_by_week']}")
-            if out_json:
-                with open(out_json, "a") as f:
-                    f.write(json.dumps(res) + "\n")
+            append_json(out_json, res)
             del model
             keras.backend.clear_session()
     return results

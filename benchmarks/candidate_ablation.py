@@ -219,9 +219,7 @@ def run(cache: Path, variants, seeds, out_json=None, test_variant=None):
                            {"test_variant": tv, "train_lists": n_lists, "fit_s": round(t_fit, 1), "total_s": round(time.perf_counter() - t, 1),
                             "val_loss": hist["val_loss"]})
             results.append(res)
-            if out_json:
-                with open(out_json, "a") as f:
-                    f.write(json.dumps(res) + "\n")
+            ax.append_json(out_json, res)
             del model
             keras.backend.clear_session()
     return results
@@ -298,9 +296,7 @@ def run_lgbm(cache: Path, variants, seeds, out_json=None, n_estimators=2000, lea
                             "params": {"num_leaves": num_leaves, "learning_rate": learning_rate, "min_child_samples": min_child_samples,
                                        "codes": codes, "min_data_per_group": min_data_per_group, "cat_l2": cat_l2}})
             results.append(res)
-            if out_json:
-                with open(out_json, "a") as f:
-                    f.write(json.dumps(res) + "\n")
+            ax.append_json(out_json, res)
     return results
 
 

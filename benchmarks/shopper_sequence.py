@@ -602,9 +602,7 @@ def main() -> int:
             for name in args.variants.split(","):
                 res = run_one(cache, name, seed, val_by_basket="user" if args.val_by_user else args.val_by_basket,
                               max_per_basket=args.max_per_basket)
-                if args.out:
-                    with open(args.out, "a") as f:
-                        f.write(json.dumps(res) + "\n")
+                ax.append_json(args.out, res)
     log("done")
     return 0
 
