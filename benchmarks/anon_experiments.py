@@ -332,8 +332,7 @@ def protocol_test_lists(ctx: rk.Context, test: pd.DataFrame, pidx: pd.Index):
     queries = build_queries(test, pidx, sample_baskets=3000, seed=0)
     qtimes = bt.basket_times(test, queries.basket_ids)[queries.query_basket]
     weeks = rk.week_index(ctx, qtimes)
-    qt = pd.DatetimeIndex(qtimes)
-    slot = (qt.hour.to_numpy() // rk.HOUR_BUCKET_HOURS) * 7 + qt.day_of_week.to_numpy()
+    slot = rk.time_slots(qtimes)
     _, nw_first, nw_inv = np.unique(np.stack([queries.anchor, weeks, slot], axis=1), axis=0, return_index=True, return_inverse=True)
     uniq, inv = np.unique(queries.anchor, return_inverse=True)
     return queries, qtimes, weeks, nw_first, nw_inv.ravel(), uniq, inv

@@ -188,8 +188,7 @@ def run_backtest(rankers: Rankers, train: pd.DataFrame, test: pd.DataFrame, prod
     qstores = rk.store_index(ctx, basket_stores(test, queries.basket_ids)[queries.query_basket])
     # the model sees the query week's promotions, the query's time of day and
     # weekday and its store: score each distinct (anchor, week, hour bucket, weekday, store)
-    qt = pd.DatetimeIndex(qtimes)
-    slot = (qt.hour.to_numpy() // rk.HOUR_BUCKET_HOURS) * 7 + qt.day_of_week.to_numpy()
+    slot = rk.time_slots(qtimes)
     aw_keys = np.stack([queries.anchor, weeks, slot, qstores], axis=1)
     aw, aw_first, aw_inv = np.unique(aw_keys, axis=0, return_index=True, return_inverse=True)
     aw_inv = aw_inv.ravel()

@@ -252,9 +252,7 @@ def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int =
             top[known], sc[known] = t[inv], s[inv]
         else:  # per-query time / store: score each distinct (anchor, week, time slot, store) once
             kq = np.flatnonzero(known)
-            tq = pd.DatetimeIndex(qtimes[kq]) if qtimes is not None else None
-            slot = np.full(len(kq), -1, np.int64) if tq is None else np.where(
-                tq.isna(), -1, (tq.hour.to_numpy() // rk.HOUR_BUCKET_HOURS) * 7 + tq.day_of_week.to_numpy())
+            slot = np.full(len(kq), -1, np.int64) if qtimes is None else rk.time_slots(qtimes[kq])
             st = np.full(len(kq), -1, np.int64) if qstores is None else qstores[kq]
             _, first, back = np.unique(np.stack([qa[kq], qweeks[kq], slot, st], 1), axis=0, return_index=True, return_inverse=True)
             back = back.ravel()

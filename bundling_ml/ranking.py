@@ -83,6 +83,8 @@ FEATURE_GROUPS = {
 
 #: hours per time-of-day bucket of the query-time features (8 buckets of 3 h)
 HOUR_BUCKET_HOURS = 3
+#: time slots (time-of-day bucket x weekday) of :func:`time_slots`
+N_TIME_SLOTS = (24 // HOUR_BUCKET_HOURS) * 7
 
 #: shrinkage of the store-conditional confidence towards the global one
 #: (pseudo-baskets) and of the candidate's store share towards its overall share
@@ -345,8 +347,10 @@ def build_context(lines: pd.DataFrame, product_index: pd.Index, table: ProductTa
     return ctx
 
 
-def _time_slots(times) -> np.ndarray:
-    """(n,) int64 slot (3-hour bucket * 7 + weekday) of ``times``; -1 for NaT."""
+def time_slots(times) -> np.ndarray:
+    """(n,) int64 time slot (3-hour bucket * 7 + weekday, 0..N_TIME_SLOTS - 1) of ``times``; -1 for NaT.
+
+    The query context the backtest, ``recommend`` and the likely-shopper posterior group by."""
     t = pd.DatetimeIndex(pd.to_datetime(np.asarray(times)))
     nat = t.isna()
     t = t.where(~nat, pd.Timestamp(0))
@@ -365,7 +369,7 @@ def _attach_households(ctx: Context, g: pd.DataFrame, ul: pd.DataFrame, bids) ->
     ctx.hh_p = np.asarray(C.sum(axis=0)).ravel().astype(np.float64) / max(float(ctx.u_nb.sum()), 1.0)
     ub = ul.drop_duplicates("b")
     ui = ub["ui"].to_numpy().astype(np.int64)
-    ctx.hh_slot = ShrunkShares.count(ui, _time_slots(ub["t"]), H, (24 // HOUR_BUCKET_HOURS) * 7, HH_SLOT_PRIOR)
+    ctx.hh_slot = ShrunkShares.count(ui, time_slots(ub["t"]), H, N_TIME_SLOTS, HH_SLOT_PRIOR)
     if ctx.stores is not None:
         brow = pd.Index(bids).get_indexer(ub["b"])
         ctx.hh_store = ShrunkShares.count(ui, np.where(brow >= 0, ctx.b_store[np.maximum(brow, 0)], -1), H, len(ctx.stores), HH_STORE_PRIOR)
@@ -408,7 +412,7 @@ def household_features(ctx: Context, a: np.ndarray, c: np.ndarray, times=None, s
     out = np.zeros((n, 5), np.float32)
     if n == 0 or ctx.hh_C is None:
         return out
-    slot = _time_slots(times) if times is not None else np.full(n, -1, np.int64)
+    slot = time_slots(times) if times is not None else np.full(n, -1, np.int64)
     st = np.asarray(stores, np.int64) if stores is not None and ctx.hh_store is not None else np.full(n, -1, np.int64)
     n_slot = len(ctx.hh_slot.share)
     n_st = len(ctx.hh_store.share) if ctx.hh_store is not None else 0
