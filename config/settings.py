@@ -36,6 +36,9 @@ SHOP_BUNDLES_HISTORY_UNTIL  ``YYYY-MM-DD``: train, score and rank on order lines
 SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD  ``1`` lets every shopper enter a customer id at checkout
                       (default off: only logged-in staff).
 SHOP_BUNDLES_STORE_SUGGESTIONS  store-specific suggestions per scoring, at most (default 100; 0 = none).
+SHOP_BUNDLES_CUSTOMER_RESOLVER  dotted path of ``resolver(request) -> customer id | None`` naming the
+                      signed-in shopper (usual store, orders linked; shop_bundles.selectors.customers).
+                      Unset: every storefront visitor is anonymous.
 """
 import os
 from pathlib import Path
@@ -196,6 +199,7 @@ SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD = env_bool("SHOP_BUNDLES_CHECKOUT_CUSTOMER_
 SHOP_BUNDLES_EVENT_TOKEN = os.environ.get("SHOP_BUNDLES_EVENT_TOKEN", "").strip()
 SHOP_BUNDLES_HISTORY_UNTIL = os.environ.get("SHOP_BUNDLES_HISTORY_UNTIL", "").strip() or None
 SHOP_BUNDLES_STORE_SUGGESTIONS = int(os.environ.get("SHOP_BUNDLES_STORE_SUGGESTIONS", "100"))
+SHOP_BUNDLES_CUSTOMER_RESOLVER = os.environ.get("SHOP_BUNDLES_CUSTOMER_RESOLVER", "").strip() or None
 
 # --- Production hardening (what `manage.py check --deploy` asks for) -----
 if PRODUCTION:

@@ -41,6 +41,12 @@ SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD  the storefront checkout shows and accepts 
                                  every shopper (default False: only logged-in staff get the field; any
                                  other posted ``customer_id`` is ignored). ``simulate_shoppers`` turns it
                                  on for its replay.
+SHOP_BUNDLES_CUSTOMER_RESOLVER  dotted path of ``resolver(request) -> str | None``: the signed-in shopper's
+                                 customer id (``Customer.external_id``), None when anonymous (default None:
+                                 every visitor is anonymous). With it the product page orders offers for
+                                 the shopper's usual store until they choose one, the checkout links the
+                                 order to the customer, and the holdout split follows the customer id.
+                                 Ready-made: ``shop_bundles.selectors.customers.customer_by_user_email``.
 SHOP_BUNDLES_OFFERS_PER_PAGE    most offers a product page shows (default 3), the best first in the order of
                                  ``selectors.offers.offers_for_product``; None shows all.
 SHOP_BUNDLES_MIN_STORE_BASKETS  a store gets its own ordering of a product page's offers when the product
@@ -82,6 +88,7 @@ DEFAULTS = {
     "IMPRESSION_DRAIN_BATCH": 1000,
     "IMPRESSION_DRAIN_MAX": 50_000,
     "CHECKOUT_CUSTOMER_FIELD": False,
+    "CUSTOMER_RESOLVER": None,
     "MIN_STORE_BASKETS": 5,
     "OFFERS_PER_PAGE": 3,
     "HISTORY_UNTIL": None,

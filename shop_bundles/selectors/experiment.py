@@ -4,8 +4,9 @@ Assignment is deterministic and needs no database row: ``sha256(salt + ":" +
 identity)`` read as a number in [0, 1) (first 8 bytes / 2**64); below the
 holdout share → ``holdout`` (never sees offers, the cart forms no bundles),
 otherwise ``treatment``. The identity is the shopper id when the session
-knows it (``session["shop_bundles_shopper"]``, set at checkout with a
-customer id or by the replay), else the session key. Salt and share come
+knows it (``session["shop_bundles_shopper"]``, set by the replay), else the
+signed-in shopper's customer id (``SHOP_BUNDLES_CUSTOMER_RESOLVER``, so they
+keep one group on every device), else the session key. Salt and share come
 from ``SHOP_BUNDLES_EXPERIMENT_SALT`` and ``SHOP_BUNDLES_HOLDOUT_SHARE``.
 """
 from __future__ import annotations
@@ -42,11 +43,14 @@ def assignment_group(identity: str, *, salt: str | None = None, holdout_share: f
 
 
 def shopper_identity(request) -> str:
-    """The identity assigned: the session's shopper id, else its session key ("" when none)."""
+    """The identity assigned: the session's shopper id, else the signed-in shopper's customer id
+    (``selectors.customers.request_customer_id``), else the session key ("" when none)."""
+    from .customers import request_customer_id
+
     session = getattr(request, "session", None)
     if session is None:
         return ""
-    return str(session.get(SHOPPER_SESSION_KEY) or session.session_key or "")
+    return str(session.get(SHOPPER_SESSION_KEY) or request_customer_id(request) or session.session_key or "")
 
 
 def request_group(request) -> str:

@@ -2,8 +2,11 @@
 
 A shop with stores (branches, pick-up points, delivery regions) lets an
 anonymous shopper choose one, as grocery sites do for prices and pick-up. The
-choice is kept in the session only (``STORE_SESSION_KEY``); the stores offered
-are the ``Order.store_id`` values of the shop's history.
+choice is kept in the session only (``STORE_SESSION_KEY``; "" = the shopper
+chose "no store"); the stores offered are the ``Order.store_id`` values of the
+shop's history. A signed-in shopper (``SHOP_BUNDLES_CUSTOMER_RESOLVER``,
+``selectors.customers``) who has not chosen gets their usual store, looked up
+once per session (``USUAL_STORE_SESSION_KEY``).
 """
 from __future__ import annotations
 
@@ -11,14 +14,43 @@ from django.db.models import Count
 from django.http import HttpRequest
 
 from ..models import Order
+from ..selectors.customers import request_customer_id, usual_store
 
 STORE_SESSION_KEY = "shop_bundles_store"
+USUAL_STORE_SESSION_KEY = "shop_bundles_usual_store"
+CHOSEN, USUAL = "chosen", "usual"
+
+
+def shopper_store_source(request: HttpRequest) -> tuple[str, str]:
+    """``(store_id, source)``: the shopper's store and where it comes from.
+
+    * ``(store, "chosen")``: the shopper chose it on the store page (``("", "chosen")``:
+      they chose "no store", which a usual store does not override);
+    * ``(store, "usual")``: no choice yet, and the signed-in shopper's orders
+      were mostly placed there (``selectors.customers.usual_store``; one query
+      per session and customer, then kept in the session);
+    * ``("", "")``: no choice and no usual store (an anonymous visitor, a
+      request without a session).
+    """
+    session = getattr(request, "session", None)
+    if session is None:
+        return "", ""
+    if STORE_SESSION_KEY in session:
+        return str(session.get(STORE_SESSION_KEY) or ""), CHOSEN
+    customer = request_customer_id(request)
+    if not customer:
+        return "", ""
+    cached = session.get(USUAL_STORE_SESSION_KEY)
+    if not (isinstance(cached, list) and len(cached) == 2 and cached[0] == customer):
+        cached = [customer, usual_store(customer)]
+        session[USUAL_STORE_SESSION_KEY] = cached
+    return (str(cached[1]), USUAL) if cached[1] else ("", "")
 
 
 def shopper_store(request: HttpRequest) -> str:
-    """The store the shopper chose ("" when none, or without a session)."""
-    session = getattr(request, "session", None)
-    return str(session.get(STORE_SESSION_KEY, "") or "") if session is not None else ""
+    """The shopper's store: their choice, else a signed-in shopper's usual store, else "" (see
+    :func:`shopper_store_source`)."""
+    return shopper_store_source(request)[0]
 
 
 def store_known(store_id: str) -> bool:

@@ -18,13 +18,14 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from .. import app_settings
 from ..models import Order, Product
 from ..selectors.experiment import HOLDOUT, request_group
+from ..selectors.customers import request_customer_id
 from ..selectors.offers import live_offer
 from ..services.events import offer_event_add_to_cart
 from ..services.orders import NOT_FOR_SALE, customer_get_or_create, order_place
 from .cart import SessionCart, cart_price
 from .offers import product_offers_shown
 from .forms import AddToCartForm, CartUpdateForm, CheckoutForm, ProductSearchForm, StoreForm
-from .stores import STORE_SESSION_KEY, known_stores, shopper_store, store_known
+from .stores import STORE_SESSION_KEY, USUAL, known_stores, shopper_store, shopper_store_source, store_known
 
 PAGE_SIZE = 24
 ORDERS_SESSION_KEY = "shop_bundles_orders"
@@ -190,8 +191,10 @@ def checkout(request: HttpRequest) -> HttpResponse:
         return redirect("shop_bundles:cart")
     try:
         customer = None
-        if form.cleaned_data.get("customer_id"):
-            customer = customer_get_or_create(external_id=form.cleaned_data["customer_id"])
+        # A typed id (staff, or the replay) wins; else the signed-in shopper (SHOP_BUNDLES_CUSTOMER_RESOLVER).
+        customer_id = form.cleaned_data.get("customer_id") or request_customer_id(request)
+        if customer_id:
+            customer = customer_get_or_create(external_id=customer_id)
         # The group is fixed by the identity the shopper browsed with, so the order is priced as the cart was.
         group = request_group(request)
         order = order_place(cart=cart, session_key=_session_key(request), customer=customer,
@@ -210,9 +213,11 @@ def checkout(request: HttpRequest) -> HttpResponse:
 def store_choose(request: HttpRequest) -> HttpResponse:
     """Choose the shopper's store (POST ``store``; "" clears it); GET shows the choice.
 
-    The product page then orders its offers by the model's scores for that
-    store (``selectors.offers.offers_for_product``), and the checkout records
+    The product page then orders its offers by that store's attach rates
+    (``selectors.offers.offers_for_product``), and the checkout records
     the store on the order. An unknown store id is refused with a message.
+    "No store" is kept as a choice (""), so a signed-in shopper's usual store
+    does not come back in its place.
     """
     if request.method == "POST":
         store = str(request.POST.get("store", "")).strip()
@@ -223,12 +228,13 @@ def store_choose(request: HttpRequest) -> HttpResponse:
             request.session[STORE_SESSION_KEY] = store
             messages.success(request, f"Your store is now store {store}: offers are ordered for it.")
         else:
-            request.session.pop(STORE_SESSION_KEY, None)
+            request.session[STORE_SESSION_KEY] = ""
             messages.success(request, "No store chosen: offers are ordered for the whole shop.")
         return _redirect_back(request, reverse("shop_bundles:product_list"))
-    form = StoreForm(initial={"store": shopper_store(request)}, stores=known_stores())
+    store, source = shopper_store_source(request)
+    form = StoreForm(initial={"store": store}, stores=known_stores())
     return render(request, "shop_bundles/storefront/store.html", {
-        "form": form, "store": shopper_store(request), "next": request.GET.get("next", ""),
+        "form": form, "store": store, "usual": source == USUAL, "next": request.GET.get("next", ""),
     })
 
 

@@ -2,6 +2,7 @@
 
 * ``{{ amount|money }}`` formats a Decimal in the shop currency (``SHOP_BUNDLES_CURRENCY``).
 * ``{% cart_count %}`` units in the session cart (no database query).
+* ``{% shopper_store as store %}`` the shopper's store id, chosen or usual ("" when none).
 * ``{% bundle_offers product %}`` renders the "Frequently bought together"
   block for a product, so a shop can drop the offers into its own product page.
 """
@@ -16,6 +17,7 @@ from ..selectors.offers import offers_for_product
 from ..storefront.cart import SessionCart
 from ..storefront.offers import product_offers_shown
 from ..storefront.pricing import quantize_money
+from ..storefront.stores import shopper_store as _shopper_store
 
 register = template.Library()
 
@@ -45,6 +47,14 @@ def cart_count(context) -> int:
     if request is None or not hasattr(request, "session"):
         return 0
     return SessionCart(request.session).count()
+
+
+@register.simple_tag(takes_context=True)
+def shopper_store(context) -> str:
+    """The current shopper's store id: chosen on the store page, else a signed-in shopper's usual
+    store (``storefront.stores.shopper_store``), else "" (also without a request)."""
+    request = context.get("request")
+    return _shopper_store(request) if request is not None else ""
 
 
 @register.inclusion_tag("shop_bundles/storefront/_offers.html", takes_context=True)

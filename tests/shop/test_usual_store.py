@@ -1,0 +1,98 @@
+"""A signed-in shopper (SHOP_BUNDLES_CUSTOMER_RESOLVER): offers ordered for their usual store, orders linked to them."""
+from datetime import timedelta
+from decimal import Decimal as D
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from shop_bundles.models import Customer, Order
+from shop_bundles.selectors.customers import usual_store
+from shop_bundles.selectors.experiment import assignment_group
+from shop_bundles.storefront.stores import STORE_SESSION_KEY, USUAL_STORE_SESSION_KEY
+from tests.shop.test_store_offers import scored  # noqa: F401 - fixture
+from tests.shop.test_storefront import products  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.django_db
+
+RESOLVER = "shop_bundles.selectors.customers.customer_by_user_email"
+
+
+def _orders(customer, stores, *, source=Order.SOURCE_IMPORT, start=None):
+    start = start or timezone.now() - timedelta(days=30)
+    for i, store in enumerate(stores):
+        Order.objects.create(external_id=f"{customer.external_id}-{source}-{i}", customer=customer,
+                             placed_at=start + timedelta(days=i), store_id=store, source=source)
+
+
+def test_usual_store_is_the_store_of_most_orders_ties_to_the_latest():
+    ann = Customer.objects.create(external_id="hh-7")
+    _orders(ann, ["12", "367", "367", "", ""])  # orders without a store do not count
+    _orders(ann, ["12"] * 5, source=Order.SOURCE_SIMULATED)  # replay orders are left out
+    assert usual_store("hh-7") == "367"
+    bob = Customer.objects.create(external_id="hh-8")
+    _orders(bob, ["5", "9"])  # one each: the more recent order's store
+    assert usual_store("hh-8") == "9"
+    assert usual_store("hh-9") == "" and usual_store("") == ""
+
+
+def test_signed_in_shopper_gets_their_usual_store_until_they_choose(client, django_user_model, settings, products,  # noqa: F811
+                                                                   scored):  # noqa: F811
+    settings.SHOP_BUNDLES_CUSTOMER_RESOLVER = RESOLVER
+    assert assignment_group("hh-7") == "treatment"  # the shopper sees offers
+    ann = Customer.objects.create(external_id="hh-7", email="ann@example.com")
+    _orders(ann, ["367", "12", "367"])
+    pasta_url = reverse("shop_bundles:product_detail", kwargs={"sku": "A"})
+
+    # Anonymous: the chain-wide order (tests.shop.test_store_offers: A+B before A+C).
+    assert [o.campaign.name for o in client.get(pasta_url).context["offers"]] == ["AF", "AB", "AD"]
+
+    # Signed in (the e-mail matches case-insensitively): ordered for store 367, as if chosen.
+    client.force_login(django_user_model.objects.create_user("ann", "Ann@Example.com", "pw-For-tests-1"))
+    response = client.get(pasta_url)
+    assert [o.campaign.name for o in response.context["offers"]] == ["AF", "AC", "AD"]
+    html = response.content.decode()
+    assert "Store 367</a>" in html and "Bought together in 9 baskets at your store" in html
+    assert client.session[USUAL_STORE_SESSION_KEY] == ["hh-7", "367"] and STORE_SESSION_KEY not in client.session
+    page = client.get(reverse("shop_bundles:store_choose"))
+    assert page.context["form"].initial["store"] == "367"
+    assert "now: store 367, where most of your orders were placed" in page.content.decode()
+
+    # The checkout links the order to the customer and records the usual store; the holdout split
+    # follows the customer id.
+    client.post(reverse("shop_bundles:cart_add", kwargs={"sku": "A"}), {"quantity": 1})
+    client.post(reverse("shop_bundles:checkout"), {})
+    order = Order.objects.get(source=Order.SOURCE_STOREFRONT)
+    assert (order.customer_id, order.store_id, order.experiment_group, order.total) == (
+        ann.pk, "367", "treatment", D("20.00"))
+
+    # "No store" stays chosen (the usual store does not come back); another store can be chosen.
+    client.post(reverse("shop_bundles:store_choose"), {"store": ""})
+    assert [o.campaign.name for o in client.get(pasta_url).context["offers"]] == ["AF", "AB", "AD"]
+    assert "Choose your store</a>" in client.get(pasta_url).content.decode()
+    client.post(reverse("shop_bundles:store_choose"), {"store": "12"})
+    assert client.session[STORE_SESSION_KEY] == "12"
+    assert "Store 12</a>" in client.get(pasta_url).content.decode()
+
+
+def test_without_a_resolver_or_a_matching_customer_the_shopper_is_anonymous(client, django_user_model, settings,
+                                                                             products, scored):  # noqa: F811
+    ann = Customer.objects.create(external_id="hh-7", email="ann@example.com")
+    _orders(ann, ["367"])
+    client.force_login(django_user_model.objects.create_user("ann", "ann@example.com", "pw-For-tests-1"))
+    pasta_url = reverse("shop_bundles:product_detail", kwargs={"sku": "A"})
+    assert [o.campaign.name for o in client.get(pasta_url).context["offers"]] == ["AF", "AB", "AD"]  # no resolver set
+    settings.SHOP_BUNDLES_CUSTOMER_RESOLVER = RESOLVER
+    client.force_login(django_user_model.objects.create_user("bob", "bob@example.com", "pw-For-tests-1"))
+    assert [o.campaign.name for o in client.get(pasta_url).context["offers"]] == ["AF", "AB", "AD"]  # no customer
+    client.post(reverse("shop_bundles:cart_add", kwargs={"sku": "A"}), {"quantity": 1})
+    client.post(reverse("shop_bundles:checkout"), {})
+    assert Order.objects.get(source=Order.SOURCE_STOREFRONT).customer is None
+
+
+def test_a_resolver_that_cannot_be_imported_is_a_configuration_error(client, settings, products):  # noqa: F811
+    from django.core.exceptions import ImproperlyConfigured
+
+    settings.SHOP_BUNDLES_CUSTOMER_RESOLVER = "shop_bundles.selectors.customers.no_such_resolver"
+    with pytest.raises(ImproperlyConfigured, match="cannot import 'shop_bundles.selectors.customers.no_such_resolver'"):
+        client.get(reverse("shop_bundles:product_detail", kwargs={"sku": "A"}))
