@@ -423,7 +423,7 @@ def base_name(name: str) -> str:
     return name.replace("-noemb", "").replace("-nopromo", "")
 
 
-def run(cache: Path, variants, seeds, total=40_000, out_json=None):
+def run(cache: Path, variants, seeds, total=40_000, out_json=None, groups=None):
     import keras
 
     from bundling_ml.data import Queries
@@ -476,6 +476,8 @@ def run(cache: Path, variants, seeds, total=40_000, out_json=None):
             res["ndcg@10_by_week"] = [round(hr_ndcg(hits[q_week == w], ts[q_week == w], bt.K)[1], 4) for w in range(int(q_week.max()) + 1)]
             res["ndcg@10_holiday_period"] = round(hr_ndcg(hits[q_hol], ts[q_hol], bt.K)[1], 4)
             res["ndcg@10_other"] = round(hr_ndcg(hits[~q_hol], ts[~q_hol], bt.K)[1], 4)
+            for g, mask in (groups or {}).items():  # caller's query groups: {label: (n_queries,) bool}
+                res[f"ndcg@10_{g}"] = round(hr_ndcg(hits[mask], ts[mask], bt.K)[1], 4)
             results.append(res)
             log(f"{name:<14} seed {seed}: HR@10 {r['hr@10']:.4f}  NDCG@10 {r['ndcg@10']:.4f}  (fit {t_fit:.0f} s, total {time.perf_counter() - t:.0f} s, "
                 f"val_loss {hist['val_loss']}); holiday-period queries {res['ndcg@10_holiday_period']:.4f}, other {res['ndcg@10_other']:.4f}, "

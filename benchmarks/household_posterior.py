@@ -87,6 +87,34 @@ ae.VARIANTS.update({
 })
 
 
+HISTORY_BINS = ((1, 10), (10, 30), (30, 100), (100, 10 ** 9))
+
+
+def history_groups() -> dict[str, np.ndarray]:
+    """Protocol test queries grouped by their household's training-window baskets.
+
+    Returns:
+        {"hh_baskets_<lo>-<hi>": (n_queries,) bool}, bins :data:`HISTORY_BINS`
+        (Complete Journey is a panel: every test household has training baskets).
+    """
+    from bundling_ml.data import build_queries, completejourney_frames, prepare_lines, temporal_split
+
+    lines, _ = completejourney_frames()
+    train, test = temporal_split(prepare_lines(lines), ae.SPLIT)
+    pidx = pd.Index(np.sort(train["product_id"].unique()))
+    q = build_queries(test, pidx, sample_baskets=3000, seed=0)
+    owner = test.drop_duplicates("basket_id").set_index("basket_id")["customer_id"]
+    n_hist = train.groupby("customer_id")["basket_id"].nunique()
+    hh = owner.reindex(pd.Index(q.basket_ids)).to_numpy()[q.query_basket]
+    n = n_hist.reindex(pd.Index(hh)).fillna(0).to_numpy()
+    out = {}
+    for lo, hi in HISTORY_BINS:
+        mask = (n >= lo) & (n < hi)
+        out[f"hh_baskets_{lo}-{hi if hi < 10 ** 9 else 'max'}"] = mask
+        ae.log(f"queries whose household has {lo}..{hi - 1} training baskets: {mask.sum():,}")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--phase", choices=("prep", "run"), required=True)
@@ -94,13 +122,20 @@ def main() -> int:
     ap.add_argument("--variants", default="base,base+hh")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--out", default=None, help="append one JSON line per result")
+    ap.add_argument("--by-history", action="store_true",
+                    help="run: also NDCG@10 by the query household's training baskets (HISTORY_BINS)")
     args = ap.parse_args()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     if args.phase == "prep":
         ae.prep(cache, [0], test_lists=True, extra_fn=product_columns)
     else:
-        ae.run(cache, args.variants.split(","), [int(s) for s in args.seeds.split(",")], out_json=args.out)
+        groups = history_groups() if args.by_history else None
+        for res in ae.run(cache, args.variants.split(","), [int(s) for s in args.seeds.split(",")], out_json=args.out,
+                          groups=groups):
+            if groups:
+                ae.log(f"{res['variant']:<14} seed {res['seed']}: " + ", ".join(
+                    f"{g[len('hh_baskets_'):]} {res['ndcg@10_' + g]:.4f}" for g in groups))
     ae.log("done")
     return 0
 
