@@ -14,8 +14,10 @@ shop's order history), or None/"" for an anonymous visitor. With it:
   one group on every device (``selectors.experiment.shopper_identity``).
 
 ``customer_by_user_email`` is a ready resolver for shops whose Django users
-and ``Customer`` rows share an e-mail address. Unset (the default), every
-visitor is anonymous, as before.
+and ``Customer`` rows share an e-mail address that the shop has verified (a
+user who could type any address could otherwise link their orders to
+somebody else's customer record). Unset (the default), every visitor is
+anonymous, as before.
 """
 from __future__ import annotations
 
@@ -66,6 +68,7 @@ def customer_by_user_email(request) -> str | None:
 
     One ``SELECT`` on ``Customer.email`` per request; when several
     customers share the address, the oldest (lowest primary key) is taken.
+    Use it only when the shop verifies its users' e-mail addresses.
     Set ``SHOP_BUNDLES_CUSTOMER_RESOLVER = "shop_bundles.selectors.customers.customer_by_user_email"``.
     """
     user = getattr(request, "user", None)
