@@ -269,15 +269,26 @@ def label_pool(train: pd.DataFrame, pidx: pd.Index, table, P: pd.DataFrame, prom
 
     Returns:
         (feat, lab, ctx, q, sel, anchors, rows, times, weeks, J, uniq, inv):
-        the statistics and label lines, the context, the label
-        :class:`~bundling_ml.data.Queries` and the (pool,) sorted sample of its
-        query indices, the sampled queries' anchors, basket rows, times and
-        promotion weeks, the decayed Jaccard matrix, the sorted distinct
-        anchors and each sampled query's row in them.
+        the statistics and label lines, then :func:`sample_pool`'s tuple.
     """
     feat = train[train["time"] < lab_start]
     lab = train[(train["time"] >= lab_start) & (train["time"] < lab_end)]
-    ctx = rk.attach_promotions(rk.build_context(feat, pidx, table, P, end=lab_start), promotions)
+    return (feat, lab) + sample_pool(feat, lab, pidx, table, P, promotions, lab_start, pool_n, seed)
+
+
+def sample_pool(feat: pd.DataFrame, lab: pd.DataFrame, pidx: pd.Index, table, P: pd.DataFrame, promotions, end: pd.Timestamp,
+                pool_n: int, seed: int):
+    """The context of the statistics lines ``feat`` (ending at ``end``) and ``pool_n`` label queries of ``lab``.
+
+    Returns:
+        (ctx, q, sel, anchors, rows, times, weeks, J, uniq, inv): the context,
+        the label :class:`~bundling_ml.data.Queries` and the (pool,) sorted
+        sample of its query indices (``numpy.random.default_rng(seed)``), the
+        sampled queries' anchors, basket rows, times and promotion weeks, the
+        decayed Jaccard matrix, the sorted distinct anchors and each sampled
+        query's row in them.
+    """
+    ctx = rk.attach_promotions(rk.build_context(feat, pidx, table, P, end=end), promotions)
     seen = pidx[ctx.S.item_counts > 0]
     q = bt.remap_queries(build_queries(lab, seen), seen, pidx)
     rng = np.random.default_rng(seed)
@@ -287,7 +298,22 @@ def label_pool(train: pd.DataFrame, pidx: pd.Index, table, P: pd.DataFrame, prom
     weeks = rk.week_index(ctx, times)
     J = rk.decayed_jaccard_matrix(ctx)
     uniq, inv = np.unique(anchors, return_inverse=True)
-    return feat, lab, ctx, q, sel, anchors, rows, times, weeks, J, uniq, inv
+    return ctx, q, sel, anchors, rows, times, weeks, J, uniq, inv
+
+
+def save_pool(cache: Path, name: str, feat: pd.DataFrame, pidx: pd.Index, end: pd.Timestamp, pool, extra_fn) -> np.ndarray:
+    """Candidate lists, inputs, labels and ``extra_fn`` columns of a :func:`sample_pool` tuple, cached as ``name``.
+
+    Returns:
+        (pool, M_TRAIN) labels (1 where the candidate is in the query's basket).
+    """
+    ctx, q, sel, anchors, rows, times, weeks, J, uniq, inv = pool
+    cands = rk.anchor_candidates(ctx, uniq, bt.M_TEST, J=J, **MEASURED_CANDIDATES)[inv][:, :bt.M_TRAIN]
+    x = rk.list_inputs(ctx, anchors, cands, None, rk.feature_columns(COLS_NAMES), weeks, times)
+    y = rk.list_labels(q.baskets, rows, cands)
+    extra = extra_fn(feat, ctx, pidx, end, anchors, cands, times)
+    save(cache, name, {**{k: x[k] for k in X_KEYS}, "y": y, "extra": extra})
+    return y
 
 
 def predict_cached(model, test: dict, keys, extra=None, chunk: int = 4000) -> np.ndarray:
@@ -358,17 +384,13 @@ def prep(cache: Path, windows=(0, 1, 2), test_lists=True, extra_fn=season_extra)
         w_start, w_end, pool_n = WINDOWS[w]
         lab_end = SPLIT - pd.Timedelta(weeks=w_end)
         lab_start = SPLIT - pd.Timedelta(weeks=w_start)
-        feat, lab, ctx, q, sel, anchors, rows, times, weeks, J, uniq, inv = label_pool(
+        feat, lab, *pool = label_pool(
             train, pidx, table, P, promotions, lab_start, lab_end, pool_n, 1000 + (w if isinstance(w, int) else 10 + w_start))
-        cands = rk.anchor_candidates(ctx, uniq, bt.M_TEST, J=J, **MEASURED_CANDIDATES)[inv][:, :bt.M_TRAIN]
-        del J
-        x = rk.list_inputs(ctx, anchors, cands, None, cols, weeks, times)
-        y = rk.list_labels(q.baskets, rows, cands)
-        extra = extra_fn(feat, ctx, pidx, lab_start, anchors, cands, times)
-        save(cache, f"w{w}", {**{k: x[k] for k in X_KEYS}, "y": y, "extra": extra})
+        y = save_pool(cache, f"w{w}", feat, pidx, lab_start, pool, extra_fn)
+        q, sel, times = pool[1], pool[2], pool[5]
         log(f"window {w}: labels {lab_start.date()}..{(lab_end - pd.Timedelta(days=1)).date()}, {q.n_queries:,} queries, pool {len(sel):,}, "
             f"recall@80 {(y.sum(1) > 0).mean():.3f}, holiday-gated label queries {holiday_flags(times).mean():.3f}")
-        del ctx, x, y, extra, q
+        del pool, y, q
     if not test_lists:
         return
     ctx = rk.attach_promotions(rk.build_context(train, pidx, table, P, end=SPLIT), promotions)

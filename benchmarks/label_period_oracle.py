@@ -38,12 +38,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 
 import anon_experiments as ae  # noqa: E402
 import household_posterior as hp  # noqa: E402
-from bundling_ml import backtest as bt  # noqa: E402
-from bundling_ml import ranking as rk  # noqa: E402
 from bundling_ml.data import build_queries  # noqa: E402
 
 ae.VARIANTS.update({
@@ -57,26 +54,13 @@ POOL = 50_000
 def prep(cache: Path) -> None:
     """Cache the test-period label pool as window ``oracle`` (keys as ``anon_experiments.prep``)."""
     train, test, P, pidx, vocab, table, promotions = ae.setup()
-    ctx = rk.attach_promotions(rk.build_context(train, pidx, table, P, end=ae.SPLIT), promotions)
     proto = build_queries(test, pidx, sample_baskets=3000, seed=0)
     lab = test[~test["basket_id"].isin(set(proto.basket_ids))]
     ae.log(f"test period: {test['basket_id'].nunique():,} baskets, {len(set(proto.basket_ids)):,} protocol baskets left out, "
            f"{lab['basket_id'].nunique():,} label baskets")
-    seen = pidx[ctx.S.item_counts > 0]
-    q = bt.remap_queries(build_queries(lab, seen), seen, pidx)
-    rng = np.random.default_rng(2000)
-    sel = np.sort(rng.choice(q.n_queries, size=min(POOL, q.n_queries), replace=False))
-    anchors, rows = q.anchor[sel], q.query_basket[sel]
-    times = bt.basket_times(lab, q.basket_ids)[rows]
-    weeks = rk.week_index(ctx, times)
-    J = rk.decayed_jaccard_matrix(ctx)
-    uniq, inv = np.unique(anchors, return_inverse=True)
-    cands = rk.anchor_candidates(ctx, uniq, bt.M_TEST, J=J, **ae.MEASURED_CANDIDATES)[inv][:, :bt.M_TRAIN]
-    del J
-    x = rk.list_inputs(ctx, anchors, cands, None, rk.feature_columns(ae.COLS_NAMES), weeks, times)
-    y = rk.list_labels(q.baskets, rows, cands)
-    extra = hp.product_columns(train, ctx, pidx, ae.SPLIT, anchors, cands, times)
-    ae.save(cache, "woracle", {**{k: x[k] for k in ae.X_KEYS}, "y": y, "extra": extra})
+    pool = ae.sample_pool(train, lab, pidx, table, P, promotions, ae.SPLIT, POOL, 2000)
+    y = ae.save_pool(cache, "woracle", train, pidx, ae.SPLIT, pool, hp.product_columns)
+    q, sel = pool[1], pool[2]
     ae.log(f"oracle pool: {q.n_queries:,} queries, pool {len(sel):,}, recall@80 {(y.sum(1) > 0).mean():.3f}")
 
 
