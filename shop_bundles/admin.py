@@ -554,10 +554,68 @@ class BundleSuggestionAdmin(admin.ModelAdmin):
 # --------------------------------------------------------------------------- campaigns
 
 
-class BundleCampaignItemInline(admin.TabularInline):
+class BundleCampaignItemFormSet(forms.BaseInlineFormSet):
+    """A campaign's products, checked together with the campaign's discount (case M3).
+
+    Runs on the add form as on the change form, against the products and
+    units being saved (not the ones saved before): a bundle needs at least 2
+    units, each item at least 1, and its discount must pass
+    ``services.campaigns.discount_validate`` for the regular price of those
+    units (shelf price x units, summed).
+    """
+
+    def clean(self):
+        from .services.campaigns import bundle_regular_price, discount_validate
+
+        super().clean()
+        if any(self.errors):
+            return
+        units = []
+        for form in self.forms:
+            data = getattr(form, "cleaned_data", None) or {}
+            if data.get("DELETE"):
+                continue
+            saved = form.instance if form.instance.product_id else None
+            product = data.get("product") if "product" in form.fields else getattr(saved, "product", None)
+            quantity = data.get("quantity") if "quantity" in form.fields else getattr(saved, "quantity", 0)
+            if product is None:
+                continue
+            if (quantity or 0) < 1:
+                raise ValidationError(f"{product}: units per bundle must be at least 1.")
+            units += [product] * int(quantity)
+        if len(units) < 2:
+            raise ValidationError("A bundle needs at least 2 units (two products, or 2 units of one product).")
+        campaign = self.instance  # the campaign form's cleaned values are already on it
+        if campaign.discount_type and campaign.discount_value is not None:
+            discount_validate(discount_type=campaign.discount_type, discount_value=campaign.discount_value,
+                              regular_price=bundle_regular_price(units))
+
+
+class CampaignPartInline(admin.TabularInline):
+    """An inline that is part of the campaign (its products, its store limits): whoever may edit the
+    campaign (Django's change permission and the dedicated manage permission, as
+    ``BundleCampaignAdmin``) may edit it, and viewers of the campaign see it. So the products inline,
+    which checks the discount against the bundle price, is on every form that can save a campaign."""
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm("shop_bundles.view_bundlecampaign") or self.has_change_permission(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return (request.user.has_perm("shop_bundles.change_bundlecampaign")
+                and request.user.has_perm("shop_bundles.manage_bundlecampaign"))
+
+    def has_add_permission(self, request, obj=None):
+        return self.has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return self.has_change_permission(request, obj)
+
+
+class BundleCampaignItemInline(CampaignPartInline):
     """Products of a campaign (units per bundle, position)."""
 
     model = BundleCampaignItem
+    formset = BundleCampaignItemFormSet
     extra = 0
     fields = ("position", "product", "quantity", "product_price", "product_available")
     readonly_fields = ("product_price", "product_available")
@@ -575,7 +633,7 @@ class BundleCampaignItemInline(admin.TabularInline):
         return obj.product.available if obj.product_id else None
 
 
-class BundleCampaignStoreInline(admin.TabularInline):
+class BundleCampaignStoreInline(CampaignPartInline):
     """Stores a campaign is limited to; none = every store (and shoppers with no store chosen)."""
 
     model = BundleCampaignStore
@@ -584,41 +642,17 @@ class BundleCampaignStoreInline(admin.TabularInline):
     verbose_name = "store limit"
     verbose_name_plural = "Only in these stores (none: every store)"
 
-    # The stores are part of the campaign: whoever may edit the campaign (Django's change permission and
-    # the dedicated manage permission, as BundleCampaignAdmin) may edit them; viewers see them.
-    def has_view_permission(self, request, obj=None):
-        return request.user.has_perm("shop_bundles.view_bundlecampaign") or self.has_change_permission(request, obj)
-
-    def has_change_permission(self, request, obj=None):
-        return (request.user.has_perm("shop_bundles.change_bundlecampaign")
-                and request.user.has_perm("shop_bundles.manage_bundlecampaign"))
-
-    def has_add_permission(self, request, obj=None):
-        return self.has_change_permission(request, obj)
-
-    def has_delete_permission(self, request, obj=None):
-        return self.has_change_permission(request, obj)
-
 
 class BundleCampaignForm(forms.ModelForm):
-    """Campaign edit form: the discount is checked against the bundle's regular price (case M3)."""
+    """Campaign add / edit form. The discount is checked against the bundle's regular price by the
+    products inline (``BundleCampaignItemFormSet``, case M3), which sees the products being saved."""
 
     class Meta:
         model = BundleCampaign
         fields = ("name", "status", "status_reason", "discount_type", "discount_value", "starts_at", "ends_at")
 
     def clean(self):
-        from .services.campaigns import bundle_regular_price, discount_validate
-
         data = super().clean()
-        if self.instance.pk and data.get("discount_type") and data.get("discount_value") is not None:
-            products = [item.product for item in self.instance.items.select_related("product")]
-            if products:
-                try:
-                    discount_validate(discount_type=data["discount_type"], discount_value=data["discount_value"],
-                                      regular_price=bundle_regular_price(products))
-                except ValidationError as exc:
-                    self.add_error("discount_value", exc)
         starts, ends = data.get("starts_at"), data.get("ends_at")
         if starts and ends and ends <= starts:
             self.add_error("ends_at", "The campaign must end after it starts.")

@@ -165,6 +165,49 @@ def test_campaign_admin_pause_action_and_discount_check(queue, staff_client):
     assert StaffAction.objects.filter(action="edit", campaign=campaign).exists()
 
 
+def _campaign_add_data(discount_type, value, items):
+    start = timezone.localtime()
+    data = {"name": "Basil + Garlic", "status": "active", "status_reason": "", "discount_type": discount_type,
+            "discount_value": value, "starts_at_0": start.strftime("%Y-%m-%d"), "starts_at_1": "00:00:00",
+            "ends_at_0": (start + timezone.timedelta(days=28)).strftime("%Y-%m-%d"), "ends_at_1": "00:00:00",
+            "items-TOTAL_FORMS": str(len(items)), "items-INITIAL_FORMS": "0", "items-MIN_NUM_FORMS": "0",
+            "items-MAX_NUM_FORMS": "1000", "store_limits-TOTAL_FORMS": "0", "store_limits-INITIAL_FORMS": "0",
+            "store_limits-MIN_NUM_FORMS": "0", "store_limits-MAX_NUM_FORMS": "1000"}
+    for i, (product, quantity) in enumerate(items):
+        data.update({f"items-{i}-product": product.pk, f"items-{i}-quantity": quantity, f"items-{i}-position": i})
+    return data
+
+
+def test_campaign_add_form_checks_the_discount_against_the_products_being_added(client):
+    """Case M3 on the add form: {C 3.00, D 2.00} with 6.00 off is refused; the products are not saved yet."""
+    user = make_staff("carol", "add_bundlecampaign", "change_bundlecampaign", "view_bundlecampaign",
+                      "manage_bundlecampaign")
+    client.force_login(user)
+    basil, garlic = make_product("C", "3.00", name="Basil"), make_product("D", "2.00", name="Garlic")
+    url = reverse("admin:shop_bundles_bundlecampaign_add")
+    response = client.post(url, _campaign_add_data("amount", "6.00", [(basil, 1), (garlic, 1)]))
+    assert response.status_code == 200
+    assert "The discount 6.00 exceeds the bundle price 5.00." in response.content.decode()
+    # Two units of Basil make the bundle 8.00: 6.00 off is allowed then, so quantities count.
+    response = client.post(url, _campaign_add_data("amount", "6.00", [(basil, 2), (garlic, 1)]))
+    assert response.status_code == 302
+    campaign = BundleCampaign.objects.get()
+    assert sorted(campaign.items.values_list("product__sku", "quantity")) == [("C", 2), ("D", 1)]
+    assert (campaign.discount_type, campaign.discount_value, campaign.created_by) == ("amount", Decimal("6.00"), user)
+    # A fixed bundle price at or above the regular price, a one-unit bundle and 0 units are refused too.
+    for data, message in [
+        (_campaign_add_data("fixed_price", "5.00", [(basil, 1), (garlic, 1)]),
+         "The bundle price 5.00 is not below the regular price 5.00."),
+        (_campaign_add_data("percent", "10", [(basil, 1)]),
+         "A bundle needs at least 2 units (two products, or 2 units of one product)."),
+        (_campaign_add_data("percent", "10", [(basil, 0), (garlic, 1)]),
+         "Basil (C): units per bundle must be at least 1."),
+    ]:
+        response = client.post(url, data)
+        assert response.status_code == 200 and message in response.content.decode()
+    assert BundleCampaign.objects.count() == 1
+
+
 def test_training_run_pages_show_progress_curve_and_retrain_button(admin_client, monkeypatch):
     version = ModelVersion.objects.create(label="v-curve", artifact_path="/tmp/x", metrics=METRICS, is_active=True)
     done = TrainingRun.objects.create(status="succeeded", progress=1.0, stage="done", metrics=METRICS,
