@@ -220,5 +220,8 @@ LOGGING = {
     "loggers": {
         "shop_bundles": {"handlers": ["console"], "level": os.environ.get("SHOP_BUNDLES_LOG_LEVEL", "INFO")},
         "bundling_ml": {"handlers": ["console"], "level": os.environ.get("SHOP_BUNDLES_LOG_LEVEL", "INFO")},
+        # Server errors (500s) with their traceback on the console in production too (Django's default
+        # sends them only to ADMINS by mail when DEBUG is off).
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
     },
 }

@@ -96,3 +96,17 @@ def test_a_resolver_that_cannot_be_imported_is_a_configuration_error(client, set
     settings.SHOP_BUNDLES_CUSTOMER_RESOLVER = "shop_bundles.selectors.customers.no_such_resolver"
     with pytest.raises(ImproperlyConfigured, match="cannot import 'shop_bundles.selectors.customers.no_such_resolver'"):
         client.get(reverse("shop_bundles:product_detail", kwargs={"sku": "A"}))
+
+
+def test_system_check_reports_a_resolver_that_cannot_be_imported(settings):
+    from shop_bundles.checks import customer_resolver_check
+
+    assert customer_resolver_check() == []  # unset
+    settings.SHOP_BUNDLES_CUSTOMER_RESOLVER = RESOLVER
+    assert customer_resolver_check() == []
+    settings.SHOP_BUNDLES_CUSTOMER_RESOLVER = "shop_bundles.selectors.customers.nope"
+    [error] = customer_resolver_check()
+    assert error.id == "shop_bundles.E001" and "cannot import 'shop_bundles.selectors.customers.nope'" in error.msg
+    settings.SHOP_BUNDLES_CUSTOMER_RESOLVER = "shop_bundles.app_settings.DEFAULTS"  # a dict
+    [error] = customer_resolver_check()
+    assert error.id == "shop_bundles.E001" and "is not callable" in error.msg
