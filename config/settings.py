@@ -38,7 +38,8 @@ SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD  ``1`` lets every shopper enter a customer 
 SHOP_BUNDLES_STORE_SUGGESTIONS  store-specific suggestions per scoring, at most (default 100; 0 = none).
 SHOP_BUNDLES_CUSTOMER_RESOLVER  dotted path of ``resolver(request) -> customer id | None`` naming the
                       signed-in shopper (usual store, orders linked; shop_bundles.selectors.customers).
-                      Unset: every storefront visitor is anonymous.
+                      Default here: customer_by_user_email (users are created by staff); empty:
+                      every storefront visitor is anonymous.
 """
 import os
 from pathlib import Path
@@ -160,7 +161,9 @@ WHITENOISE_USE_FINDERS = not PRODUCTION
 if not PRODUCTION:
     STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
-LOGIN_URL = "admin:login"
+LOGIN_URL = "admin:login"  # staff pages; shoppers sign in at /accounts/login/ (config/urls.py)
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
 
 # --- Celery -------------------------------------------------------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
@@ -199,7 +202,10 @@ SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD = env_bool("SHOP_BUNDLES_CHECKOUT_CUSTOMER_
 SHOP_BUNDLES_EVENT_TOKEN = os.environ.get("SHOP_BUNDLES_EVENT_TOKEN", "").strip()
 SHOP_BUNDLES_HISTORY_UNTIL = os.environ.get("SHOP_BUNDLES_HISTORY_UNTIL", "").strip() or None
 SHOP_BUNDLES_STORE_SUGGESTIONS = int(os.environ.get("SHOP_BUNDLES_STORE_SUGGESTIONS", "100"))
-SHOP_BUNDLES_CUSTOMER_RESOLVER = os.environ.get("SHOP_BUNDLES_CUSTOMER_RESOLVER", "").strip() or None
+# Who is signed in: this host project has no self-service sign-up (staff create users and set their
+# e-mail), so a user's e-mail names their customer record. Empty: every visitor is anonymous.
+SHOP_BUNDLES_CUSTOMER_RESOLVER = os.environ.get(
+    "SHOP_BUNDLES_CUSTOMER_RESOLVER", "shop_bundles.selectors.customers.customer_by_user_email").strip() or None
 
 # --- Production hardening (what `manage.py check --deploy` asks for) -----
 if PRODUCTION:

@@ -77,6 +77,7 @@ def test_signed_in_shopper_gets_their_usual_store_until_they_choose(client, djan
 
 def test_without_a_resolver_or_a_matching_customer_the_shopper_is_anonymous(client, django_user_model, settings,
                                                                              products, scored):  # noqa: F811
+    settings.SHOP_BUNDLES_CUSTOMER_RESOLVER = None  # the plugin's default (the host project sets the e-mail one)
     ann = Customer.objects.create(external_id="hh-7", email="ann@example.com")
     _orders(ann, ["367"])
     client.force_login(django_user_model.objects.create_user("ann", "ann@example.com", "pw-For-tests-1"))
@@ -101,6 +102,7 @@ def test_a_resolver_that_cannot_be_imported_is_a_configuration_error(client, set
 def test_system_check_reports_a_resolver_that_cannot_be_imported(settings):
     from shop_bundles.checks import customer_resolver_check
 
+    settings.SHOP_BUNDLES_CUSTOMER_RESOLVER = None
     assert customer_resolver_check() == []  # unset
     settings.SHOP_BUNDLES_CUSTOMER_RESOLVER = RESOLVER
     assert customer_resolver_check() == []
@@ -110,3 +112,45 @@ def test_system_check_reports_a_resolver_that_cannot_be_imported(settings):
     settings.SHOP_BUNDLES_CUSTOMER_RESOLVER = "shop_bundles.app_settings.DEFAULTS"  # a dict
     [error] = customer_resolver_check()
     assert error.id == "shop_bundles.E001" and "is not callable" in error.msg
+
+
+def test_a_shopper_signs_in_on_the_host_login_page_and_sees_their_store(client, django_user_model, products,  # noqa: F811
+                                                                        scored):  # noqa: F811
+    """The host project (config/urls.py) has a shopper sign-in page and turns the e-mail resolver on."""
+    from django.conf import settings as django_settings
+
+    assert django_settings.SHOP_BUNDLES_CUSTOMER_RESOLVER == RESOLVER  # config/settings.py default
+    ann = Customer.objects.create(external_id="hh-7", email="ann@example.com")
+    _orders(ann, ["367", "367"])
+    django_user_model.objects.create_user("ann", "ann@example.com", "pw-For-tests-1")
+    pasta_url = reverse("shop_bundles:product_detail", kwargs={"sku": "A"})
+    html = client.get(pasta_url).content.decode()
+    assert f'href="/accounts/login/?next={pasta_url}" class="signin-link">Sign in</a>' in html
+    response = client.post(reverse("login"), {"username": "ann", "password": "pw-For-tests-1", "next": pasta_url})
+    assert response.status_code == 302 and response["Location"] == pasta_url
+    response = client.get(pasta_url)
+    html = response.content.decode()
+    assert [o.campaign.name for o in response.context["offers"]] == ["AF", "AC", "AD"]
+    assert "Store 367</a>" in html and '<span class="signed-in">ann</span>' in html and "Sign in</a>" not in html
+    client.post(reverse("logout"))
+    assert "Choose your store</a>" in client.get(pasta_url).content.decode()  # signed out: anonymous again
+
+
+def test_demo_shopper_is_the_customer_with_most_orders_linked_by_email(settings, tmp_path, django_user_model):
+    from django.contrib.auth import authenticate
+
+    from shop_bundles.management.commands.demo import Command
+
+    settings.VAR_DIR = tmp_path
+    ann, bob = Customer.objects.create(external_id="hh-7"), Customer.objects.create(external_id="hh-8")
+    _orders(ann, ["367", "12", "367"])
+    _orders(bob, ["5"])
+    Customer.objects.create(external_id="old", email="demo-shopper@example.com")  # a stale link is moved
+    password, customer, store = Command()._demo_shopper()
+    assert (customer, store) == ("hh-7", "367")
+    assert password == (tmp_path / "demo_demo_shopper_password.txt").read_text().strip()
+    assert list(Customer.objects.filter(email="demo-shopper@example.com").values_list("external_id", flat=True)) == [
+        "hh-7"]
+    user = authenticate(username="demo-shopper", password=password)
+    assert user is not None and not user.is_staff and user.email == "demo-shopper@example.com"
+    assert Command()._demo_shopper()[0] == password  # a second run keeps the password

@@ -4,8 +4,9 @@ Steps: import the full data (``import_orders --preset completejourney``),
 train and backtest a model (``train_bundles --no-score``), write pending
 suggestions (``score_bundles``), approve the top suggestions as a demo staff
 user (``demo_approve``, a product in at most 3 of them) so shoppers see offers, order each product page's
-offers per store (``rank_store_offers``), create the admin login, and
-print the timing of each step. Timings are also written to
+offers per store (``rank_store_offers``), create the admin, review-staff
+and demo-shopper logins (the shopper is the customer with the most orders,
+linked by e-mail), and print them with the timing of each step. Timings are also written to
 ``var/demo_timings.json``.
 """
 import json
@@ -44,15 +45,21 @@ class Command(BaseCommand):
             step("import", "import_orders", **import_opts)
         step("train", "train_bundles", no_score=True)
         step("score", "score_bundles")
-        step("approve", "demo_approve", top=opts["approve"], offers_per_product=3)
+        # The review-only staff user that approves (demo_approve gives it its permissions), with a kept password.
+        staff_password = self._demo_password("demo-staff")
+        staff, _ = get_user_model().objects.get_or_create(username="demo-staff", defaults={"is_staff": True})
+        staff.set_password(staff_password)
+        staff.save()
+        step("approve", "demo_approve", top=opts["approve"], offers_per_product=3, username="demo-staff")
         step("rank per store", "rank_store_offers")
 
-        password = self._admin_password()
+        password = self._demo_password("admin")
         user_model = get_user_model()
         admin, _ = user_model.objects.get_or_create(username="admin", defaults={"email": "admin@example.com"})
         admin.is_staff = admin.is_superuser = True
         admin.set_password(password)
         admin.save()
+        shopper = self._demo_shopper()
 
         var_dir = Path(settings.VAR_DIR)
         (var_dir / "demo_timings.json").write_text(json.dumps(timings, indent=2))
@@ -61,11 +68,39 @@ class Command(BaseCommand):
             self.stdout.write(f"  {name:<8} {seconds:>8.1f} s")
         self.stdout.write("  Storefront: http://127.0.0.1:8000/")
         self.stdout.write(f"  Admin:      http://127.0.0.1:8000/admin/  user: admin  password: {password}")
+        self.stdout.write(f"              review-only staff: user: demo-staff  password: {staff_password}")
+        if shopper:
+            self.stdout.write(f"  Shopper:    http://127.0.0.1:8000/accounts/login/  user: demo-shopper  password: "
+                              f"{shopper[0]}  (customer {shopper[1]}, usual store {shopper[2] or 'none'})")
+
+    def _demo_shopper(self):
+        """A signed-in shopper for the demo: user ``demo-shopper`` linked by e-mail to the customer with the
+        most orders (``customer_by_user_email``). Returns (password, customer id, usual store) or None."""
+        from django.db.models import Count
+
+        from ...models import Customer
+        from ...selectors.customers import usual_store
+
+        customer = (Customer.objects.annotate(n=Count("orders")).filter(n__gt=0).order_by("-n", "external_id")
+                    .first())
+        if customer is None:
+            return None
+        email = "demo-shopper@example.com"
+        Customer.objects.filter(email__iexact=email).exclude(pk=customer.pk).update(email="")
+        customer.email = email
+        customer.save(update_fields=["email"])
+        user, _ = get_user_model().objects.get_or_create(username="demo-shopper", defaults={"email": email})
+        password = self._demo_password("demo-shopper")
+        user.email, user.is_staff = email, False
+        user.set_password(password)
+        user.save()
+        return password, customer.external_id, usual_store(customer.external_id)
 
     @staticmethod
-    def _admin_password() -> str:
-        """Return the demo admin password, generated once and kept in var/demo_admin_password.txt."""
-        path = Path(settings.VAR_DIR) / "demo_admin_password.txt"
+    def _demo_password(username: str) -> str:
+        """Return the demo password of ``username``, generated once and kept in
+        ``var/demo_<username>_password.txt`` (the admin's in ``var/demo_admin_password.txt``)."""
+        path = Path(settings.VAR_DIR) / f"demo_{username.replace('-', '_')}_password.txt"
         if path.exists():
             return path.read_text().strip()
         password = secrets.token_urlsafe(12)
