@@ -65,7 +65,7 @@ class Command(BaseCommand):
         (var_dir / "demo_timings.json").write_text(json.dumps(timings, indent=2))
         self.stdout.write(self.style.SUCCESS("\nDemo ready."))
         for name, seconds in timings.items():
-            self.stdout.write(f"  {name:<8} {seconds:>8.1f} s")
+            self.stdout.write(f"  {name:<15} {seconds:>8.1f} s")
         self.stdout.write("  Storefront: http://127.0.0.1:8000/")
         self.stdout.write(f"  Admin:      http://127.0.0.1:8000/admin/  user: admin  password: {password}")
         self.stdout.write(f"              review-only staff: user: demo-staff  password: {staff_password}")
