@@ -370,6 +370,16 @@ class SuggestionScopeFilter(admin.SimpleListFilter):
         return queryset
 
 
+def items_label(items) -> str:
+    """Bundle items as "name (SKU) + name (SKU)" (a quantity above 1 as "2 x name (SKU)"), in the given order.
+
+    Products of one name (sizes, private label) stay apart in the review queue and the campaign list.
+    """
+    return " + ".join((f"{item.quantity} x " if getattr(item, "quantity", 1) > 1 else "")
+                      + (f"{item.product.name} ({item.product.sku})" if item.product.name else item.product.sku)
+                      for item in items)
+
+
 @admin.register(BundleSuggestion)
 class BundleSuggestionAdmin(admin.ModelAdmin):
     """Review queue: staff compare the evidence and approve or reject suggested bundles in bulk."""
@@ -422,8 +432,7 @@ class BundleSuggestionAdmin(admin.ModelAdmin):
     @admin.display(description="products")
     def bundle(self, obj):
         """Items as "name (SKU)": products of one name (sizes, private label) stay apart in the queue."""
-        return " + ".join(f"{item.product.name} ({item.product.sku})" if item.product.name else item.product.sku
-                          for item in obj.items.all())
+        return items_label(obj.items.all())
 
     @admin.display(description="stores")
     def scope(self, obj):
@@ -664,8 +673,8 @@ class BundleCampaignAdmin(admin.ModelAdmin):
     """Approved bundle offers: edit discount and dates, pause or resume; every change is recorded."""
 
     form = BundleCampaignForm
-    list_display = ("name", "status", "status_reason", "discount_type", "discount_value", "starts_at", "ends_at",
-                    "approved_by", "approved_at", "created_by")
+    list_display = ("name", "products", "status", "status_reason", "discount_type", "discount_value", "starts_at",
+                    "ends_at", "approved_by", "approved_at", "created_by")
     list_filter = ("status", "discount_type")
     search_fields = ("name", "items__product__sku", "items__product__name")
     list_select_related = ("approved_by", "created_by")
@@ -693,6 +702,15 @@ class BundleCampaignAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         """Editing needs Django's change permission and the dedicated manage permission (else read-only)."""
         return super().has_change_permission(request, obj) and self.has_manage_permission(request)
+
+    def get_queryset(self, request):
+        items = BundleCampaignItem.objects.select_related("product").order_by("position", "id")
+        return super().get_queryset(request).prefetch_related(Prefetch("items", queryset=items))
+
+    @admin.display(description="products")
+    def products(self, obj):
+        """Items as "name (SKU)", so two campaigns of same-named products can be told apart."""
+        return items_label(obj.items.all())
 
     @admin.display(description="suggestion")
     def suggestion_link(self, obj):

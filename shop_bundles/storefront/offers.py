@@ -11,6 +11,27 @@ from ..services.events import offer_impressions_record
 from .stores import shopper_store
 
 
+def page_offers(product: Product, *, store_id: str = "") -> list[Offer]:
+    """The offers a product page lists, before the holdout and impressions: ``offers_for_product`` in its
+    order, without offers that look like an earlier one to a shopper, at most ``SHOP_BUNDLES_OFFERS_PER_PAGE``.
+
+    Two offers look alike when their products have the same names (case-insensitive) and units, as
+    two SKUs of one name (sizes, private label) do: the page keeps the first and fills its places with
+    other offers. ``[]`` for an unavailable product.
+    """
+    if not product.available:
+        return []
+    seen, offers = set(), []
+    for offer in offers_for_product(product, store_id=store_id):
+        look = tuple(sorted(((item.product.name or item.product.sku).casefold(), item.quantity)
+                            for item in offer.items))
+        if look not in seen:
+            seen.add(look)
+            offers.append(offer)
+    limit = app_settings.get("OFFERS_PER_PAGE")
+    return offers if limit is None else offers[:int(limit)]
+
+
 def product_offers_shown(request: HttpRequest, product: Product) -> list[Offer]:
     """Select ``product``'s live offers, record their impressions, and return what this shopper sees.
 
@@ -25,16 +46,12 @@ def product_offers_shown(request: HttpRequest, product: Product) -> list[Offer]:
         product: the product of the page.
 
     Returns:
-        The offers to render: the first ``SHOP_BUNDLES_OFFERS_PER_PAGE``
-        (default 3) of ``offers_for_product(product, store_id=<the shopper's
-        chosen store>)`` for the treatment group (ordered for that store),
+        The offers to render: :func:`page_offers` for the shopper's store
+        (chosen, or a signed-in shopper's usual one) for the treatment group,
         ``[]`` for the holdout or an unavailable product. Impressions are
-        recorded for those first offers only.
+        recorded for those offers only.
     """
-    offers = offers_for_product(product, store_id=shopper_store(request)) if product.available else []
-    limit = app_settings.get("OFFERS_PER_PAGE")
-    if limit is not None:
-        offers = offers[:int(limit)]
+    offers = page_offers(product, store_id=shopper_store(request))
     if not offers:
         return []
     if not request.session.session_key:

@@ -11,11 +11,9 @@ from decimal import Decimal, InvalidOperation
 from django import template
 from django.conf import settings
 
-from .. import app_settings
 from ..selectors.experiment import HOLDOUT, request_group
-from ..selectors.offers import offers_for_product
 from ..storefront.cart import SessionCart
-from ..storefront.offers import product_offers_shown
+from ..storefront.offers import page_offers, product_offers_shown
 from ..storefront.pricing import quantize_money
 from ..storefront.stores import shopper_store as _shopper_store
 
@@ -65,8 +63,8 @@ def bundle_offers(context, product, offers=None):
         product: a ``Product``.
         offers: offers already selected and recorded by the view (the
             storefront's product page); None selects them here with
-            ``selectors.offers.offers_for_product`` (one to four queries; ordered for
-            the shopper's chosen store) and records
+            ``storefront.offers.page_offers`` (one to four queries; ordered for
+            the shopper's store) and records
             the impressions exactly as the storefront view does
             (``services.events.offer_impressions_record``: one RPUSH, the
             holdout's hidden offers included), so a shop that drops the tag
@@ -77,9 +75,7 @@ def bundle_offers(context, product, offers=None):
         if request is not None and hasattr(request, "session"):
             return {"product": product, "offers": product_offers_shown(request, product), "request": request,
                     "csrf_token": context.get("csrf_token")}
-        offers = offers_for_product(product) if product.available else []
-        limit = app_settings.get("OFFERS_PER_PAGE")
-        offers = offers if limit is None else offers[:int(limit)]
+        offers = page_offers(product)
     if request is not None and request_group(request) == HOLDOUT:
         offers = []  # holdout shoppers never see offers
     return {"product": product, "offers": offers, "request": request,

@@ -130,3 +130,17 @@ def test_rank_store_offers_needs_a_model_version():
         call_command("rank_store_offers", verbosity=0)
     with pytest.raises(CommandError, match="There is no model version 9."):
         call_command("rank_store_offers", "--model-version", "9", verbosity=0)
+
+
+def test_offers_that_look_alike_are_shown_once_and_the_page_fills_up(client, products, scored):  # noqa: F811
+    """Two SKUs of one name (B and a private-label B2 named like it): the page keeps the better offer."""
+    from shop_bundles.models import Product
+
+    twin = Product.objects.create(sku="B2", name=products["B"].name.upper(), price=D("4.50"), stock=100)
+    ab2 = make_campaign("AB2", "percent", "0", [products["A"], twin])
+    OfferStoreScore.objects.create(campaign=ab2, product=products["A"], store_id="", score=0.95,
+                                   co_purchase_count=150, anchor_baskets=500, attach_rate=0.30)
+    pasta_url = reverse("shop_bundles:product_detail", kwargs={"sku": "A"})
+    # Chain-wide order AF, AB2 (0.30), AB (0.24), AD, AC, AE: AB looks like AB2 and gives its place to AD.
+    assert [o.campaign.name for o in client.get(pasta_url).context["offers"]] == ["AF", "AB2", "AD"]
+    assert [o.campaign.name for o in offers_for_product(products["A"])][:4] == ["AF", "AB2", "AB", "AD"]  # all kept
