@@ -673,7 +673,7 @@ class BundleCampaignAdmin(admin.ModelAdmin):
     """Approved bundle offers: edit discount and dates, pause or resume; every change is recorded."""
 
     form = BundleCampaignForm
-    list_display = ("name", "products", "status", "status_reason", "discount_type", "discount_value", "starts_at",
+    list_display = ("name", "items_column", "status", "status_reason", "discount_type", "discount_value", "starts_at",
                     "ends_at", "approved_by", "approved_at", "created_by")
     list_filter = ("status", "discount_type")
     search_fields = ("name", "items__product__sku", "items__product__name")
@@ -708,8 +708,9 @@ class BundleCampaignAdmin(admin.ModelAdmin):
         return super().get_queryset(request).prefetch_related(Prefetch("items", queryset=items))
 
     @admin.display(description="products")
-    def products(self, obj):
-        """Items as "name (SKU)", so two campaigns of same-named products can be told apart."""
+    def items_column(self, obj):
+        """Items as "name (SKU)", so two campaigns of same-named products can be told apart (not named
+        ``products``: that is the model's many-to-many field, which the changelist would show instead)."""
         return items_label(obj.items.all())
 
     @admin.display(description="suggestion")

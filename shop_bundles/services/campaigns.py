@@ -88,12 +88,14 @@ def bundle_regular_price(products) -> Decimal:
 
 
 def discount_validate(*, discount_type: str, discount_value: Decimal, regular_price: Decimal) -> None:
-    """Check a bundle discount against the bundle's regular price.
+    """Check a bundle discount against the bundle's regular price; the bundle price must stay above 0.00.
 
-    Rules: percent must be in [0, 100] (0 % is a "frequently bought together"
-    offer at the normal price, the optimiser's choice when no discount pays); a fixed amount must be > 0 and not
-    exceed the regular price (case M3: 6.00 off a 5.00 bundle is refused);
-    a fixed bundle price must be >= 0 and below the regular price.
+    Rules: percent must be in [0, 100) (0 % is a "frequently bought together"
+    offer at the normal price, the optimiser's choice when no discount pays;
+    100 % would give the bundle away); a fixed amount must be > 0 and below the
+    regular price (case M3: 6.00 off a 5.00 bundle is refused, and 5.00 off
+    would make it free); a fixed bundle price must be > 0 and below the
+    regular price.
 
     Raises:
         ValidationError: with a message naming the amounts.
@@ -101,15 +103,20 @@ def discount_validate(*, discount_type: str, discount_value: Decimal, regular_pr
     if discount_type == BundleCampaign.PERCENT:
         if discount_value < 0 or discount_value > 100:
             raise ValidationError(f"A percent discount must be between 0 and 100 (got {discount_value}).")
+        if discount_value == 100:
+            raise ValidationError("A 100 % discount gives the bundle away (bundle price 0.00); use less than 100 %.")
     elif discount_type == BundleCampaign.AMOUNT:
         if discount_value <= 0:
             raise ValidationError(f"The discount {discount_value} must be greater than 0.")
         if discount_value > regular_price:
             raise ValidationError(
                 f"The discount {discount_value.quantize(CENT)} exceeds the bundle price {regular_price}.")
+        if discount_value == regular_price:
+            raise ValidationError(f"The discount {discount_value.quantize(CENT)} equals the bundle price "
+                                  f"{regular_price}: the bundle would be free.")
     elif discount_type == BundleCampaign.FIXED_PRICE:
-        if discount_value < 0:
-            raise ValidationError(f"The bundle price {discount_value} must not be negative.")
+        if discount_value <= 0:
+            raise ValidationError(f"The bundle price {discount_value} must be above 0.00.")
         if discount_value >= regular_price:
             raise ValidationError(
                 f"The bundle price {discount_value.quantize(CENT)} is not below the regular price {regular_price}.")

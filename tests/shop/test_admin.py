@@ -136,6 +136,7 @@ def test_campaign_admin_pause_action_and_discount_check(queue, staff_client):
     changelist = reverse("admin:shop_bundles_bundlecampaign_changelist")
     html = staff_client.get(changelist).content.decode()
     assert "Apples + Bread" in html and "alice" in html
+    assert "<td class=\"field-items_column\">Apples (A) + Bread (B)</td>" in html  # products as "name (SKU)"
     staff_client.post(changelist, {"action": "pause_selected", "_selected_action": [campaign.pk]})
     campaign.refresh_from_db()
     assert campaign.status == "paused"

@@ -124,6 +124,18 @@ def test_m3_fixed_discount_above_bundle_price_is_refused(approver):
     assert not BundleCampaign.objects.exists() and not StaffAction.objects.exists()
 
 
+@pytest.mark.parametrize("kind,value,message", [
+    ("amount", "25.00", "The discount 25.00 equals the bundle price 25.00: the bundle would be free."),
+    ("percent", "100", "A 100 % discount gives the bundle away (bundle price 0.00); use less than 100 %."),
+    ("fixed_price", "0", "The bundle price 0 must be above 0.00."),
+])
+def test_a_discount_that_gives_the_bundle_away_is_refused(bundle_ab, approver, kind, value, message):
+    with pytest.raises(ValidationError) as err:
+        suggestion_approve(suggestion=bundle_ab, user=approver, discount_type=kind, discount_value=value)
+    assert err.value.messages == [message]
+    assert not BundleCampaign.objects.exists()
+
+
 @pytest.mark.parametrize("value", ["-5", "100.01", "150"])
 def test_percent_outside_0_to_100_is_refused(bundle_ab, approver, value):
     with pytest.raises(ValidationError, match="between 0 and 100"):
