@@ -568,18 +568,19 @@ class BundleCampaignItemFormSet(forms.BaseInlineFormSet):
 
     Runs on the add form as on the change form, against the products and
     units being saved (not the ones saved before): a bundle needs at least 2
-    units, each item at least 1, and its discount must pass
-    ``services.campaigns.discount_validate`` for the regular price of those
-    units (shelf price x units, summed).
+    units, each item at least 1, and its discount must fit those units
+    (``services.campaigns.campaign_discount_problem``: not above or equal to
+    their shelf total, and not below the margin floor when every cost is
+    known), as approval requires.
     """
 
     def clean(self):
-        from .services.campaigns import bundle_regular_price, discount_validate
+        from .services.campaigns import campaign_discount_problem
 
         super().clean()
         if any(self.errors):
             return
-        units = []
+        units, items = [], []
         for form in self.forms:
             data = getattr(form, "cleaned_data", None) or {}
             if data.get("DELETE"):
@@ -592,12 +593,14 @@ class BundleCampaignItemFormSet(forms.BaseInlineFormSet):
             if (quantity or 0) < 1:
                 raise ValidationError(f"{product}: units per bundle must be at least 1.")
             units += [product] * int(quantity)
+            items.append(BundleCampaignItem(product=product, quantity=int(quantity), position=len(items)))
         if len(units) < 2:
             raise ValidationError("A bundle needs at least 2 units (two products, or 2 units of one product).")
         campaign = self.instance  # the campaign form's cleaned values are already on it
         if campaign.discount_type and campaign.discount_value is not None:
-            discount_validate(discount_type=campaign.discount_type, discount_value=campaign.discount_value,
-                              regular_price=bundle_regular_price(units))
+            problem = campaign_discount_problem(campaign, items)
+            if problem:
+                raise ValidationError(problem)
 
 
 class CampaignPartInline(admin.TabularInline):
@@ -706,6 +709,12 @@ class BundleCampaignAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         items = BundleCampaignItem.objects.select_related("product").order_by("position", "id")
         return super().get_queryset(request).prefetch_related(Prefetch("items", queryset=items))
+
+    def get_readonly_fields(self, request, obj=None):
+        """An existing campaign's status (and its reason) change only through the pause / resume actions
+        and the automatic pause, which check the campaign and record the action as such."""
+        fields = tuple(super().get_readonly_fields(request, obj))
+        return fields + ("status", "status_reason") if obj is not None else fields
 
     @admin.display(description="products")
     def items_column(self, obj):

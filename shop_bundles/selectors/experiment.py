@@ -5,8 +5,12 @@ identity)`` read as a number in [0, 1) (first 8 bytes / 2**64); below the
 holdout share → ``holdout`` (never sees offers, the cart forms no bundles),
 otherwise ``treatment``. The identity is the shopper id when the session
 knows it (``session["shop_bundles_shopper"]``, set by the replay), else the
-signed-in shopper's customer id (``SHOP_BUNDLES_CUSTOMER_RESOLVER``, so they
-keep one group on every device), else the session key. Salt and share come
+identity the session was first assigned by, kept in the session
+(``session["shop_bundles_identity"]``): the signed-in shopper's customer id
+(``SHOP_BUNDLES_CUSTOMER_RESOLVER``) when the session starts signed in, so
+such sessions share one group on every device, else the session key. A
+session keeps its identity when the shopper signs in (Django changes the
+session key then), so prices and offers do not change under them. Salt and share come
 from ``SHOP_BUNDLES_EXPERIMENT_SALT`` and ``SHOP_BUNDLES_HOLDOUT_SHARE``.
 """
 from __future__ import annotations
@@ -18,6 +22,7 @@ from .. import app_settings
 TREATMENT, HOLDOUT = "treatment", "holdout"
 GROUPS = (TREATMENT, HOLDOUT)
 SHOPPER_SESSION_KEY = "shop_bundles_shopper"
+IDENTITY_SESSION_KEY = "shop_bundles_identity"
 
 
 def assignment_bucket(identity: str, *, salt: str) -> float:
@@ -43,14 +48,24 @@ def assignment_group(identity: str, *, salt: str | None = None, holdout_share: f
 
 
 def shopper_identity(request) -> str:
-    """The identity assigned: the session's shopper id, else the signed-in shopper's customer id
-    (``selectors.customers.request_customer_id``), else the session key ("" when none)."""
+    """The identity assigned: the session's shopper id (replay), else the identity kept in the session,
+    else the signed-in shopper's customer id (``selectors.customers.request_customer_id``), else the
+    session key ("" when none). The first non-empty one of the last two is kept in the session."""
     from .customers import request_customer_id
 
     session = getattr(request, "session", None)
     if session is None:
         return ""
-    return str(session.get(SHOPPER_SESSION_KEY) or request_customer_id(request) or session.session_key or "")
+    replay = session.get(SHOPPER_SESSION_KEY)
+    if replay:
+        return str(replay)
+    kept = session.get(IDENTITY_SESSION_KEY)
+    if kept:
+        return str(kept)
+    identity = str(request_customer_id(request) or session.session_key or "")
+    if identity:
+        session[IDENTITY_SESSION_KEY] = identity
+    return identity
 
 
 def request_group(request) -> str:

@@ -169,8 +169,10 @@ class Offer:
 
     @property
     def shown(self) -> bool:
-        """Whether the storefront shows it: it saves the shopper money, or it is a no-discount offer."""
-        return bool(self.items) and (self.saving > 0 or self.no_discount)
+        """Whether the storefront shows it: it saves the shopper money without giving the bundle away
+        (bundle price above 0.00: a shelf price cut can leave a fixed discount at or above the new
+        total until the campaign is paused), or it is a no-discount offer."""
+        return bool(self.items) and ((self.saving > 0 and self.bundle_price > 0) or self.no_discount)
 
     @property
     def saving_percent(self) -> Decimal:

@@ -122,6 +122,11 @@ def discount_validate(*, discount_type: str, discount_value: Decimal, regular_pr
                 f"The bundle price {discount_value.quantize(CENT)} is not below the regular price {regular_price}.")
     else:
         raise ValidationError(f"Unknown discount type {discount_type!r}.")
+    from ..storefront.pricing import gives_bundle_away
+
+    if gives_bundle_away(discount_type, discount_value, regular_price):  # e.g. 99.999 % rounds to the whole price
+        raise ValidationError(f"The discount {discount_value} gives the bundle away: the bundle price "
+                              f"{regular_price} would be 0.00 after rounding to cents.")
 
 
 def local_days_after(moment: datetime, days: int) -> datetime:
@@ -205,7 +210,8 @@ def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str
             if discount_type != BundleCampaign.PERCENT:
                 raise ValidationError("Give a discount value for a fixed amount or fixed price.")
             discount_value = app_settings.get("DEFAULT_DISCOUNT_PERCENT")
-    discount_value = _money(discount_value)
+    # Checked as stored: rounded to cents first (99.995 % would otherwise pass and be stored as 100.00).
+    discount_value = _money(discount_value).quantize(CENT, rounding=ROUND_HALF_UP)
     regular_price = bundle_regular_price(products)
     discount_validate(discount_type=discount_type, discount_value=discount_value, regular_price=regular_price)
     # The same margin floor as the automatic pause: a campaign that would be paused at once is refused.
@@ -418,18 +424,53 @@ def live_signatures(*, now: datetime | None = None) -> set[str]:
 AUTO_PREFIX = "auto: "
 
 
+def campaign_discount_problem(campaign: BundleCampaign, items) -> str | None:
+    """Why ``campaign``'s discount does not fit its items at their current prices, or None.
+
+    Two checks, in order: the discount against the bundle's regular price
+    (``discount_validate``; a no-discount offer passes), since a shelf price
+    cut can make a fixed amount off give the bundle away; then the margin
+    floor: the discounted bundle price must be at least the bundle cost ×
+    (1 + ``MIN_MARGIN_RATE``), checked only when every item has a known
+    ``cost``. The product blamed for a margin break is the item with the
+    highest cost share (the first item when tied).
+
+    Args:
+        campaign: a saved or unsaved ``BundleCampaign`` (its discount type and value are read).
+        items: ``BundleCampaignItem``-like objects with ``product``, ``quantity`` and ``position``.
+
+    Returns:
+        a sentence without the ``"auto: "`` prefix, or None.
+    """
+    from ..storefront.pricing import bundle_price, is_no_discount
+    from .economics import bundle_cost
+
+    units = [item.product for item in items for _ in range(max(item.quantity, 1))]
+    regular = bundle_regular_price(units)
+    if items and not is_no_discount(campaign.discount_type, campaign.discount_value):
+        try:
+            discount_validate(discount_type=campaign.discount_type, discount_value=Decimal(campaign.discount_value),
+                              regular_price=regular)
+        except ValidationError as exc:
+            return " ".join(exc.messages)
+    if not items or any(item.product.cost is None for item in items):
+        return None
+    price, _saving = bundle_price(campaign.discount_type, campaign.discount_value, regular)
+    cost, _source = bundle_cost(units)
+    rate = float(app_settings.get("MIN_MARGIN_RATE"))
+    floor = (cost * (Decimal("1") + Decimal(str(rate)))).quantize(CENT, rounding=ROUND_HALF_UP)
+    if price < floor:
+        culprit = max(items, key=lambda i: (i.product.cost * max(i.quantity, 1), -i.position))
+        return f"{culprit.product} breaks the margin floor: bundle price {price} is below cost {cost} + {rate * 100:g}% = {floor}"
+    return None
+
+
 def _campaign_problem(campaign: BundleCampaign, items) -> str | None:
     """Why ``campaign`` must not be offered (an ``"auto: ..."`` reason), or None when all items are fine.
 
-    Checks each item (inactive, then out of stock, then unpriced), then the margin floor:
-    the discounted bundle price must be at least the bundle cost ×
-    (1 + ``MIN_MARGIN_RATE``). The margin check runs only when every item has
-    a known ``cost``. The product blamed for a margin break is the item with
-    the highest cost share (the first item when tied).
+    Checks each item (inactive, then out of stock, then unpriced), then
+    :func:`campaign_discount_problem` (discount vs the bundle price, margin floor).
     """
-    from ..storefront.pricing import bundle_price
-    from .economics import bundle_cost
-
     for item in items:
         product = item.product
         if not product.active:
@@ -438,19 +479,8 @@ def _campaign_problem(campaign: BundleCampaign, items) -> str | None:
             return f"{AUTO_PREFIX}{product} is out of stock"
         if product.price <= 0:
             return f"{AUTO_PREFIX}{product} has no price"
-    if not items or any(item.product.cost is None for item in items):
-        return None
-    units = [item.product for item in items for _ in range(max(item.quantity, 1))]
-    regular = bundle_regular_price(units)
-    price, _saving = bundle_price(campaign.discount_type, campaign.discount_value, regular)
-    cost, _source = bundle_cost(units)
-    rate = float(app_settings.get("MIN_MARGIN_RATE"))
-    floor = (cost * (Decimal("1") + Decimal(str(rate)))).quantize(CENT, rounding=ROUND_HALF_UP)
-    if price < floor:
-        culprit = max(items, key=lambda i: (i.product.cost * max(i.quantity, 1), -i.position))
-        return (f"{AUTO_PREFIX}{culprit.product} breaks the margin floor: bundle price {price} is below "
-                f"cost {cost} + {rate * 100:g}% = {floor}")[:255]
-    return None
+    problem = campaign_discount_problem(campaign, items)
+    return f"{AUTO_PREFIX}{problem}"[:255] if problem else None
 
 
 @transaction.atomic

@@ -286,6 +286,13 @@ def allocate(amount: Decimal, weights: Sequence[Decimal]) -> list[Decimal]:
     return shares
 
 
+def gives_bundle_away(discount_type: str, discount_value, regular_price: Decimal) -> bool:
+    """True when one bundle would cost 0.00 after the discount (rounded half-up to cents, as charged)
+    although its regular price is above 0.00: 100 % off, an amount at or above the regular price, a
+    fixed price of 0.00, or a percentage such as 99.99 % that rounds to the whole price."""
+    return regular_price > 0 and bundle_price(discount_type, Decimal(discount_value), regular_price)[0] <= 0
+
+
 def is_no_discount(discount_type: str, discount_value) -> bool:
     """True for a "frequently bought together" campaign at the normal price (0 % or 0.00 off).
 
@@ -306,7 +313,9 @@ def price_cart(items: Sequence[CartItem], campaigns: Iterable[CampaignSpec]) -> 
             same product id are merged; lines with quantity <= 0 are ignored.
         campaigns: live campaigns to consider (the caller filters status,
             window and item availability). Campaigns whose products are not
-            all in the cart simply form no bundle.
+            all in the cart simply form no bundle, nor do campaigns whose
+            discount would make the bundle free at the current prices (e.g. a
+            fixed amount off at or above a bundle total cut by a price change).
 
     Returns:
         ``PricingResult``. Bundles are formed greedily: the campaign with the
@@ -341,6 +350,8 @@ def price_cart(items: Sequence[CartItem], campaigns: Iterable[CampaignSpec]) -> 
         if not spec.items or any(qty <= 0 or pid not in prices for pid, qty in spec.items):
             continue
         saving = _unit_saving(spec, prices)
+        if gives_bundle_away(spec.discount_type, spec.discount_value, bundle_regular_price(spec.items, prices)):
+            continue  # e.g. a shelf price cut below a fixed discount: no bundle rather than a free one
         if saving > 0 or is_no_discount(spec.discount_type, spec.discount_value):
             usable.append((saving, spec))
     # Best deal for the shopper first; the id makes equal savings deterministic.

@@ -159,10 +159,11 @@ def test_campaign_admin_pause_action_and_discount_check(queue, staff_client):
     assert response.status_code == 200
     assert "exceeds the bundle price 25.00" in response.content.decode()
     data["discount_value"] = "4.00"
+    data["status"] = "active"  # read-only on the change form: resuming goes through the resume action
     response = staff_client.post(url, data)
     assert response.status_code == 302, response.content.decode()[:3000]
     campaign.refresh_from_db()
-    assert (campaign.discount_type, campaign.discount_value) == ("amount", Decimal("4.00"))
+    assert (campaign.discount_type, campaign.discount_value, campaign.status) == ("amount", Decimal("4.00"), "paused")
     assert StaffAction.objects.filter(action="edit", campaign=campaign).exists()
 
 
@@ -207,6 +208,25 @@ def test_campaign_add_form_checks_the_discount_against_the_products_being_added(
         response = client.post(url, data)
         assert response.status_code == 200 and message in response.content.decode()
     assert BundleCampaign.objects.count() == 1
+
+
+def test_campaign_forms_keep_the_margin_floor_approval_keeps(client):
+    """{A 20.00 cost 15.00, B 5.00 cost 3.00}: 40 % off (15.00) is below cost 18.00 + 5 % = 18.90, so the
+    edit is refused as approval would refuse it; 20 % (20.00) is saved."""
+    user = make_staff("carol", "add_bundlecampaign", "change_bundlecampaign", "view_bundlecampaign",
+                      "manage_bundlecampaign")
+    client.force_login(user)
+    apples, bread = make_product("A", "20.00", name="Apples"), make_product("B", "5.00", name="Bread")
+    apples.cost, bread.cost = Decimal("15.00"), Decimal("3.00")
+    apples.save()
+    bread.save()
+    url = reverse("admin:shop_bundles_bundlecampaign_add")
+    response = client.post(url, _campaign_add_data("percent", "40", [(apples, 1), (bread, 1)]))
+    assert response.status_code == 200
+    assert ("Apples (A) breaks the margin floor: bundle price 15.00 is below cost 18.00 + 5% = 18.90"
+            in response.content.decode())
+    assert client.post(url, _campaign_add_data("percent", "20", [(apples, 1), (bread, 1)])).status_code == 302
+    assert BundleCampaign.objects.get().discount_value == Decimal("20.00")
 
 
 def test_training_run_pages_show_progress_curve_and_retrain_button(admin_client, monkeypatch):

@@ -172,3 +172,38 @@ def test_checkout_selling_the_last_unit_pauses_the_campaign(
     campaign.refresh_from_db()
     assert (campaign.status, campaign.status_reason) == (BundleCampaign.PAUSED, "auto: Bread (B) is out of stock")
     assert auto_actions(campaign) == [("auto_pause", None, "auto: Bread (B) is out of stock")]
+
+
+def test_a_price_cut_below_a_fixed_discount_pauses_instead_of_giving_the_bundle_away(
+        client, pair, django_capture_on_commit_callbacks):
+    """{A 20.00, B 5.00} with 15.00 off, costs unknown (as in the Complete Journey import): A cut to 8.00
+    would make the bundle free; the campaign pauses with the reason and resumes when A is 20.00 again."""
+    a, b = pair
+    Product.objects.filter(pk__in=[a.pk, b.pk]).update(cost=None)
+    a.refresh_from_db()
+    campaign = BundleCampaign.objects.create(name="A + B", discount_type=BundleCampaign.AMOUNT,
+                                             discount_value=D("15.00"), starts_at=timezone.now() - timedelta(hours=1))
+    for position, product in enumerate(pair):
+        BundleCampaignItem.objects.create(campaign=campaign, product=product, position=position)
+    with django_capture_on_commit_callbacks(execute=True):
+        a.price = D("8.00")
+        a.save()
+    campaign.refresh_from_db()
+    reason = "auto: The discount 15.00 exceeds the bundle price 13.00."
+    assert (campaign.status, campaign.status_reason) == (BundleCampaign.PAUSED, reason)
+    assert "Frequently bought together" not in product_html(client, "A")
+    with django_capture_on_commit_callbacks(execute=True):
+        a.price = D("20.00")
+        a.save()
+    campaign.refresh_from_db()
+    assert (campaign.status, campaign.status_reason) == (BundleCampaign.ACTIVE, "")
+    assert '<strong class="bundle-price">$10.00</strong>' in product_html(client, "A")
+    # Had the pause not happened (prices changed without a save signal), the page hides the offer and the
+    # cart forms no bundle: shelf prices, never a free bundle.
+    Product.objects.filter(pk=a.pk).update(price=D("10.00"))
+    assert "Frequently bought together" not in product_html(client, "A")
+    session = client.session
+    session[SESSION_KEY] = {str(a.pk): 1, str(b.pk): 1}
+    session.save()
+    priced = client.get(reverse("shop_bundles:cart")).context["priced"]
+    assert (priced.discount_total, priced.total) == (D("0.00"), D("15.00"))

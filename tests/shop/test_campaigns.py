@@ -127,7 +127,10 @@ def test_m3_fixed_discount_above_bundle_price_is_refused(approver):
 @pytest.mark.parametrize("kind,value,message", [
     ("amount", "25.00", "The discount 25.00 equals the bundle price 25.00: the bundle would be free."),
     ("percent", "100", "A 100 % discount gives the bundle away (bundle price 0.00); use less than 100 %."),
-    ("fixed_price", "0", "The bundle price 0 must be above 0.00."),
+    ("fixed_price", "0", "The bundle price 0.00 must be above 0.00."),
+    ("percent", "99.99", "The discount 99.99 gives the bundle away: the bundle price 25.00 would be 0.00 after "
+                         "rounding to cents."),
+    ("percent", "99.995", "A 100 % discount gives the bundle away (bundle price 0.00); use less than 100 %."),
 ])
 def test_a_discount_that_gives_the_bundle_away_is_refused(bundle_ab, approver, kind, value, message):
     with pytest.raises(ValidationError) as err:

@@ -66,13 +66,16 @@ def test_m2_extra_unit_outside_bundle_pays_full_price():
     assert_lines_sum(result)
 
 
-def test_m3_amount_off_above_bundle_price_never_goes_negative():
-    # Approval refuses this campaign (service rule); the engine still never goes below zero.
-    result = price_cart(cart(C=1, D=1), [spec(1, AMOUNT, "6.00", C, D_)])
-    assert result.discount_total == D("5.00")
-    assert result.total == D("0.00")
+def test_m3_amount_off_at_or_above_bundle_price_forms_no_bundle():
+    # Approval refuses this campaign (service rule); should one be live anyway (a shelf price cut after
+    # approval), the engine forms no bundle rather than giving it away, and never goes below zero.
+    for value in ("6.00", "5.00"):
+        result = price_cart(cart(C=1, D=1), [spec(1, AMOUNT, value, C, D_)])
+        assert (result.bundles, result.discount_total, result.total) == ((), D("0.00"), D("5.00"))
+        assert_lines_sum(result)
     assert bundle_price(AMOUNT, D("6.00"), D("5.00")) == (D("0.00"), D("5.00"))
-    assert_lines_sum(result)
+    result = price_cart(cart(C=1, D=1), [spec(1, AMOUNT, "4.99", C, D_)])
+    assert (result.discount_total, result.total) == (D("4.99"), D("0.01"))
 
 
 def test_m4_half_up_rounding_once():
@@ -173,10 +176,16 @@ def test_discount_helpers_reject_bad_input():
         price_cart([CartItem(A, 1, D("-1.00"))], [])
 
 
-def test_percent_over_hundred_is_clamped_to_the_regular_amount():
-    result = price_cart(cart(A=1, B=1), [spec(1, PERCENT, "150", A, B)])
-    assert (result.discount_total, result.total) == (D("25.00"), D("0.00"))
-    assert_lines_sum(result)
+def test_percent_of_hundred_or_more_forms_no_bundle():
+    # 100 % or more would give the bundle away (approval refuses it): no bundle, shelf prices.
+    for value in ("150", "100"):
+        result = price_cart(cart(A=1, B=1), [spec(1, PERCENT, value, A, B)])
+        assert (result.bundles, result.discount_total, result.total) == ((), D("0.00"), D("25.00"))
+        assert_lines_sum(result)
+    result = price_cart(cart(A=1, B=1), [spec(1, PERCENT, "99.99", A, B)])  # 24.9975 off rounds to 25.00
+    assert (result.bundles, result.total) == ((), D("25.00"))
+    result = price_cart(cart(A=1, B=1), [spec(1, PERCENT, "99.97", A, B)])  # 24.9925 off rounds to 24.99
+    assert (result.discount_total, result.total) == (D("24.99"), D("0.01"))
 
 
 def test_no_discount_campaign_forms_a_zero_bundle_that_never_takes_units_from_a_saving():

@@ -3,6 +3,7 @@ from datetime import timedelta
 from decimal import Decimal as D
 
 import pytest
+from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
@@ -44,10 +45,11 @@ def test_signed_in_shopper_gets_their_usual_store_until_they_choose(client, djan
     _orders(ann, ["367", "12", "367"])
     pasta_url = reverse("shop_bundles:product_detail", kwargs={"sku": "A"})
 
-    # Anonymous: the chain-wide order (tests.shop.test_store_offers: A+B before A+C).
-    assert [o.campaign.name for o in client.get(pasta_url).context["offers"]] == ["AF", "AB", "AD"]
+    # Anonymous (another browser): the chain-wide order (tests.shop.test_store_offers: A+B before A+C).
+    assert [o.campaign.name for o in Client().get(pasta_url).context["offers"]] == ["AF", "AB", "AD"]
 
-    # Signed in (the e-mail matches case-insensitively): ordered for store 367, as if chosen.
+    # Signed in from the start (the e-mail matches case-insensitively): ordered for store 367, as if chosen;
+    # the session is assigned by the customer id.
     client.force_login(django_user_model.objects.create_user("ann", "Ann@Example.com", "pw-For-tests-1"))
     response = client.get(pasta_url)
     assert [o.campaign.name for o in response.context["offers"]] == ["AF", "AC", "AD"]
@@ -114,12 +116,13 @@ def test_system_check_reports_a_resolver_that_cannot_be_imported(settings):
     assert error.id == "shop_bundles.E001" and "is not callable" in error.msg
 
 
-def test_a_shopper_signs_in_on_the_host_login_page_and_sees_their_store(client, django_user_model, products,  # noqa: F811
-                                                                        scored):  # noqa: F811
+def test_a_shopper_signs_in_on_the_host_login_page_and_sees_their_store(client, django_user_model, settings,
+                                                                        products, scored):  # noqa: F811
     """The host project (config/urls.py) has a shopper sign-in page and turns the e-mail resolver on."""
     from django.conf import settings as django_settings
 
     assert django_settings.SHOP_BUNDLES_CUSTOMER_RESOLVER == RESOLVER  # config/settings.py default
+    settings.SHOP_BUNDLES_HOLDOUT_SHARE = 0  # the anonymous session's random group must not hide the offers
     ann = Customer.objects.create(external_id="hh-7", email="ann@example.com")
     _orders(ann, ["367", "367"])
     django_user_model.objects.create_user("ann", "ann@example.com", "pw-For-tests-1")
@@ -154,3 +157,37 @@ def test_demo_shopper_is_the_customer_with_most_orders_linked_by_email(settings,
     user = authenticate(username="demo-shopper", password=password)
     assert user is not None and not user.is_staff and user.email == "demo-shopper@example.com"
     assert Command()._demo_shopper()[0] == password  # a second run keeps the password
+
+
+def test_a_session_keeps_its_experiment_group_when_the_shopper_signs_in(client, django_user_model, settings,
+                                                                        products):  # noqa: F811
+    """Signing in changes the session key; the session keeps the identity it was assigned by, so the
+    cart's prices do not change. A session that starts signed in is assigned by the customer id."""
+    from shop_bundles import app_settings
+    from shop_bundles.selectors.experiment import IDENTITY_SESSION_KEY, assignment_bucket
+    from tests.shop.test_storefront import make_campaign
+
+    settings.SHOP_BUNDLES_CUSTOMER_RESOLVER = RESOLVER
+    settings.SHOP_BUNDLES_HOLDOUT_SHARE = 0.5
+    Customer.objects.create(external_id="hh-7", email="ann@example.com")
+    user = django_user_model.objects.create_user("ann", "ann@example.com", "pw-For-tests-1")
+    pasta_url = reverse("shop_bundles:product_detail", kwargs={"sku": "A"})
+    salt = app_settings.get("EXPERIMENT_SALT")
+    make_campaign("AB", "percent", "10", [products["A"], products["B"]])  # the page has an offer
+
+    client.get(pasta_url)
+    anonymous_key = client.session.session_key
+    assert client.session[IDENTITY_SESSION_KEY] == anonymous_key
+    client.post(reverse("login"), {"username": "ann", "password": "pw-For-tests-1"})
+    assert client.session.session_key != anonymous_key  # Django cycled the key at sign-in
+    assert client.session[IDENTITY_SESSION_KEY] == anonymous_key  # the group stays the anonymous session's
+    client.post(reverse("shop_bundles:cart_add", kwargs={"sku": "A"}), {"quantity": 1})
+    client.post(reverse("shop_bundles:checkout"), {})
+    order = Order.objects.get(source=Order.SOURCE_STOREFRONT)
+    expected = "holdout" if assignment_bucket(anonymous_key, salt=salt) < 0.5 else "treatment"
+    assert (order.experiment_group, order.customer.external_id) == (expected, "hh-7")
+
+    other = Client()  # another device, signed in before browsing: the customer id
+    other.force_login(user)
+    other.get(pasta_url)
+    assert other.session[IDENTITY_SESSION_KEY] == "hh-7"
