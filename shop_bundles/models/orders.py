@@ -11,6 +11,9 @@ class Order(models.Model):
     ids for storefront orders). ``total`` and ``discount_total`` are Decimal
     amounts in the shop currency; ``discount_total`` is the bundle discount
     the storefront granted (imported orders keep their own line discounts).
+    ``checkout_token`` is the cart page's one-time checkout token (unique,
+    NULL for orders placed without one), so a double-submitted checkout
+    places one order.
     """
 
     SOURCE_IMPORT = "import"
@@ -36,6 +39,9 @@ class Order(models.Model):
     total = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0.00"))
     campaigns = models.ManyToManyField("shop_bundles.BundleCampaign", blank=True, related_name="orders",
                                        help_text="Bundle offers this order used.")
+    checkout_token = models.CharField(max_length=64, unique=True, null=True, blank=True, editable=False,
+                                      help_text="Idempotency token of the storefront checkout form that placed "
+                                                "the order (one order per token); empty for other orders.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -12,20 +12,48 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Mapping
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ..models import Customer, Order, OrderLine, OutboxEvent, Product
 from ..storefront.cart import cart_price
+from ..storefront.pricing import quantize_money
 from .outbox import outbox_dispatch_on_commit, outbox_event_add, stock_changed_record
 
 CUSTOMER_ID_MAX_LENGTH = 64
 
 #: Message for a product without a positive price (shown by the storefront and the checkout).
 NOT_FOR_SALE = "{name} has no price yet and is not for sale."
+
+#: Message when the checkout's total differs from the total the shopper saw (``expected_total``).
+TOTAL_CHANGED = ("Prices or offers changed since you saw your cart: the total is now {total} (was {expected}). "
+                 "Check your cart and place the order again.")
+
+
+class OrderAlreadyPlaced(Exception):
+    """The checkout token was already used: ``order`` is the order placed with it (nothing new was written)."""
+
+    def __init__(self, order: Order):
+        super().__init__(f"order {order.pk} was already placed with this checkout token")
+        self.order = order
+
+
+def _money(amount: Decimal) -> str:
+    """An amount as the storefront shows it (``{{ amount|money }}``: currency symbol, half-up cents)."""
+    from ..templatetags.shop_bundles_storefront import money  # the template layer imports services
+
+    return money(amount)
+
+
+def _placed_with(checkout_token: str | None) -> Order | None:
+    """The order already placed with ``checkout_token`` (None without a token or when unused)."""
+    if not checkout_token:
+        return None
+    return Order.objects.filter(checkout_token=checkout_token).first()
 
 
 def customer_get_or_create(*, external_id: str) -> Customer:
@@ -61,7 +89,8 @@ def _quantities(cart) -> dict[int, int]:
 
 
 def order_place(*, cart, session_key: str | None, customer: Customer | None = None,
-                now: datetime | None = None, experiment_group: str = "", store_id: str = "") -> Order:
+                now: datetime | None = None, experiment_group: str = "", store_id: str = "",
+                checkout_token: str | None = None, expected_total: Decimal | None = None) -> Order:
     """Turn a cart into a storefront ``Order``.
 
     Inside one ``transaction.atomic`` block: the cart's products are locked
@@ -89,22 +118,58 @@ def order_place(*, cart, session_key: str | None, customer: Customer | None = No
         now: aware datetime used as ``placed_at`` and for campaign windows; None means now.
         experiment_group: the shopper's holdout-experiment group, stored on the
             order; ``"holdout"`` prices the cart without bundles.
+        checkout_token: the checkout form's one-time token, stored in the
+            unique ``Order.checkout_token``: at most one order is placed per
+            token. A token already used (a repeated submit), or used by a
+            concurrent call that commits first (PostgreSQL makes the second
+            insert wait for the first transaction, then fails it), raises
+            ``OrderAlreadyPlaced`` with that order, and this call writes
+            nothing (its transaction, stock included, is rolled back).
+            None: no idempotency (other callers).
+        expected_total: the total the shopper was shown (Decimal). When the
+            cart now prices to a different total (a price changed, a campaign
+            paused or ended), nothing is written and a ``ValidationError``
+            (code ``total_changed``) says the new and the old total. None: not checked.
 
     Returns:
         the saved ``Order`` (source ``storefront``, external id ``web-<hex>``).
 
     Raises:
         ValidationError: the cart is empty, or a product is gone, inactive or
-            has fewer units in stock than the cart asks for (one message per product).
+            has fewer units in stock than the cart asks for (one message per product),
+            or the total is not ``expected_total``.
+        OrderAlreadyPlaced: ``checkout_token`` was already used.
     """
+    existing = _placed_with(checkout_token)
+    if existing is not None:  # a repeated submit: its cart may be empty already
+        raise OrderAlreadyPlaced(existing)
     quantities = _quantities(cart)
     if not quantities:
         raise ValidationError("Your cart is empty.", code="empty_cart")
     now = now or timezone.now()
+    try:
+        return _order_place_atomic(quantities, session_key=session_key, customer=customer, now=now,
+                                   experiment_group=experiment_group, store_id=store_id,
+                                   checkout_token=checkout_token, expected_total=expected_total)
+    except IntegrityError:
+        # A concurrent checkout with the same token committed while this one waited on the unique
+        # index; this transaction (its order, lines and stock decrement) is rolled back.
+        existing = _placed_with(checkout_token)
+        if existing is None:
+            raise
+        raise OrderAlreadyPlaced(existing) from None
 
+
+def _order_place_atomic(quantities: dict[int, int], *, session_key, customer, now, experiment_group, store_id,
+                        checkout_token, expected_total) -> Order:
+    """``order_place``'s transaction (see there)."""
     with transaction.atomic():
         locked = Product.objects.select_for_update().filter(pk__in=list(quantities)).order_by("pk")
         products = {p.pk: p for p in locked}
+        # A concurrent checkout of the same cart held these locks until it committed: its order is visible now.
+        existing = _placed_with(checkout_token)
+        if existing is not None:
+            raise OrderAlreadyPlaced(existing)
         errors = []
         for pid, qty in quantities.items():
             product = products.get(pid)
@@ -126,6 +191,9 @@ def order_place(*, cart, session_key: str | None, customer: Customer | None = No
 
         priced = cart_price(quantities, products=products, now=now, with_offers=experiment_group != "holdout",
                             store_id=store_id or "")
+        if expected_total is not None and quantize_money(priced.total) != quantize_money(Decimal(expected_total)):
+            raise ValidationError(TOTAL_CHANGED.format(total=_money(priced.total), expected=_money(expected_total)),
+                                  code="total_changed")
         order = Order.objects.create(
             external_id=f"web-{uuid.uuid4().hex}",
             customer=customer,
@@ -137,6 +205,7 @@ def order_place(*, cart, session_key: str | None, customer: Customer | None = No
             subtotal=priced.subtotal,
             discount_total=priced.discount_total,
             total=priced.total,
+            checkout_token=checkout_token or None,
         )
         OrderLine.objects.bulk_create([
             OrderLine(

@@ -56,6 +56,10 @@ class SessionCart:
         self._save()
         return self._lines[product_id]
 
+    def room(self, product_id: int) -> int:
+        """Units of a product that can still be added before the line reaches ``MAX_QUANTITY``."""
+        return max(MAX_QUANTITY - self._lines.get(product_id, 0), 0)
+
     def set(self, product_id: int, quantity: int) -> None:
         """Set a line's quantity; 0 or less removes the line."""
         if quantity <= 0:

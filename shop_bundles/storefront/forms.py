@@ -46,10 +46,20 @@ class CheckoutForm(forms.Form):
     ``storefront.views.customer_field_allowed``: ``SHOP_BUNDLES_CHECKOUT_CUSTOMER_FIELD``
     on, or a logged-in staff user); otherwise a posted ``customer_id`` is ignored,
     so a shopper cannot attach an order to somebody else's customer record.
+
+    Two hidden fields come from the cart page: ``checkout_token``, the cart's
+    one-time token (one order per token, so a double submit places one order),
+    and ``expected_total``, the total the shopper saw (the order is refused
+    when the cart now prices differently). Both are optional: a checkout
+    posted without them (the ``simulate_shoppers`` replay, scripts) is
+    placed as before.
     """
 
     customer_id = forms.CharField(required=False, max_length=64, label="Customer id (optional)",
                                   widget=forms.TextInput(attrs={"autocomplete": "off"}))
+    checkout_token = forms.RegexField(regex=r"^[0-9a-f]{32}$", required=False, widget=forms.HiddenInput)
+    expected_total = forms.DecimalField(required=False, min_value=0, max_digits=14, decimal_places=2,
+                                        widget=forms.HiddenInput)
 
     def __init__(self, *args, with_customer: bool = False, **kwargs):
         super().__init__(*args, **kwargs)

@@ -5,6 +5,9 @@ quantities; each view re-prices it from the catalogue (``cart.cart_price``).
 """
 from __future__ import annotations
 
+import re
+import uuid
+
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
@@ -21,14 +24,21 @@ from ..selectors.experiment import HOLDOUT, request_group
 from ..selectors.customers import request_customer_id
 from ..selectors.offers import live_offer
 from ..services.events import offer_event_add_to_cart
-from ..services.orders import NOT_FOR_SALE, customer_get_or_create, order_place
-from .cart import SessionCart, cart_price
+from ..services.orders import NOT_FOR_SALE, OrderAlreadyPlaced, customer_get_or_create, order_place
+from .cart import MAX_QUANTITY, SessionCart, cart_price
 from .offers import product_offers_shown
+from .pricing import quantize_money
 from .forms import AddToCartForm, CartUpdateForm, CheckoutForm, ProductSearchForm, StoreForm
 from .stores import STORE_SESSION_KEY, USUAL, known_stores, shopper_store, shopper_store_source, store_known
 
 PAGE_SIZE = 24
 ORDERS_SESSION_KEY = "shop_bundles_orders"
+#: The cart's one-time checkout token (32 hex digits), created when the cart is shown and replaced
+#: once an order is placed with it.
+CHECKOUT_TOKEN_SESSION_KEY = "shop_bundles_checkout_token"
+_TOKEN_RE = re.compile(r"[0-9a-f]{32}")
+QUANTITY_REFUSED = "Choose a quantity between 1 and 99."
+FORM_OUT_OF_DATE = "Your cart page was out of date. Check your cart and place the order again."
 
 
 def _session_key(request: HttpRequest) -> str:
@@ -44,6 +54,35 @@ def _redirect_back(request: HttpRequest, default: str) -> HttpResponse:
     if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
                                                    require_https=request.is_secure()):
         return redirect(target)
+    return redirect(default)
+
+
+def _checkout_token(request: HttpRequest) -> str:
+    """The session's current checkout token, created when there is none."""
+    token = request.session.get(CHECKOUT_TOKEN_SESSION_KEY)
+    if not (isinstance(token, str) and _TOKEN_RE.fullmatch(token)):
+        token = uuid.uuid4().hex
+        request.session[CHECKOUT_TOKEN_SESSION_KEY] = token
+    return token
+
+
+def _order_recorded(request: HttpRequest, cart: SessionCart, order: Order, *, spent: bool) -> None:
+    """After a checkout: the session may see ``order``; when ``spent``, its cart is emptied and a new
+    checkout token replaces the one used."""
+    placed = list(request.session.get(ORDERS_SESSION_KEY, []))
+    if order.pk not in placed:
+        request.session[ORDERS_SESSION_KEY] = placed[-49:] + [order.pk]
+    if spent:
+        cart.clear()
+        request.session[CHECKOUT_TOKEN_SESSION_KEY] = uuid.uuid4().hex
+
+
+def _redirect_to_page(request: HttpRequest, default: str) -> HttpResponse:
+    """Back to the same-host page the POST came from (``next``, else the Referer), else to ``default``."""
+    for target in (request.POST.get("next") or "", request.META.get("HTTP_REFERER") or ""):
+        if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
+                                                       require_https=request.is_secure()):
+            return redirect(target)
     return redirect(default)
 
 
@@ -117,7 +156,7 @@ def cart_add(request: HttpRequest, sku: str) -> HttpResponse:
         return redirect("shop_bundles:product_list")
     form = AddToCartForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "Choose a quantity between 1 and 99.")
+        messages.error(request, QUANTITY_REFUSED)
         return redirect("shop_bundles:product_detail", sku=product.sku)
     if product.stock <= 0:
         messages.error(request, f"{product.name or product.sku} is out of stock.")
@@ -129,30 +168,62 @@ def cart_add(request: HttpRequest, sku: str) -> HttpResponse:
 
 @require_POST
 def bundle_add(request: HttpRequest, campaign_id: int) -> HttpResponse:
-    """Add every item of a live bundle offer to the cart and record an ``add_to_cart`` event."""
+    """Add ``quantity`` bundles (1..99; 1 when not posted) of a live offer and record an ``add_to_cart`` event.
+
+    Another quantity (0, negative, not a number) is refused with the product add's message. Only
+    whole bundles are added: when a line would pass ``MAX_QUANTITY`` units, fewer bundles are added
+    and the message says how many and why (none: refused). The event records the bundles added.
+    """
     offer = live_offer(campaign_id, store_id=shopper_store(request))
     group = request_group(request)
     if offer is None or group == HOLDOUT:
         raise Http404("This offer has ended.")
-    form = AddToCartForm(request.POST or {"quantity": 1})
-    bundles = form.cleaned_data["quantity"] if form.is_valid() else 1
+    name = offer.campaign.name
+    form = AddToCartForm(request.POST if "quantity" in request.POST else {"quantity": 1})
+    if not form.is_valid():
+        messages.error(request, QUANTITY_REFUSED)
+        return _redirect_to_page(request, reverse("shop_bundles:product_detail",
+                                                  kwargs={"sku": offer.items[0].product.sku}))
+    wanted = form.cleaned_data["quantity"]
     cart = SessionCart(request.session)
+    bundles, limit = wanted, None
+    for item in offer.items:
+        fit = cart.room(item.product.pk) // max(item.quantity, 1)
+        if fit < bundles:
+            bundles, limit = fit, item.product
+    if bundles <= 0:
+        label = limit.name or limit.sku
+        has = cart.quantities().get(limit.pk, 0)
+        messages.error(request, f"No bundle “{name}” was added: at most {MAX_QUANTITY} of {label} per order, "
+                                f"and your cart has {has}.")
+        return redirect("shop_bundles:cart")
     for item in offer.items:
         cart.add(item.product.pk, item.quantity * bundles)
     offer_event_add_to_cart(campaign_id=offer.campaign_id, session_key=_session_key(request), quantity=bundles,
                             experiment_group=group)
-    messages.success(request, f"Added the bundle “{offer.campaign.name}” to your cart.")
+    if limit is not None:
+        messages.warning(request, f"Added {bundles} of {wanted} bundles “{name}” to your cart: "
+                                  f"at most {MAX_QUANTITY} of {limit.name or limit.sku} per order.")
+    else:
+        messages.success(request, f"Added the bundle “{name}” to your cart.")
     return _redirect_back(request, reverse("shop_bundles:cart"))
 
 
 @require_GET
 def cart_view(request: HttpRequest) -> HttpResponse:
-    """The cart, re-priced from the catalogue with bundles re-formed on every view."""
+    """The cart, re-priced from the catalogue with bundles re-formed on every view.
+
+    The checkout form carries the cart's checkout token (one order per token) and the total shown,
+    which the checkout compares with its own pricing.
+    """
     cart = SessionCart(request.session)
     priced = cart_price(cart.quantities(), with_offers=request_group(request) != HOLDOUT,
                         store_id=shopper_store(request))
+    initial = ({"checkout_token": _checkout_token(request), "expected_total": quantize_money(priced.total)}
+               if priced.rows else {})
     return render(request, "shop_bundles/storefront/cart.html", {
-        "priced": priced, "checkout_form": CheckoutForm(with_customer=customer_field_allowed(request)),
+        "priced": priced,
+        "checkout_form": CheckoutForm(initial=initial, with_customer=customer_field_allowed(request)),
         "can_checkout": bool(priced.rows) and all(row.available for row in priced.rows),
     })
 
@@ -180,7 +251,14 @@ def cart_remove(request: HttpRequest, product_id: int) -> HttpResponse:
 
 @require_http_methods(["GET", "POST"])
 def checkout(request: HttpRequest) -> HttpResponse:
-    """Place the order (POST). GET goes back to the cart, which holds the checkout form."""
+    """Place the order (POST). GET goes back to the cart, which holds the checkout form.
+
+    The cart page's form posts its checkout token and the total shown. A token already used (a
+    double or repeated submit, even concurrent) goes to the order placed with it, which is placed
+    once; a total that changed since (a price, a paused or ended campaign) sends the shopper back
+    to the cart with the new and old totals, and nothing is written. A POST without them (the
+    replay) is placed as before.
+    """
     if request.method != "POST":
         return redirect("shop_bundles:cart")
     cart = SessionCart(request.session)
@@ -188,7 +266,10 @@ def checkout(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         for error in form.errors.get("customer_id", []):
             messages.error(request, error)
+        if set(form.errors) - {"customer_id"}:
+            messages.error(request, FORM_OUT_OF_DATE)
         return redirect("shop_bundles:cart")
+    token = form.cleaned_data.get("checkout_token") or None
     try:
         customer = None
         # A typed id (staff, or the replay) wins; else the signed-in shopper (SHOP_BUNDLES_CUSTOMER_RESOLVER).
@@ -198,14 +279,25 @@ def checkout(request: HttpRequest) -> HttpResponse:
         # The group is fixed by the identity the shopper browsed with, so the order is priced as the cart was.
         group = request_group(request)
         order = order_place(cart=cart, session_key=_session_key(request), customer=customer,
-                            experiment_group=group, store_id=shopper_store(request))
+                            experiment_group=group, store_id=shopper_store(request),
+                            checkout_token=token, expected_total=form.cleaned_data.get("expected_total"))
+    except OrderAlreadyPlaced as placed:
+        order = placed.order
+        own = order.session_key == _session_key(request) or order.pk in request.session.get(ORDERS_SESSION_KEY, [])
+        if not own:  # a token this session never held: show nothing of that order
+            messages.error(request, FORM_OUT_OF_DATE)
+            return redirect("shop_bundles:cart")
+        # A concurrent submit that read the session before the first one saved it still holds the
+        # spent cart and token; a later repeat of an old form leaves the session's newer cart alone.
+        _order_recorded(request, cart, order, spent=request.session.get(CHECKOUT_TOKEN_SESSION_KEY) == token)
+        messages.info(request, "This order was already placed; submitting the checkout again did not place "
+                               "it twice.")
+        return redirect("shop_bundles:order_detail", pk=order.pk)
     except ValidationError as exc:
         for message in exc.messages:
             messages.error(request, message)
         return redirect("shop_bundles:cart")
-    cart.clear()
-    placed = list(request.session.get(ORDERS_SESSION_KEY, []))[-49:]
-    request.session[ORDERS_SESSION_KEY] = placed + [order.pk]
+    _order_recorded(request, cart, order, spent=True)
     return redirect("shop_bundles:order_detail", pk=order.pk)
 
 
