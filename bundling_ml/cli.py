@@ -42,6 +42,7 @@ import logging
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 PRESETS = ("completejourney",)
 
@@ -321,6 +322,11 @@ def main(argv=None) -> int:
 
     if args.command != "score" and not _is_iso_date(getattr(args, "train_until", None) or getattr(args, "split_date", None)):
         ap.error("dates must be given as YYYY-MM-DD")
+    if args.command == "recommend" and args.k < 1:
+        ap.error(f"--k must be at least 1, not {args.k}")
+    out = getattr(args, "out", "-")
+    if out != "-" and not Path(out).resolve().parent.is_dir():  # before training, not after it
+        ap.error(f"--out {out}: the directory {str(Path(out).resolve().parent)!r} does not exist")
     try:
         return _run(args)
     except (KeyError, ValueError, OSError) as exc:  # bad input files, columns or paths: say which, no traceback
@@ -360,10 +366,15 @@ def _run(args) -> int:
         return 0
     if args.command == "recommend":
         lines, products, promotions = _data(args)
-        queries = pd.read_csv(args.queries, dtype=str, keep_default_na=False)
+        queries = pd.read_csv(args.queries, dtype=str, keep_default_na=False)  # checked before training
         missing = {"query_id", "product_id"} - set(queries.columns)
         if missing:
             raise SystemExit(f"{args.queries}: missing columns {sorted(missing)}")
+        repeated = queries["query_id"].duplicated(keep=False)
+        if repeated.any():
+            shown = ", ".join(f"{q!r} (lines {', '.join(str(i + 2) for i in idx)})" for q, idx in
+                              list(queries.index[repeated].groupby(queries["query_id"][repeated]).items())[:5])
+            raise SystemExit(f"{args.queries}: query_id must be unique (one anchor per query); repeated: {shown}")
         recs = recommend(lines, products, train_until=args.train_until, queries=queries, k=args.k, seed=args.seed, epochs=args.epochs,
                          excluded_departments=tuple(args.exclude_department), promotions=promotions)
         recs.to_csv(sys.stdout if args.out == "-" else args.out, index=False)

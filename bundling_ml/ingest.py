@@ -44,8 +44,12 @@ CSV rules
   refused with a message asking for ``--date-format``. Rows are never parsed
   with different day/month orders.
 * Validation: each row needs the header's number of fields, a basket id, a
-  SKU, a numeric quantity and price and a date matching the column format;
-  otherwise it is rejected with its file line number, field and reason.
+  SKU, a numeric quantity and price (at most :data:`NUMBER_LIMITS`, and
+  quantity x price at most :data:`LINE_AMOUNT_MAX`), a store id of at most
+  32 characters and a date matching the column format; otherwise it is
+  rejected with its file line number, field and reason. A quoted field that
+  is never closed refuses the whole file, naming its line (it would swallow
+  the lines after it).
   A basket with any rejected line is rejected whole (its other lines are
   reported with reason ``order <id> has a rejected line``): no half baskets.
   A basket whose lines name two different customers is rejected the same way.
@@ -137,6 +141,14 @@ __all__ = [
 DEFAULT_NON_PRODUCT_CODES = (
     "POST", "DOT", "M", "B", "C2", "CRUK", "D", "S", "BANK CHARGES", "AMAZONFEE", "PADS",
 )
+#: Largest quantity and price (absolute) a line may carry: the shop's ``numeric(12, 2)`` price columns
+#: hold up to 9,999,999,999.99; a quantity above a million units is a typo or a unit mix-up.
+NUMBER_LIMITS = {"quantity": 1_000_000, "price": 9_999_999_999.99}
+#: Largest quantity x price of one line (the ``numeric(14, 2)`` order amounts hold 999,999,999,999.99).
+LINE_AMOUNT_MAX = 999_999_999_999.99
+#: Longest store id (``Order.store_id`` is ``varchar(32)``).
+STORE_ID_MAX_LENGTH = 32
+
 MAPPING_FIELDS = ("basket", "product", "time", "quantity", "price", "customer", "name", "description", "store")
 REQUIRED_MAPPING_FIELDS = ("basket", "product", "time", "quantity", "price")
 CJ_WEEK1_START = dt.date(2017, 1, 1)
@@ -406,7 +418,9 @@ _TIMES = ("", " %H:%M", " %H:%M:%S", " %H:%M:%S.%f", "T%H:%M", "T%H:%M:%S", "T%H
 
 
 def _parse_dates(values, fmt: str) -> np.ndarray:
-    parsed = pd.to_datetime(pd.Series(values, dtype=object), format=fmt, errors="coerce")
+    """(n,) datetime64[ns]; NaT where a value does not match ``fmt``. With a UTC offset in the format
+    (``%z``) the values may carry different offsets (summer and winter time); all become UTC."""
+    parsed = pd.to_datetime(pd.Series(values, dtype=object), format=fmt, errors="coerce", utc="%z" in fmt)
     return np.asarray(parsed, dtype="datetime64[ns]")
 
 
@@ -485,8 +499,43 @@ def infer_date_format(values: pd.Series, *, column: str = "date", lines: pd.Seri
         f"{fmt_d!r} (day-first) or {fmt_m!r} (month-first)")
 
 
+def _unclosed_quote_line(path: Path, encoding: str, delimiter: str) -> int | None:
+    """The file line where a quoted field starts that is never closed (the file ends inside it), or None.
+
+    The tolerant reader of :func:`_read_rows` would read the rest of the file
+    into that one field and silently lose the lines after it; Python's strict
+    ``csv`` reader reports it as "unexpected end of data" (its other
+    complaints, such as ``"x"y``, are tolerated as before).
+    """
+    with open(path, "r", encoding=encoding, newline="") as fh:
+        reader = csv.reader(fh, delimiter=delimiter, strict=True)
+        last_end = 0
+        while True:
+            start = last_end + 1
+            try:
+                next(reader)
+            except StopIteration:
+                return None
+            except csv.Error as exc:
+                if "unexpected end of data" in str(exc):
+                    return start
+            last_end = reader.line_num
+
+
 def _read_rows(path: Path, encoding: str, delimiter: str):
-    """Yield (start_line, fields) for every non-blank CSV record; first is the header."""
+    """Yield (start_line, fields) for every non-blank CSV record; first is the header.
+
+    Raises:
+        IngestError: a quoted field is never closed (naming its line), or the text does not decode.
+    """
+    try:
+        unclosed = _unclosed_quote_line(path, encoding, delimiter)
+    except UnicodeDecodeError:
+        unclosed = None  # reported below with the byte that does not decode
+    if unclosed is not None:
+        raise IngestError(f"{path.name}: line {unclosed}: a quoted field (\") starts here and is never closed, so "
+                          f"the rest of the file would read as one value; nothing was imported. Close or remove "
+                          f"the quote and import again")
     try:
         with open(path, "r", encoding=encoding, newline="") as fh:
             reader = csv.reader(fh, delimiter=delimiter)
@@ -670,6 +719,16 @@ def read_orders_csv(
         flag((raw[key] != "") & num.isna(), key,
              lambda v, k=key: f"{k} {v!r} is not a number"
              + (f" (the decimal separator is {decimal!r})" if other in v and re.search(r"\d", v) else ""))
+        flag(num.abs() > NUMBER_LIMITS[key], key,
+             lambda v, k=key: f"{k} {v[:30]!r} is larger than {NUMBER_LIMITS[k]:,} (the most a line can hold)")
+    amount = numbers["quantity"].abs() * numbers["price"].abs()
+    if "price" in raw:
+        flag((amount > LINE_AMOUNT_MAX) & (numbers["quantity"].abs() <= NUMBER_LIMITS["quantity"])
+             & (numbers["price"].abs() <= NUMBER_LIMITS["price"]), "price",
+             lambda v: f"quantity x price is larger than {LINE_AMOUNT_MAX:,} (the most an order can hold)")
+    if "store" in raw:
+        flag(raw["store"].str.len() > STORE_ID_MAX_LENGTH, "store",
+             lambda v: f"store id {v[:20]!r}... is longer than {STORE_ID_MAX_LENGTH} characters")
 
     date_values = raw["time"]
     if date_format is None:

@@ -138,3 +138,25 @@ def test_a_file_not_in_the_given_encoding_is_refused_as_the_import_refuses_it(ca
     assert str(refused.value) == expected
     lines, _ = cli.load_orders(messy, columns, encoding="cp1252")
     assert "540001" in set(lines.basket_id)
+
+
+def test_recommend_refuses_repeated_query_ids_a_bad_k_and_a_missing_out_dir_before_training(cases_dir, tmp_path,
+                                                                                            capsys):
+    """Checked before any training: a query id names one anchor; k >= 1; the output directory exists."""
+    messy = cases_dir / "import" / "retail_export_messy.csv"
+    columns = "basket=InvoiceNo,product=StockCode,time=InvoiceDate,quantity=Quantity,price=UnitPrice"
+    queries = tmp_path / "q.csv"
+    queries.write_text("query_id,product_id\nq1,22001\nq2,22003\nq1,00123\n")
+    base = ["recommend", "--orders", str(messy), "--columns", columns, "--encoding", "cp1252",
+            "--train-until", "2011-01-05", "--queries", str(queries)]
+    with pytest.raises(SystemExit) as refused:
+        cli.main(base + ["--out", str(tmp_path / "r.csv")])
+    assert str(refused.value) == f"{queries}: query_id must be unique (one anchor per query); repeated: 'q1' (lines 2, 4)"
+    for extra, message in ((["--k", "0"], "--k must be at least 1, not 0"),
+                           (["--out", str(tmp_path / "missing" / "r.csv")],
+                            f"--out {tmp_path / 'missing' / 'r.csv'}: the directory {str(tmp_path / 'missing')!r} "
+                            "does not exist")):
+        with pytest.raises(SystemExit) as usage:
+            cli.main(base + extra)
+        assert usage.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "r.csv").exists()

@@ -428,3 +428,46 @@ def test_ml_converters_share_the_import_rules():
     # distinct stores, as in the import: store 3 listed twice counts once
     assert ranker.loc[("7", pd.Timestamp("2017-01-08"))].tolist() == [3.0, 2.0]
     assert ranker.loc[("9", pd.Timestamp("2017-01-15"))].tolist() == [0.0, 0.0]
+
+
+# --- QA session 8: input that used to be lost or overflow silently ------------------------------------
+
+def test_an_unclosed_quote_refuses_the_file_naming_its_line(tmp_path):
+    """The tolerant CSV reader would read the rest of the file into one field and drop those lines."""
+    path = write(tmp_path, HEADER + "1,P1,1,2024-03-01,1.00\n2,P2,1,2024-03-01,\"2.00\n3,P3,1,2024-03-02,3.00\n"
+                 "4,P4,1,2024-03-02,4.00\n")
+    with pytest.raises(IngestError) as refused:
+        read_orders_csv(path, mapping=SIMPLE_MAP)
+    assert str(refused.value) == (
+        "export.csv: line 3: a quoted field (\") starts here and is never closed, so the rest of the file would "
+        "read as one value; nothing was imported. Close or remove the quote and import again")
+    ok = write(tmp_path, HEADER + "1,P1,1,2024-03-01,\"1.00\"\n2,\"P2\nnew line\",1,2024-03-01,2.00\n", name="ok.csv")
+    assert read_orders_csv(ok, mapping=SIMPLE_MAP).report.imported == 2  # closed quotes (even over lines) are fine
+
+
+def test_numbers_too_large_for_a_line_and_long_store_ids_are_rejected_with_the_row(tmp_path):
+    path = write(tmp_path, "order_id,sku,qty,ordered_at,unit_price,store\n"
+                 "1,P1,1,2024-03-01,99999999999999999999.99,S1\n"
+                 "2,P2,99999999999999999999,2024-03-01,2.00,S1\n"
+                 "3,P1,1000000,2024-03-01,1000000.00,S1\n"
+                 "4,P1,1,2024-03-01,1.00," + "S" * 33 + "\n"
+                 "5,P1,1000000,2024-03-01,9999999999.99,S2\n"
+                 "6,P1,2,2024-03-01,1.50,S2\n")
+    result = read_orders_csv(path, mapping=SIMPLE_MAP + ",store=store")
+    assert [(r.line, r.field, r.reason) for r in result.report.rejections] == [
+        (2, "unit_price", "price '99999999999999999999.99' is larger than 9,999,999,999.99 (the most a line can hold)"),
+        (3, "qty", "quantity '99999999999999999999' is larger than 1,000,000 (the most a line can hold)"),
+        (4, "unit_price", "quantity x price is larger than 999,999,999,999.99 (the most an order can hold)"),
+        (5, "store", "store id 'SSSSSSSSSSSSSSSSSSSS'... is longer than 32 characters"),
+        (6, "unit_price", "quantity x price is larger than 999,999,999,999.99 (the most an order can hold)"),
+    ]
+    assert result.lines[["basket_id", "quantity", "price"]].values.tolist() == [["6", 2, 1.5]]
+
+
+def test_utc_offsets_may_differ_within_a_column(tmp_path):
+    """Summer and winter time in one export: every time becomes UTC (no 'Mixed timezones' crash)."""
+    path = write(tmp_path, HEADER + "1,P1,1,2024-03-01T10:00:00+02:00,1.00\n2,P2,1,2024-03-01T10:00:00Z,2.00\n"
+                 "3,P3,1,2024-07-01T10:00:00-04:00,3.00\n")
+    result = read_orders_csv(path, mapping=SIMPLE_MAP, date_format="%Y-%m-%dT%H:%M:%S%z")
+    times = result.lines.drop_duplicates("basket_id").set_index("basket_id")["time"].astype(str).to_dict()
+    assert times == {"1": "2024-03-01 08:00:00", "2": "2024-03-01 10:00:00", "3": "2024-07-01 14:00:00"}

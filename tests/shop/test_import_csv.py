@@ -236,3 +236,16 @@ def test_dry_run_writes_nothing(cases_dir):
     out = run_command("--csv", str(cases_dir / "import" / "bad_rows.csv"), "--map", SIMPLE_MAP, "--dry-run")
     assert "rejected                6" in out
     assert db_counts() == {"Product": 0, "Customer": 0, "Order": 0, "OrderLine": 0, "ImportRun": 0}
+
+
+def test_an_import_whose_every_line_is_rejected_fails_with_exit_status_1(tmp_path):
+    """A semicolon export with decimal commas read with the defaults: every line rejected; the command
+    prints the report and then fails (CommandError: exit status 1), so a scheduler sees it."""
+    path = tmp_path / "semicolon.csv"
+    path.write_text("order_id,sku,qty,ordered_at,unit_price\n1,A,1,2021-03-01,\"1,50\"\n2,B,1,2021-03-01,\"2,50\"\n")
+    out = io.StringIO()
+    with pytest.raises(CommandError) as failed:
+        call_command("import_orders", "--csv", str(path), "--map", SIMPLE_MAP, "--no-progress", stdout=out)
+    assert str(failed.value) == "no order line was imported: 2 of 2 lines were rejected (reasons above)"
+    assert "unit_price: price '1,50' is not a number (the decimal separator is '.')" in out.getvalue()
+    assert (Order.objects.count(), OrderLine.objects.count()) == (0, 0)

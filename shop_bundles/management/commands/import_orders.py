@@ -75,5 +75,9 @@ class Command(BaseCommand):
             raise CommandError(f"import refused, nothing was written: {exc}") from exc
         for line in report.summary_lines():
             self.stdout.write(line)
+        if report.imported == 0 and report.rejected > 0:
+            # A script or scheduler must see the failure: exit status 1, not "finished".
+            raise CommandError(f"no order line was imported: {report.rejected:,} of {report.read:,} lines were "
+                               "rejected (reasons above)")
         self.stdout.write(self.style.SUCCESS(
             f"{'Dry run' if opts['dry_run'] else 'Import'} finished in {time.monotonic() - started:.1f} s"))
