@@ -32,8 +32,9 @@ Database rules
 * Lines: repeated (basket, product) lines are merged: quantities summed, unit
   price = quantity-weighted mean, discounts summed. Quantities are whole
   units (≥ 1). Money is computed in integer cents and written as Decimal.
-* An order that already exists is not changed (its totals stay); lines of it
-  that are new (a new product) are added.
+* An order that already exists keeps its lines; lines of it that are new (a
+  new product, e.g. in a later file) are added and its ``subtotal`` / ``total``
+  are recomputed from all its lines (``report.notes["orders_extended"]``).
 * Everything is written in one transaction: a failure writes nothing.
 * PostgreSQL: each frame is COPYed (``cursor.copy_expert``) into a temporary
   staging table, then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` joins
@@ -59,10 +60,13 @@ from contextlib import nullcontext
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from decimal import Decimal
+
 import numpy as np
 import pandas as pd
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Count, DecimalField, F, Sum
 from django.utils import timezone
 
 from bundling_ml.ingest import (
@@ -263,10 +267,14 @@ def orders_import_frame(
     timings = report.timings
     timings["prepare_frames"] = round(time.monotonic() - t0, 2)
     with transaction.atomic():
+        before = _existing_line_counts(frames["orders"]["basket"])
         if connection.vendor == "postgresql":
             created = _write_postgresql(frames, default_stock=default_stock, progress=progress, timings=timings)
         else:
             created = _write_orm(frames, default_stock=default_stock, progress=progress, timings=timings)
+        extended = _retotal_extended_orders(before)
+        if extended:
+            report.notes["orders_extended"] = extended
         report.created = created
         ImportRun.objects.create(source=source[:255], started_at=started_at, finished_at=timezone.now(),
                                  report=report.to_dict(max_listed=REPORT_MAX_LISTED))
@@ -277,6 +285,59 @@ def orders_import_frame(
                  source, report.read, report.imported, report.skipped, report.rejected, report.duplicates,
                  report.created)
     return report
+
+
+def _existing_line_counts(baskets, chunk: int = 10_000) -> dict[int, int]:
+    """``{order id: line count}`` of the orders among ``baskets`` (external ids) that already exist.
+
+    Empty without a query when the database holds no order (a first import).
+    """
+    if not Order.objects.exists():
+        return {}
+    ids = pd.unique(np.asarray(baskets, dtype=object))
+    counts: dict[int, int] = {}
+    for start in range(0, len(ids), chunk):
+        part = [str(b) for b in ids[start:start + chunk]]
+        counts.update(OrderLine.objects.filter(order__external_id__in=part).order_by().values("order_id")
+                      .annotate(n=Count("id")).values_list("order_id", "n"))
+        for pk in Order.objects.filter(external_id__in=part).values_list("pk", flat=True):
+            counts.setdefault(pk, 0)
+    return counts
+
+
+def _retotal_extended_orders(before: dict[int, int]) -> int:
+    """Recompute ``subtotal`` and ``total`` of existing orders that this import gave new lines.
+
+    An existing order keeps its lines; a later file may add lines of new
+    products to it, and then its totals must include them: ``subtotal`` =
+    Σ unit_price × quantity, ``total`` = subtotal − Σ line discounts (not below
+    0), as for a new order. Orders that got no new line are not touched.
+
+    Returns:
+        the number of orders recomputed.
+    """
+    if not before:
+        return 0
+    extended = []
+    ids = list(before)
+    for start in range(0, len(ids), 10_000):
+        part = ids[start:start + 10_000]
+        after = dict(OrderLine.objects.filter(order_id__in=part).order_by().values("order_id")
+                     .annotate(n=Count("id")).values_list("order_id", "n"))
+        extended += [pk for pk in part if after.get(pk, 0) > before[pk]]
+    money = DecimalField(max_digits=14, decimal_places=2)
+    for start in range(0, len(extended), 1000):
+        part = extended[start:start + 1000]
+        sums = (OrderLine.objects.filter(order_id__in=part).order_by().values("order_id")
+                .annotate(subtotal=Sum(F("unit_price") * F("quantity"), output_field=money),
+                          discount=Sum("discount", output_field=money)))
+        orders = {o.pk: o for o in Order.objects.filter(pk__in=part)}
+        for row in sums:
+            order = orders[row["order_id"]]
+            order.subtotal = row["subtotal"].quantize(Decimal("0.01"))
+            order.total = max(order.subtotal - row["discount"], Decimal("0")).quantize(Decimal("0.01"))
+        Order.objects.bulk_update(list(orders.values()), ["subtotal", "total"])
+    return len(extended)
 
 
 # --------------------------------------------------------------------------

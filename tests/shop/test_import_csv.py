@@ -249,3 +249,28 @@ def test_an_import_whose_every_line_is_rejected_fails_with_exit_status_1(tmp_pat
     assert str(failed.value) == "no order line was imported: 2 of 2 lines were rejected (reasons above)"
     assert "unit_price: price '1,50' is not a number (the decimal separator is '.')" in out.getvalue()
     assert (Order.objects.count(), OrderLine.objects.count()) == (0, 0)
+
+
+@pytest.mark.parametrize("orm", [False, True])
+def test_a_later_file_that_adds_a_product_to_an_existing_order_updates_its_totals(tmp_path, monkeypatch, orm):
+    """Order 501 is imported with P1 (2 x 1.00) and P2 (1 x 1.00); a later file repeats P1 and adds P3
+    (3 x 3.00): P3 is added and the subtotal becomes 12.00. Order 502 (new) is created as usual; a third
+    import of the same file changes nothing."""
+    if orm:  # the SQLite demo path (bulk_create) on this PostgreSQL database, as the test above
+        monkeypatch.setattr(imports, "_write_postgresql", imports._write_orm)
+    first = tmp_path / "v1.csv"
+    first.write_text("order_id,sku,qty,ordered_at,unit_price\n501,P1,2,2024-03-01,1.00\n501,P2,1,2024-03-01,1.00\n")
+    second = tmp_path / "v2.csv"
+    second.write_text("order_id,sku,qty,ordered_at,unit_price\n501,P1,2,2024-03-01,1.00\n501,P3,3,2024-03-01,3.00\n"
+                      "502,P1,1,2024-03-02,1.00\n")
+    run_command("--csv", str(first), "--map", SIMPLE_MAP)
+    assert Order.objects.get(external_id="501").subtotal == Decimal("3.00")
+    run_command("--csv", str(second), "--map", SIMPLE_MAP)
+    order = Order.objects.get(external_id="501")
+    assert sorted(order.lines.values_list("product__sku", "quantity")) == [("P1", 2), ("P2", 1), ("P3", 3)]
+    assert (order.subtotal, order.total) == (Decimal("12.00"), Decimal("12.00"))
+    assert Order.objects.get(external_id="502").subtotal == Decimal("1.00")
+    assert ImportRun.objects.order_by("-pk").first().report["notes"]["orders_extended"] == 1
+    run_command("--csv", str(second), "--map", SIMPLE_MAP)
+    assert "orders_extended" not in ImportRun.objects.order_by("-pk").first().report["notes"]
+    assert Order.objects.get(external_id="501").subtotal == Decimal("12.00")
