@@ -332,7 +332,8 @@ def parse_mapping(text: str | dict, *, require_amounts: bool = True) -> dict:
     :func:`read_orders_csv`).
 
     Raises:
-        IngestError: unknown key, missing ``=``, or a required key missing.
+        IngestError: unknown key, missing ``=``, a key given twice, a required key
+            missing, or one column mapped to two keys.
     """
     if isinstance(text, dict):
         mapping = {str(k).strip(): str(v).strip() for k, v in text.items() if v is not None}
@@ -344,6 +345,9 @@ def parse_mapping(text: str | dict, *, require_amounts: bool = True) -> dict:
             if "=" not in part:
                 raise IngestError(f"mapping item {part.strip()!r} has no '='; write e.g. basket=InvoiceNo")
             key, value = part.split("=", 1)
+            if key.strip() in mapping:
+                raise IngestError(f"mapping key {key.strip()!r} is given twice ({mapping[key.strip()]!r} and "
+                                  f"{value.strip()!r}); give each key once")
             mapping[key.strip()] = value.strip()
     unknown = sorted(set(mapping) - set(MAPPING_FIELDS))
     if unknown:
@@ -356,6 +360,15 @@ def parse_mapping(text: str | dict, *, require_amounts: bool = True) -> dict:
     if "name" not in mapping and mapping.get("description"):
         mapping["name"] = mapping["description"]
     mapping.pop("description", None)
+    by_column: dict[str, list[str]] = {}
+    for key, column in mapping.items():
+        if column:
+            by_column.setdefault(column.casefold(), []).append(key)
+    shared = [(column, keys) for column, keys in by_column.items() if len(keys) > 1]
+    if shared:
+        column, keys = shared[0]
+        raise IngestError(f"column {mapping[keys[0]]!r} is mapped to {' and '.join(keys)}; each field needs its "
+                          f"own column")
     return mapping
 
 

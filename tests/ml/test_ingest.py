@@ -471,3 +471,17 @@ def test_utc_offsets_may_differ_within_a_column(tmp_path):
     result = read_orders_csv(path, mapping=SIMPLE_MAP, date_format="%Y-%m-%dT%H:%M:%S%z")
     times = result.lines.drop_duplicates("basket_id").set_index("basket_id")["time"].astype(str).to_dict()
     assert times == {"1": "2024-03-01 08:00:00", "2": "2024-03-01 10:00:00", "3": "2024-07-01 14:00:00"}
+
+
+@pytest.mark.parametrize("mapping, message", [
+    ("basket=order_id,product=order_id,time=ordered_at,quantity=qty,price=unit_price",
+     "column 'order_id' is mapped to basket and product; each field needs its own column"),
+    ("basket=order_id,product=sku,time=ordered_at,quantity=qty,price=QTY",
+     "column 'qty' is mapped to quantity and price; each field needs its own column"),
+    ("basket=order_id,product=sku,time=ordered_at,quantity=qty,price=unit_price,product=order_id",
+     "mapping key 'product' is given twice ('sku' and 'order_id'); give each key once"),
+])
+def test_a_mapping_that_reuses_a_column_or_a_key_is_refused(mapping, message):
+    with pytest.raises(IngestError) as refused:
+        parse_mapping(mapping)
+    assert str(refused.value) == message
