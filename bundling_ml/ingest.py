@@ -52,7 +52,8 @@ CSV rules
   the lines after it).
   A basket with any rejected line is rejected whole (its other lines are
   reported with reason ``order <id> has a rejected line``): no half baskets.
-  A basket whose lines name two different customers is rejected the same way.
+  A basket whose lines name two different customers, or two different
+  stores, is rejected the same way.
 * Exact duplicate lines (every field equal) are reported as duplicates of the
   first occurrence and counted once.
 * Cleaning (shared with the ML CLI): when most order ids are numbers (the
@@ -765,18 +766,21 @@ def read_orders_csv(
     # No half baskets: every line of a basket with a rejected line is rejected.
     bad_baskets = set(raw.loc[bad_rows, "basket"]) | {g for _, _, g in bad_shape}
     bad_baskets.discard("")
-    if "customer" in raw:
-        ok = ~bad_rows & (raw["customer"] != "")
-        n_cust = raw[ok].groupby("basket")["customer"].nunique()
-        for b in n_cust.index[n_cust > 1]:
+    # An order has one customer and one store: lines that name two are rejected, the whole order with them.
+    for key, word in (("customer", "customer"), ("store", "store")):
+        if key not in raw:
+            continue
+        ok = ~bad_rows & (raw[key] != "")
+        n_values = raw[ok].groupby("basket")[key].nunique()
+        for b in n_values.index[n_values > 1]:
             if b in bad_baskets:
                 continue
-            custs = sorted(raw.loc[ok & (raw["basket"] == b), "customer"].unique())
+            values = sorted(raw.loc[ok & (raw["basket"] == b), key].unique())
             bad_baskets.add(b)
             for i in np.flatnonzero((~bad_rows & (raw["basket"] == b)).to_numpy()):
                 bad_rows[i] = True
-                rejections.append(Rejection(int(src_line.iat[i]), names["customer"],
-                                            f"order {b} names more than one customer ({', '.join(custs)})"))
+                rejections.append(Rejection(int(src_line.iat[i]), names[key],
+                                            f"order {b} names more than one {word} ({', '.join(values)})"))
     follow = ~bad_rows & raw["basket"].isin(bad_baskets).to_numpy()
     for i in np.flatnonzero(follow):
         b = raw["basket"].iat[i]

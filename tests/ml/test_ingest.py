@@ -485,3 +485,13 @@ def test_a_mapping_that_reuses_a_column_or_a_key_is_refused(mapping, message):
     with pytest.raises(IngestError) as refused:
         parse_mapping(mapping)
     assert str(refused.value) == message
+
+
+def test_an_order_whose_lines_name_two_stores_is_rejected_whole(tmp_path):
+    path = write(tmp_path, "order_id,sku,qty,ordered_at,unit_price,store\n1,P1,1,2024-03-01,1.00,S1\n"
+                 "1,P2,1,2024-03-01,2.00,S2\n2,P1,1,2024-03-01,1.00,S1\n2,P2,1,2024-03-01,2.00,S1\n")
+    result = read_orders_csv(path, mapping=SIMPLE_MAP + ",store=store")
+    assert [(r.line, r.field, r.reason) for r in result.report.rejections] == [
+        (2, "store", "order 1 names more than one store (S1, S2)"),
+        (3, "store", "order 1 names more than one store (S1, S2)")]
+    assert sorted(result.lines["basket_id"].unique()) == ["2"]
