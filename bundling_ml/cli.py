@@ -149,17 +149,26 @@ def _add_data_options(p):
 
 
 def print_tables(m: dict, total_seconds: float | None = None, out=sys.stdout) -> None:
-    """Print the anonymous, known-shopper and cold-start tables of a backtest."""
+    """Print the anonymous, known-shopper and cold-start tables of a backtest.
+
+    ``m`` is ``TrainResult.metrics``, optionally with ``train_products`` (the
+    training catalogue's size): with 11 or fewer products a warning says the
+    metrics mean nothing. The known-shopper and cold-start tables are left out when they have no query.
+    """
     from bundling_ml.evaluation import metrics_table
 
     tail = f", total {total_seconds:.0f} s" if total_seconds is not None else ""
     print(f"split {m['split_date']}, {m['baskets']} test baskets, {m['queries']} queries{tail}", file=out)
+    n_products = m.get("train_products")
+    if n_products is not None and n_products <= 11:  # the anchor + 10 companions: every list holds everything
+        print(f"WARNING: only {n_products} products in training: 10 companions cover the whole catalogue, so "
+              "HR@10 and NDCG@10 say nothing about the ranking; use more data.", file=out)
     print("\nAnonymous shopper (product page):", file=out)
     print(metrics_table(m["rows"]), file=out)
-    if m.get("shopper_rows"):
+    if m.get("shopper_rows") and any(r.get("queries") for r in m["shopper_rows"]):  # none: no customer ids
         print("\nKnown shopper (query carries the customer id; queries of known customers):", file=out)
         print(metrics_table(m["shopper_rows"]), file=out)
-    if m.get("cold_rows"):
+    if m.get("cold_rows") and m.get("cold_queries", 0):
         print(f"\nCold-start anchors (< 5 training baskets; {m.get('cold_queries', 0)} queries):", file=out)
         print(metrics_table(m["cold_rows"]), file=out)
 
@@ -362,7 +371,8 @@ def _run(args) -> int:
                 excluded_departments=tuple(args.exclude_department), sample_baskets=args.sample_baskets or None, epochs=args.epochs,
                 promotions=promotions,
             )
-        print_tables(res.metrics, time.perf_counter() - t0)
+        print_tables({**res.metrics, "train_products": res.metadata["data_window"]["train_products"]},
+                     time.perf_counter() - t0)
         return 0
     if args.command == "recommend":
         lines, products, promotions = _data(args)

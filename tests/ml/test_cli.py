@@ -160,3 +160,20 @@ def test_recommend_refuses_repeated_query_ids_a_bad_k_and_a_missing_out_dir_befo
             cli.main(base + extra)
         assert usage.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_backtest_tables_warn_when_the_catalogue_is_too_small_to_rank_and_skip_empty_cold_start():
+    import io
+
+    rows = [{"system": "model", "hr@10": 1.0, "ndcg@10": 0.9, "queries": 12, "seconds": 0.1}]
+    metrics = {"split_date": "2024-03-01", "baskets": 4, "queries": 12, "rows": rows, "train_products": 7,
+               "cold_rows": rows, "cold_queries": 0, "shopper_rows": [{**rows[0], "queries": 0}]}
+    out = io.StringIO()
+    cli.print_tables(metrics, out=out)
+    text = out.getvalue()
+    assert ("WARNING: only 7 products in training: 10 companions cover the whole catalogue, so HR@10 and NDCG@10 "
+            "say nothing about the ranking; use more data.") in text
+    assert "Cold-start anchors" not in text and "Known shopper" not in text  # no such queries (no customer ids)
+    out = io.StringIO()
+    cli.print_tables({**metrics, "train_products": 500, "cold_queries": 3}, out=out)
+    assert "WARNING" not in out.getvalue() and "Cold-start anchors (< 5 training baskets; 3 queries)" in out.getvalue()
