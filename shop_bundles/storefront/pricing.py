@@ -13,9 +13,11 @@ The money rule (docs: ``shared/cases/README.md``, "Money"; ARCHITECTURE.md):
   to cents (``0.01``). 9 bundles at 13.50 with 5 % off give
   ``round(121.50 * 0.05) = round(6.075) = 6.08``, not ``9 * round(0.675)``.
 * A unit of a product belongs to at most one bundle.
-* Campaigns compete for units; the shopper gets the better deal: bundles are
-  formed greedily by saving per bundle (largest first), ties broken by the
-  lower campaign id, so the result is deterministic.
+* Campaigns compete for units; the shopper gets the best deal: the bundles
+  with the largest total saving (before rounding), from an integer program
+  when campaigns share products (``scipy.optimize.milp``), else by saving
+  per bundle, largest first; ties go to the larger saving per bundle, then
+  the lower campaign id, so the result is deterministic.
 * A discount never makes anything negative: a bundle's discount is clamped to
   ``[0, regular amount]``; a ``fixed_price`` at or above the regular price
   gives no discount (and forms no bundle).
@@ -305,6 +307,55 @@ def is_no_discount(discount_type: str, discount_value) -> bool:
     return discount_type in (PERCENT, AMOUNT) and Decimal(discount_value) == 0
 
 
+def _best_bundle_counts(usable: Sequence[tuple[Decimal, CampaignSpec]], units: Mapping[int, int]) -> dict[int, int] | None:
+    """Bundles per saving campaign that give the shopper the largest total saving, or None when
+    taking campaigns one by one (largest saving per bundle first) already does.
+
+    Greedy is optimal unless two saving campaigns share a product. Then this
+    solves the integer program  max Σ_c s_c·x_c  subject to  Σ_c q_cp·x_c ≤ n_p
+    for every product p, x_c ≥ 0 integer (s_c: unrounded saving of one bundle,
+    q_cp: units of p per bundle, n_p: units in the cart) with
+    ``scipy.optimize.milp`` (HiGHS). Equal totals go to the campaigns earlier
+    in ``usable`` (larger saving per bundle, then lower id) through a tie-break
+    term far below a cent. Example: {A, B} 10.00 off, {A, C} 6.00 off and
+    {B, D} 6.00 off on a cart of A, B, C, D: greedy takes {A, B} (10.00), the
+    program takes the other two (12.00).
+
+    Args:
+        usable: ``(saving, spec)`` in the engine's order (saving Decimal ≥ 0;
+            no-discount campaigns, saving 0, are left to the greedy pass).
+        units: product id → units in the cart.
+
+    Returns:
+        ``{campaign_id: bundles}`` for the saving campaigns, or None (greedy).
+    """
+    saving = [(s, spec) for s, spec in usable if s > 0]
+    seen: set[int] = set()
+    shared = False
+    for _, spec in saving:
+        pids = {pid for pid, _ in spec.items}
+        shared = shared or bool(pids & seen)
+        seen |= pids
+    if not shared:
+        return None
+    import numpy as np
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    products = sorted(seen)
+    row = {pid: i for i, pid in enumerate(products)}
+    n = len(saving)
+    a = np.zeros((len(products), n))
+    for j, (_, spec) in enumerate(saving):
+        for pid, qty in spec.items:
+            a[row[pid], j] += qty
+    objective = -np.array([float(s) + 1e-7 * (n - j) / n for j, (s, _) in enumerate(saving)])
+    result = milp(objective, constraints=LinearConstraint(a, -np.inf, [units[pid] for pid in products]),
+                  integrality=np.ones(n), bounds=Bounds(0, np.inf))
+    if result.status != 0 or result.x is None:  # not expected for this bounded program; greedy is safe
+        return None
+    return {spec.campaign_id: int(round(x)) for (_, spec), x in zip(saving, result.x)}
+
+
 def price_cart(items: Sequence[CartItem], campaigns: Iterable[CampaignSpec]) -> PricingResult:
     """Form bundles in a cart and price it.
 
@@ -318,11 +369,13 @@ def price_cart(items: Sequence[CartItem], campaigns: Iterable[CampaignSpec]) -> 
             fixed amount off at or above a bundle total cut by a price change).
 
     Returns:
-        ``PricingResult``. Bundles are formed greedily: the campaign with the
-        largest saving per bundle (ties: lower ``campaign_id``; no-discount
-        "frequently bought together" campaigns, saving 0, come last) takes as many
-        whole bundles as the remaining units allow, then the next; a unit
-        joins at most one bundle. Each bundle line's discount is rounded once
+        ``PricingResult``. Bundles give the shopper the largest total saving:
+        when saving campaigns share products, the bundles per campaign come from
+        an integer program (:func:`_best_bundle_counts`); otherwise the
+        campaign with the largest saving per bundle (ties: lower
+        ``campaign_id``) takes as many whole bundles as the remaining units
+        allow, then the next. No-discount "frequently bought together"
+        campaigns (saving 0) take what is left; a unit joins at most one bundle. Each bundle line's discount is rounded once
         half-up to cents (see module docstring) and spread over the product
         lines with ``allocate`` in proportion to their regular amounts, so the
         lines' discounts sum exactly to ``discount_total``.
@@ -356,12 +409,15 @@ def price_cart(items: Sequence[CartItem], campaigns: Iterable[CampaignSpec]) -> 
             usable.append((saving, spec))
     # Best deal for the shopper first; the id makes equal savings deterministic.
     usable.sort(key=lambda pair: (-pair[0], pair[1].campaign_id))
+    planned = _best_bundle_counts(usable, remaining)
 
     bundles: list[BundleLine] = []
     # product id -> {campaign id: [units, discount share]}
     per_line: dict[int, dict[int, list]] = defaultdict(dict)
-    for _, spec in usable:
+    for saving, spec in usable:
         count = min(remaining[pid] // qty for pid, qty in spec.items)
+        if planned is not None and saving > 0:
+            count = min(count, planned.get(spec.campaign_id, 0))
         if count <= 0:
             continue
         for pid, qty in spec.items:

@@ -198,3 +198,59 @@ def test_no_discount_campaign_forms_a_zero_bundle_that_never_takes_units_from_a_
     assert [(b.campaign_id, b.discount) for b in both.bundles] == [(8, D("4.20"))]  # A joins the saving bundle
     # a fixed price at the regular price is not a no-discount campaign: it forms no bundle
     assert price_cart(cart(A=1, B=1), [spec(9, FIXED_PRICE, "25.00", A, B)]).bundles == ()
+
+
+def test_overlapping_campaigns_give_the_largest_total_saving_not_the_largest_first():
+    """{A, B} 10.00 off, {A, C} 6.00 off, {B, D} 6.00 off on a cart of A, B, C, D: taking the largest
+    bundle first saves 10.00; A+C and B+D save 12.00, which the shopper gets."""
+    result = price_cart(cart(A=1, B=1, C8=1, D=1), [spec(1, AMOUNT, "10.00", A, B), spec(2, AMOUNT, "6.00", A, C8),
+                                                     spec(3, AMOUNT, "6.00", B, D_)])
+    assert sorted((b.campaign_id, b.count, b.discount) for b in result.bundles) == [
+        (2, 1, D("6.00")), (3, 1, D("6.00"))]
+    assert result.discount_total == D("12.00")
+    assert_lines_sum(result)
+    # With two more units of A and B the big bundle fits too: all three form (22.00).
+    more = price_cart(cart(A=2, B=2, C8=1, D=1), [spec(1, AMOUNT, "10.00", A, B), spec(2, AMOUNT, "6.00", A, C8),
+                                                   spec(3, AMOUNT, "6.00", B, D_)])
+    assert sorted((b.campaign_id, b.count) for b in more.bundles) == [(1, 1), (2, 1), (3, 1)]
+    assert more.discount_total == D("22.00")
+    # Mixed: 2 A, 1 B, 2 C8 with A+B 6.00 off and A+C8 3.00 off: A+B once and A+C8 once (9.00), not A+C8 twice.
+    mixed = price_cart(cart(A=2, B=1, C8=2), [spec(1, AMOUNT, "6.00", A, B), spec(2, AMOUNT, "3.00", A, C8)])
+    assert sorted((b.campaign_id, b.count) for b in mixed.bundles) == [(1, 1), (2, 1)]
+    assert mixed.discount_total == D("9.00")
+    # Equal totals (one A, 6.00 off either way): the lower campaign id, whichever bundle it is.
+    for ab, ac in ((1, 2), (2, 1)):
+        tie = price_cart(cart(A=1, B=1, C8=1), [spec(ab, AMOUNT, "6.00", A, B), spec(ac, AMOUNT, "6.00", A, C8)])
+        assert [(b.campaign_id, b.count) for b in tie.bundles] == [(1, 1)]
+
+
+def test_bundle_choice_matches_the_brute_force_best_on_random_small_carts():
+    """300 random carts (seed 0) of up to 4 products and 4 overlapping fixed-amount campaigns: the engine's
+    discount total equals the best of every feasible choice of bundle counts (enumerated)."""
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    products = [A, B, C8, D_]
+    names = {A: "A", B: "B", C8: "C8", D_: "D"}
+    for _ in range(300):
+        quantities = {p: rng.randint(0, 3) for p in products}
+        specs = []
+        for cid in range(1, rng.randint(2, 4) + 1):
+            items = rng.sample(products, rng.randint(1, 3))
+            qty = {p: rng.randint(1, 2) for p in items}
+            if sum(qty.values()) < 2:
+                qty[items[0]] = 2
+            regular = sum(PRICES[p] * q for p, q in qty.items())
+            specs.append(spec(cid, AMOUNT, str(rng.randint(1, int(regular) - 1)), *items, qty=qty))
+        result = price_cart(cart(**{names[p]: q for p, q in quantities.items() if q}), specs)
+        best = D("0.00")
+        for counts in itertools.product(range(4), repeat=len(specs)):
+            used = {p: 0 for p in products}
+            for c, s in zip(counts, specs):
+                for p, q in s.items:
+                    used[p] += q * c
+            if all(used[p] <= quantities[p] for p in products):
+                best = max(best, sum((s.discount_value * c for c, s in zip(counts, specs)), D("0.00")))
+        assert result.discount_total == best, (quantities, specs)
+        assert_lines_sum(result)
