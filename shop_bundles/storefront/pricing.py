@@ -350,7 +350,8 @@ def _best_bundle_counts(usable: Sequence[tuple[Decimal, CampaignSpec]], units: M
             a[row[pid], j] += qty
     objective = -np.array([float(s) + 1e-7 * (n - j) / n for j, (s, _) in enumerate(saving)])
     result = milp(objective, constraints=LinearConstraint(a, -np.inf, [units[pid] for pid in products]),
-                  integrality=np.ones(n), bounds=Bounds(0, np.inf))
+                  integrality=np.ones(n), bounds=Bounds(0, np.inf),
+                  options={"mip_rel_gap": 0.0})  # solved to the optimum, so the tie-break term decides ties
     if result.status != 0 or result.x is None:  # not expected for this bounded program; greedy is safe
         return None
     return {spec.campaign_id: int(round(x)) for (_, spec), x in zip(saving, result.x)}
