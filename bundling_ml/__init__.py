@@ -24,6 +24,8 @@ Modules:
     artifacts    save / load ``model.keras`` + ``metadata.json``
     pipeline     ``train_model`` and ``score_bundles``
     cli          ``python -m bundling_ml backtest|recommend|score ...``
+    limits       largest quantity, price and line amount of an order line
+                 (the CSV import and the shop's events endpoint)
 """
 
 __version__ = "0.1.0"

@@ -125,6 +125,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .limits import LINE_AMOUNT_MAX, MONEY_MAX, QUANTITY_MAX
+
 __all__ = [
     "DEFAULT_NON_PRODUCT_CODES",
     "IngestError",
@@ -142,11 +144,8 @@ __all__ = [
 DEFAULT_NON_PRODUCT_CODES = (
     "POST", "DOT", "M", "B", "C2", "CRUK", "D", "S", "BANK CHARGES", "AMAZONFEE", "PADS",
 )
-#: Largest quantity and price (absolute) a line may carry: the shop's ``numeric(12, 2)`` price columns
-#: hold up to 9,999,999,999.99; a quantity above a million units is a typo or a unit mix-up.
-NUMBER_LIMITS = {"quantity": 1_000_000, "price": 9_999_999_999.99}
-#: Largest quantity x price of one line (the ``numeric(14, 2)`` order amounts hold 999,999,999,999.99).
-LINE_AMOUNT_MAX = 999_999_999_999.99
+#: The per-line limits of a CSV import, by mapped field (absolute values; :mod:`bundling_ml.limits`).
+NUMBER_LIMITS = {"quantity": QUANTITY_MAX, "price": float(MONEY_MAX)}
 #: Longest store id (``Order.store_id`` is ``varchar(32)``).
 STORE_ID_MAX_LENGTH = 32
 
@@ -737,7 +736,7 @@ def read_orders_csv(
              lambda v, k=key: f"{k} {v[:30]!r} is larger than {NUMBER_LIMITS[k]:,} (the most a line can hold)")
     amount = numbers["quantity"].abs() * numbers["price"].abs()
     if "price" in raw:
-        flag((amount > LINE_AMOUNT_MAX) & (numbers["quantity"].abs() <= NUMBER_LIMITS["quantity"])
+        flag((amount > float(LINE_AMOUNT_MAX)) & (numbers["quantity"].abs() <= NUMBER_LIMITS["quantity"])
              & (numbers["price"].abs() <= NUMBER_LIMITS["price"]), "price",
              lambda v: f"quantity x price is larger than {LINE_AMOUNT_MAX:,} (the most an order can hold)")
     if "store" in raw:

@@ -580,7 +580,7 @@ class BundleCampaignItemFormSet(forms.BaseInlineFormSet):
         super().clean()
         if any(self.errors):
             return
-        units, items = [], []
+        items = []
         for form in self.forms:
             data = getattr(form, "cleaned_data", None) or {}
             if data.get("DELETE"):
@@ -592,9 +592,8 @@ class BundleCampaignItemFormSet(forms.BaseInlineFormSet):
                 continue
             if (quantity or 0) < 1:
                 raise ValidationError(f"{product}: units per bundle must be at least 1.")
-            units += [product] * int(quantity)
             items.append(BundleCampaignItem(product=product, quantity=int(quantity), position=len(items)))
-        if len(units) < 2:
+        if sum(item.quantity for item in items) < 2:
             raise ValidationError("A bundle needs at least 2 units (two products, or 2 units of one product).")
         campaign = self.instance  # the campaign form's cleaned values are already on it
         if campaign.discount_type and campaign.discount_value is not None:

@@ -62,6 +62,9 @@ from django.utils.dateparse import parse_datetime
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from bundling_ml.limits import LINE_AMOUNT_MAX as ORDER_AMOUNT_MAX
+from bundling_ml.limits import MONEY_MAX, QUANTITY_MAX
+
 from .models import BundleCampaign, Order, OrderLine, OutboxEvent, Product
 from .services.orders import customer_get_or_create
 from .services.outbox import (
@@ -80,14 +83,9 @@ BODY_MAX_BYTES = 1024 * 1024
 JSON_MAX_DEPTH = 20
 #: ``Product.stock`` (integer column, +-2,147,483,647): reported stock from -STOCK_MAX to STOCK_MAX.
 STOCK_MAX = 1_000_000_000
-#: Units on one order line / bundles in one offer event (integer columns ``OrderLine.quantity``,
-#: ``OfferEvent.quantity``).
-QUANTITY_MAX = 1_000_000
-#: ``price``, ``cost``, ``unit_price``: ``numeric(12, 2)`` columns.
-MONEY_MAX = Decimal("9999999999.99")
-#: quantity x unit_price of one line and the order's subtotal/total: ``numeric(14, 2)`` columns
-#: (``Order.subtotal``, ``Order.total``, ``OrderEvent.revenue``).
-ORDER_AMOUNT_MAX = Decimal("999999999999.99")
+# QUANTITY_MAX (units on one order line / bundles in one offer event), MONEY_MAX (``price``, ``cost``,
+# ``unit_price``: ``numeric(12, 2)``) and ORDER_AMOUNT_MAX (quantity x unit_price of a line and an order's
+# subtotal / total: ``numeric(14, 2)``) are the CSV import's column limits (bundling_ml.limits).
 #: ``campaign_id``: a ``bigint`` primary key.
 ID_INT_MAX = 2**63 - 1
 #: ``placed_at`` / ``occurred_at``: from MOMENT_MIN up to (not including) MOMENT_END.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 
 from .. import app_settings
+from .customers import request_customer_id
 
 TREATMENT, HOLDOUT = "treatment", "holdout"
 GROUPS = (TREATMENT, HOLDOUT)
@@ -51,8 +52,6 @@ def shopper_identity(request) -> str:
     """The identity assigned: the session's shopper id (replay), else the identity kept in the session,
     else the signed-in shopper's customer id (``selectors.customers.request_customer_id``), else the
     session key ("" when none). The first non-empty one of the last two is kept in the session."""
-    from .customers import request_customer_id
-
     session = getattr(request, "session", None)
     if session is None:
         return ""

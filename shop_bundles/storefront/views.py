@@ -48,12 +48,16 @@ def _session_key(request: HttpRequest) -> str:
     return request.session.session_key or ""
 
 
-def _redirect_back(request: HttpRequest, default: str) -> HttpResponse:
-    """Redirect to a same-host ``next`` field when given, else to ``default``."""
-    target = request.POST.get("next") or ""
-    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
-                                                   require_https=request.is_secure()):
-        return redirect(target)
+def _redirect_back(request: HttpRequest, default: str, *, referer: bool = False) -> HttpResponse:
+    """Redirect to a same-host ``next`` field when given (with ``referer``, else to the same-host page
+    the POST came from), else to ``default``."""
+    candidates = [request.POST.get("next") or ""]
+    if referer:
+        candidates.append(request.META.get("HTTP_REFERER") or "")
+    for target in candidates:
+        if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
+                                                       require_https=request.is_secure()):
+            return redirect(target)
     return redirect(default)
 
 
@@ -75,15 +79,6 @@ def _order_recorded(request: HttpRequest, cart: SessionCart, order: Order, *, sp
     if spent:
         cart.clear()
         request.session[CHECKOUT_TOKEN_SESSION_KEY] = uuid.uuid4().hex
-
-
-def _redirect_to_page(request: HttpRequest, default: str) -> HttpResponse:
-    """Back to the same-host page the POST came from (``next``, else the Referer), else to ``default``."""
-    for target in (request.POST.get("next") or "", request.META.get("HTTP_REFERER") or ""):
-        if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
-                                                       require_https=request.is_secure()):
-            return redirect(target)
-    return redirect(default)
 
 
 def customer_field_allowed(request: HttpRequest) -> bool:
@@ -182,8 +177,8 @@ def bundle_add(request: HttpRequest, campaign_id: int) -> HttpResponse:
     form = AddToCartForm(request.POST if "quantity" in request.POST else {"quantity": 1})
     if not form.is_valid():
         messages.error(request, QUANTITY_REFUSED)
-        return _redirect_to_page(request, reverse("shop_bundles:product_detail",
-                                                  kwargs={"sku": offer.items[0].product.sku}))
+        return _redirect_back(request, reverse("shop_bundles:product_detail",
+                                               kwargs={"sku": offer.items[0].product.sku}), referer=True)
     wanted = form.cleaned_data["quantity"]
     cart = SessionCart(request.session)
     bundles, limit = wanted, None
