@@ -84,6 +84,8 @@ def load_orders(path, columns: str, products_path=None, encoding: str = "utf-8",
     ``read_orders_csv`` (the Django import's ``--delimiter``, ``--decimal``
     and ``--date-format``, which its error messages name). Rejected rows are
     printed to stderr with their line, field and reason; the good rows are kept.
+    Orders whose lines span more than an hour are counted on stderr with a
+    few examples, as in the import report (:func:`bundling_ml.ingest.basket_time_spread`).
 
     Returns:
         ``(lines, products)`` pandas frames (``docs/contracts.md``).
@@ -113,6 +115,8 @@ def load_orders(path, columns: str, products_path=None, encoding: str = "utf-8",
         print(f"{path}: line {r.line}: {r.field}: {r.reason} (row skipped)", file=sys.stderr)
     if len(res.report.rejections) > 20:
         print(f"{path}: ... {len(res.report.rejections) - 20} more rejected rows", file=sys.stderr)
+    for text in ingest.time_spread_lines(res.report.notes.get("time_spread")):  # the import report's lines
+        print(f"{path}: {text.strip()}", file=sys.stderr)
     lines, products = res.lines, res.products
     if products_path:
         extra = _read_products(products_path)

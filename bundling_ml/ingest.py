@@ -65,6 +65,10 @@ CSV rules
   An id of ``A`` + digits is an accounting adjustment (skipped). Files whose
   own order ids start with letters (``A-1``, ``C100``...) do not use these
   prefixes and keep all their orders.
+  The cancellations, with the quantity each could not take back in the
+  file, are returned too (``IngestResult.cancellations``): the database
+  import takes that rest back out of orders imported from earlier files
+  (``shop_bundles.services.imports``); the ML CLI, which reads one file, does not.
   Non-product codes (POST, DOT, M, B, C2, CRUK, D, S, BANK CHARGES,
   AMAZONFEE, PADS by default; compared case-insensitively) are not products.
   Quantity 0 and negative quantities outside a cancellation are skipped
@@ -72,6 +76,13 @@ CSV rules
   (``price_negative``). A quantity that is not a whole number is a measure
   (weight, volume): the line is one unit priced at quantity × unit price.
   An empty customer is a guest order: kept, customer_id <NA>.
+* Basket time spread: an order is placed at its earliest line time (POS
+  lines of one basket often differ by seconds). Orders whose imported lines
+  span more than :data:`BASKET_TIME_SPREAD_TOLERANCE` (1 hour) are counted
+  in ``notes["time_spread"]`` with a few examples (order id, earliest and
+  latest line time), widest first (:func:`basket_time_spread`): many of
+  them usually mean the basket column is mapped to something that is not
+  one checkout (a customer or a day). Nothing is rejected for it.
 
 Complete Journey rules (preset ``completejourney``)
 --------------------------------------------------
@@ -133,12 +144,16 @@ __all__ = [
     "IngestResult",
     "ImportReport",
     "Rejection",
+    "BASKET_TIME_SPREAD_TOLERANCE",
     "apply_cleaning_rules",
+    "basket_time_spread",
+    "clean_lines",
     "completejourney_import_frames",
     "completejourney_promotions",
     "infer_date_format",
     "parse_mapping",
     "read_orders_csv",
+    "time_spread_lines",
 ]
 
 DEFAULT_NON_PRODUCT_CODES = (
@@ -151,6 +166,11 @@ STORE_ID_MAX_LENGTH = 32
 
 MAPPING_FIELDS = ("basket", "product", "time", "quantity", "price", "customer", "name", "description", "store")
 REQUIRED_MAPPING_FIELDS = ("basket", "product", "time", "quantity", "price")
+#: Orders whose lines' times span more than this are reported (``notes["time_spread"]``); the order is
+#: still placed at its earliest line time. POS lines of one checkout differ by seconds or minutes.
+BASKET_TIME_SPREAD_TOLERANCE = dt.timedelta(hours=1)
+#: How many of those orders the report lists as examples (widest span first).
+TIME_SPREAD_EXAMPLES = 5
 CJ_WEEK1_START = dt.date(2017, 1, 1)
 CJ_VOLUME_QUANTITY = 100  # a Complete Journey quantity above this is a volume (fuel), not units
 
@@ -286,6 +306,7 @@ class ImportReport:
             out.append("  created: " + ", ".join(f"{k} {v:,}" for k, v in self.created.items()))
         if self.timings:
             out.append("  seconds: " + ", ".join(f"{k} {v}" for k, v in self.timings.items()))
+        out += time_spread_lines(self.notes.get("time_spread"))
         if self.rejections:
             out.append("Rejected lines:")
             for r in self.rejections[:max_listed]:
@@ -301,19 +322,76 @@ class ImportReport:
         return out
 
 
+def basket_time_spread(lines: pd.DataFrame, *, tolerance: dt.timedelta = BASKET_TIME_SPREAD_TOLERANCE,
+                       examples: int = TIME_SPREAD_EXAMPLES) -> dict:
+    """Orders whose lines' times span more than ``tolerance``, for the import report.
+
+    An order is placed at its earliest line time; when one order's lines are
+    hours or days apart, the basket column is probably not one checkout. Used
+    by the CSV and Complete Journey readers (``report.notes["time_spread"]``),
+    the database import for frames read elsewhere, and so printed by both
+    ``import_orders`` and ``python -m bundling_ml recommend --orders``.
+
+    Args:
+        lines: frame with basket_id and time (datetime64, naive; other columns ignored).
+        tolerance: the largest spread that is not reported (strictly more is reported).
+        examples: how many orders to list.
+
+    Returns:
+        ``{"tolerance": "1:00:00", "tolerance_seconds": 3600, "orders": int,
+        "examples": [{"order": str, "earliest": "YYYY-MM-DD HH:MM:SS",
+        "latest": str, "lines": int}, ...]}``: ``orders`` counts the orders
+        over the tolerance; ``examples`` lists up to ``examples`` of them,
+        widest span first (ties by order id); ``lines`` is the order's number
+        of lines in ``lines``.
+    """
+    tolerance = pd.Timedelta(tolerance)
+    out = {"tolerance": str(tolerance.to_pytimedelta()), "tolerance_seconds": int(tolerance.total_seconds()),
+           "orders": 0, "examples": []}
+    if lines is None or not len(lines):
+        return out
+    times = pd.to_datetime(lines["time"])
+    g = pd.DataFrame({"basket": lines["basket_id"].astype(str).to_numpy(), "time": times.to_numpy()}) \
+        .groupby("basket", sort=False)["time"].agg(["min", "max", "size"])
+    span = g["max"] - g["min"]
+    wide = g[span > tolerance].assign(span=span[span > tolerance])
+    out["orders"] = int(len(wide))
+    if len(wide):
+        wide = wide.reset_index().sort_values(["span", "basket"], ascending=[False, True]).head(int(examples))
+        out["examples"] = [{"order": str(r.basket), "earliest": str(pd.Timestamp(r.min)),
+                            "latest": str(pd.Timestamp(r.max)), "lines": int(r.size)}
+                           for r in wide.itertuples(index=False)]
+    return out
+
+
+def time_spread_lines(spread: dict | None) -> list[str]:
+    """The text lines of a :func:`basket_time_spread` result for a terminal report ([] when no order is over)."""
+    if not spread or not spread.get("orders"):
+        return []
+    out = [f"Orders whose lines span more than {spread['tolerance']} (each is placed at its earliest line time; "
+           f"is the basket column one checkout?): {spread['orders']:,}"]
+    for e in spread["examples"]:
+        out.append(f"  order {e['order']}: lines from {e['earliest']} to {e['latest']} ({e['lines']} lines)")
+    if spread["orders"] > len(spread["examples"]):
+        out.append(f"  ... and {spread['orders'] - len(spread['examples']):,} more")
+    return out
+
+
 @dataclass
 class IngestResult:
     """Output of an ingest: ``lines`` (standard lines frame + name, source_line
     [+ discount, store_id]), ``products`` (product_id, name, department,
     category, product_type, brand, package_size: str; price: float64, NaN when
     unknown), ``customers`` (list of str external ids), ``promotions`` (frame or
-    None) and the :class:`ImportReport`."""
+    None), ``cancellations`` (CSV only: one row per cancellation line, see
+    :func:`clean_lines`; None when the source has none) and the :class:`ImportReport`."""
 
     lines: pd.DataFrame
     products: pd.DataFrame
     report: ImportReport
     customers: list = field(default_factory=list)
     promotions: pd.DataFrame | None = None
+    cancellations: pd.DataFrame | None = None
 
 
 # --------------------------------------------------------------------------
@@ -614,6 +692,7 @@ def read_orders_csv(
     max_bytes: int | None = None,
     max_id_length: int = 64,
     require_amounts: bool = True,
+    time_spread_tolerance: dt.timedelta = BASKET_TIME_SPREAD_TOLERANCE,
 ) -> IngestResult:
     """Read a retailer CSV export into the standard lines frame and a report.
 
@@ -640,13 +719,16 @@ def read_orders_csv(
             units) can only use what the file has: a cancellation invoice
             cancels one unit per line. All other rules (dates, rejected rows,
             duplicates, non-product codes, adjustments) apply as in the import.
+        time_spread_tolerance: orders whose lines span more than this are
+            reported in ``notes["time_spread"]`` (:func:`basket_time_spread`).
 
     Returns:
         :class:`IngestResult`: ``lines`` with basket_id, product_id (str),
         customer_id ("string", <NA> for guests), time (datetime64[ns], naive),
         quantity, price (float64), name (str), source_line (int64), sorted by
         source_line; ``products`` (product_id, name, empty attributes, price =
-        median unit price of its imported lines); ``customers``; ``report``.
+        median unit price of its imported lines); ``customers``;
+        ``cancellations`` (see :func:`clean_lines`); ``report``.
 
     Raises:
         IngestError: the whole file is refused — missing / empty / not text /
@@ -803,9 +885,10 @@ def read_orders_csv(
     if "store" in raw:  # optional context: the store, branch or channel of the order
         lines["store_id"] = raw["store"][keep].astype(str).to_numpy()
 
-    lines = apply_cleaning_rules(lines, report, non_product_codes=non_product_codes,
-                                 cancellation_prefix=cancellation_prefix, adjustment_prefix=adjustment_prefix)
+    lines, cancellations = clean_lines(lines, report, non_product_codes=non_product_codes,
+                                       cancellation_prefix=cancellation_prefix, adjustment_prefix=adjustment_prefix)
     report.imported = len(lines)
+    report.notes["time_spread"] = basket_time_spread(lines, tolerance=time_spread_tolerance)
     products = _products_from_lines(lines)
     customers = sorted(lines["customer_id"].dropna().unique().tolist())
     report.notes.update({
@@ -814,7 +897,8 @@ def read_orders_csv(
         "customers": len(customers),
         "guest_lines": int(lines["customer_id"].isna().sum()),
     })
-    return IngestResult(lines=lines, products=products, report=report, customers=customers)
+    return IngestResult(lines=lines, products=products, report=report, customers=customers,
+                        cancellations=cancellations)
 
 
 def _products_from_lines(lines: pd.DataFrame) -> pd.DataFrame:
@@ -844,6 +928,19 @@ def apply_cleaning_rules(
     cancellation_prefix: str | None = "C",
     adjustment_prefix: str | None = "A",
 ) -> pd.DataFrame:
+    """Apply the retail-export cleaning rules to a lines frame: :func:`clean_lines` without its cancellations."""
+    return clean_lines(lines, report, non_product_codes=non_product_codes, cancellation_prefix=cancellation_prefix,
+                       adjustment_prefix=adjustment_prefix)[0]
+
+
+def clean_lines(
+    lines: pd.DataFrame,
+    report: ImportReport | None = None,
+    *,
+    non_product_codes=DEFAULT_NON_PRODUCT_CODES,
+    cancellation_prefix: str | None = "C",
+    adjustment_prefix: str | None = "A",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Apply the retail-export cleaning rules to a lines frame (see the module docstring).
 
     Args:
@@ -859,10 +956,17 @@ def apply_cleaning_rules(
             half of the basket ids are plain numbers (the UCI convention).
 
     Returns:
-        A new frame, same columns, only purchase lines of products with
-        quantity > 0 and price >= 0; quantities reduced by cancellations;
-        whole-number quantities except measured lines turned into one unit
-        (price = quantity × price). Sorted as the input.
+        ``(lines, cancellations)``. ``lines``: a new frame, same columns, only
+        purchase lines of products with quantity > 0 and price >= 0;
+        quantities reduced by cancellations; whole-number quantities except
+        measured lines turned into one unit (price = quantity × price). Sorted
+        as the input. ``cancellations``: one row per cancellation line, in
+        input order: basket_id (the cancellation invoice), product_id,
+        customer_id, time, source_line (when the input has it), quantity
+        (float64, units cancelled, positive), left (float64, the units no
+        purchase of the frame could give back: guests' cancellations keep all
+        of it) and taken_from (tuple of ``(purchase basket_id, units)``, the
+        purchases of the frame it took units back from, latest first).
     """
     report = report if report is not None else ImportReport()
     df = lines.reset_index(drop=True).copy()
@@ -895,6 +999,8 @@ def apply_cleaning_rules(
 
     # Cancellations take their quantity back out of the same customer's earlier purchases.
     unmatched = reduced = 0
+    c_left = np.abs(cancels["quantity"].to_numpy(dtype="float64")).copy()
+    c_taken: list[list[tuple[str, float]]] = [[] for _ in range(len(cancels))]
     if len(cancels):
         sep = "\x1f"
         pair = df["customer_id"].astype(object).fillna("").astype(str) + sep + df["product_id"].astype(str)
@@ -904,6 +1010,7 @@ def apply_cleaning_rules(
         # Only purchases of (customer, product) pairs that were cancelled matter.
         cand = np.flatnonzero((df["customer_id"].notna() & pair.isin(set(c_pair))).to_numpy())
         pair_arr = pair.to_numpy(dtype=object)
+        basket_arr = df["basket_id"].astype(str).to_numpy(dtype=object)
         times = df["time"].to_numpy()
         index = defaultdict(list)
         for i in cand:
@@ -928,6 +1035,8 @@ def apply_cleaning_rules(
                 qty[i] -= take
                 left -= take
                 taken = True
+                c_taken[j].append((basket_arr[i], float(take)))
+            c_left[j] = max(left, 0.0)
             if not taken:
                 unmatched += 1
         before = df["quantity"].to_numpy(dtype="float64")
@@ -944,7 +1053,18 @@ def apply_cleaning_rules(
         df.loc[measured, "price"] = df.loc[measured, "quantity"] * df.loc[measured, "price"]
         df.loc[measured, "quantity"] = 1.0
     report.notes["measured_lines"] = report.notes.get("measured_lines", 0) + int(measured.sum())
-    return df.reset_index(drop=True)
+    cancelled = pd.DataFrame({
+        "basket_id": cancels["basket_id"].astype(str).str.strip().to_numpy(),
+        "product_id": cancels["product_id"].astype(str).to_numpy(),
+        "customer_id": cancels["customer_id"].astype("string").to_numpy(),
+        "time": cancels["time"].to_numpy(),
+        "quantity": np.abs(cancels["quantity"].to_numpy(dtype="float64")),
+        "left": c_left,
+        "taken_from": pd.Series([tuple(t) for t in c_taken], dtype=object).to_numpy(),
+    })
+    if "source_line" in cancels:
+        cancelled["source_line"] = cancels["source_line"].to_numpy(dtype="int64")
+    return df.reset_index(drop=True), cancelled
 
 
 # --------------------------------------------------------------------------
@@ -1192,6 +1312,7 @@ def completejourney_import_frames(
     if promotions is not None:
         promo = completejourney_promotions(promotions, prod["product_id"], weeks=weeks)
     n_orders = int(lines["basket_id"].nunique())
+    report.notes["time_spread"] = basket_time_spread(lines)  # 0 orders in the full data: one time per basket
     report.notes.update({
         "baskets_read": baskets_read,
         "baskets_only_quantity_zero": baskets_read - n_orders,  # no units sold: no order is created

@@ -12,7 +12,7 @@ from .campaigns import (
 )
 from .ml import ModelVersion, TrainingRun
 from .events import ExperimentDashboard, OfferEvent, OrderEvent
-from .imports import ImportRun
+from .imports import CancelledOrderLine, ImportedCancellation, ImportRun
 from .outbox import OutboxEvent
 
 __all__ = [
@@ -21,9 +21,11 @@ __all__ = [
     "BundleCampaignStore",
     "BundleSuggestion",
     "BundleSuggestionItem",
+    "CancelledOrderLine",
     "Customer",
     "ExperimentDashboard",
     "ImportRun",
+    "ImportedCancellation",
     "ModelVersion",
     "OfferEvent",
     "OfferStoreScore",

@@ -35,6 +35,33 @@ Database rules
 * An order that already exists keeps its lines; lines of it that are new (a
   new product, e.g. in a later file) are added and its ``subtotal`` / ``total``
   are recomputed from all its lines (``report.notes["orders_extended"]``).
+* Cancellations in a later file (:func:`_cancellations_apply`): the reader
+  takes a cancellation's quantity back from purchases of the same file
+  (``bundling_ml.ingest.clean_lines``); what it could not take back there is
+  taken back from order lines imported before, by the same rule: imported
+  orders of the same customer holding the same product, placed at or before
+  the cancellation, latest first (then the higher order id), excluding the
+  (order, product) lines the file itself holds. When the file holds a
+  purchase that an earlier import already wrote (overlapping exports), the
+  units the reader took back from it are taken back from the written line
+  too. Whole units only (a measured, fractional rest is not taken back from
+  earlier orders). A line that reaches 0 units is deleted and an order left
+  without lines is deleted, as the reader drops a line and a basket that a
+  same-file cancellation empties; the other affected orders get their
+  ``subtotal`` / ``total`` recomputed (line discounts are kept). Each
+  (invoice, product) cancellation is recorded once
+  (:class:`~shop_bundles.models.ImportedCancellation`, with a
+  :class:`~shop_bundles.models.CancelledOrderLine` per line it reduced), so
+  importing the same file again, or an export that repeats the cancellation,
+  takes nothing back a second time (``notes["cancellations_already_applied"]``);
+  and a re-import of the earlier file does not write a deleted line again
+  (skipped as ``cancelled_in_later_file``). Report notes, the same on every
+  run of the file: ``cancellations_matched_earlier`` (cancellations that took
+  units back from earlier imports), ``lines_cancelled_earlier`` /
+  ``units_cancelled_earlier`` (lines reduced or deleted, units taken back),
+  ``lines_removed_earlier``, ``orders_removed_earlier``. A cancellation
+  imported before its purchase (files imported out of order) takes nothing
+  back from it later.
 * Everything is written in one transaction: a failure writes nothing.
 * PostgreSQL: each frame is COPYed (``cursor.copy_expert``) into a temporary
   staging table, then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` joins
@@ -55,6 +82,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
@@ -73,13 +101,23 @@ from bundling_ml.ingest import (
     ImportReport,
     IngestError,
     IngestResult,
+    basket_time_spread,
     completejourney_import_frames,
     completejourney_promotions,
     read_orders_csv,
 )
 
 from .. import app_settings
-from ..models import Customer, ImportRun, Order, OrderLine, Product, Promotion
+from ..models import (
+    CancelledOrderLine,
+    Customer,
+    ImportedCancellation,
+    ImportRun,
+    Order,
+    OrderLine,
+    Product,
+    Promotion,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +192,7 @@ def orders_import_csv(
         lines=result.lines,
         products=result.products,
         customers=result.customers,
+        cancellations=result.cancellations,
         report=result.report,
         source=f"csv:{Path(path).name}",
         default_stock=default_stock,
@@ -231,6 +270,7 @@ def orders_import_frame(
     source: str = "frame",
     default_stock: int = DEFAULT_STOCK,
     progress: bool = False,
+    cancellations: pd.DataFrame | None = None,
 ) -> ImportReport:
     """Write a lines frame (and optional products / customers / promotions) to the database.
 
@@ -255,6 +295,9 @@ def orders_import_frame(
         source: label stored on the ImportRun.
         default_stock: stock of created products.
         progress: show tqdm progress on stderr.
+        cancellations: the reader's cancellations (``IngestResult.cancellations``:
+            basket_id = invoice, product_id, customer_id, time, quantity, left,
+            taken_from), taken back from orders imported before (module docstring).
 
     Returns:
         ``report`` with ``created`` = {"products", "customers", "orders",
@@ -263,11 +306,16 @@ def orders_import_frame(
     report = report if report is not None else ImportReport(source=source, read=len(lines), imported=len(lines))
     started_at = timezone.now()
     t0 = time.monotonic()
+    lines = _drop_lines_cancelled_later(lines, report)
+    if "time_spread" not in report.notes:  # the readers report it; a frame from elsewhere gets it here
+        report.notes["time_spread"] = basket_time_spread(lines)
     frames = _prepare_frames(lines, products, customers, promotions, report)
     timings = report.timings
     timings["prepare_frames"] = round(time.monotonic() - t0, 2)
+    keys = _cancellation_keys(cancellations)
     with transaction.atomic():
         before = _existing_line_counts(frames["orders"]["basket"])
+        pending = _cancellations_pending(keys)
         if connection.vendor == "postgresql":
             created = _write_postgresql(frames, default_stock=default_stock, progress=progress, timings=timings)
         else:
@@ -275,9 +323,12 @@ def orders_import_frame(
         extended = _retotal_extended_orders(before)
         if extended:
             report.notes["orders_extended"] = extended
+        recorded = _cancellations_apply(keys, pending, lines=lines, report=report) if keys else []
         report.created = created
-        ImportRun.objects.create(source=source[:255], started_at=started_at, finished_at=timezone.now(),
-                                 report=report.to_dict(max_listed=REPORT_MAX_LISTED))
+        run = ImportRun.objects.create(source=source[:255], started_at=started_at, finished_at=timezone.now(),
+                                       report=report.to_dict(max_listed=REPORT_MAX_LISTED))
+        if recorded:
+            ImportedCancellation.objects.filter(pk__in=recorded).update(import_run=run)
         t_commit = time.monotonic()
     timings["commit"] = round(time.monotonic() - t_commit, 2)
     timings["write_total"] = round(time.monotonic() - t0, 1)
@@ -325,9 +376,17 @@ def _retotal_extended_orders(before: dict[int, int]) -> int:
         after = dict(OrderLine.objects.filter(order_id__in=part).order_by().values("order_id")
                      .annotate(n=Count("id")).values_list("order_id", "n"))
         extended += [pk for pk in part if after.get(pk, 0) > before[pk]]
+    _orders_retotal(extended)
+    return len(extended)
+
+
+def _orders_retotal(order_ids) -> None:
+    """Set ``subtotal`` = Σ unit_price × quantity and ``total`` = subtotal − Σ line discounts (not below 0)
+    of these orders from their lines, as for a new order; orders without lines are left as they are."""
     money = DecimalField(max_digits=14, decimal_places=2)
-    for start in range(0, len(extended), 1000):
-        part = extended[start:start + 1000]
+    order_ids = list(order_ids)
+    for start in range(0, len(order_ids), 1000):
+        part = order_ids[start:start + 1000]
         sums = (OrderLine.objects.filter(order_id__in=part).order_by().values("order_id")
                 .annotate(subtotal=Sum(F("unit_price") * F("quantity"), output_field=money),
                           discount=Sum("discount", output_field=money)))
@@ -337,7 +396,232 @@ def _retotal_extended_orders(before: dict[int, int]) -> int:
             order.subtotal = row["subtotal"].quantize(Decimal("0.01"))
             order.total = max(order.subtotal - row["discount"], Decimal("0")).quantize(Decimal("0.01"))
         Order.objects.bulk_update(list(orders.values()), ["subtotal", "total"])
-    return len(extended)
+
+
+# --------------------------------------------------------------------------
+# Cancellations in a later file
+# --------------------------------------------------------------------------
+
+def _local_aware(naive) -> list:
+    """Naive shop-local datetimes → aware ones, by the orders' rule (ambiguous: standard time; missing: forward)."""
+    index = pd.DatetimeIndex(pd.to_datetime(pd.Series(naive)))
+    if index.tz is not None:
+        return list(index.tz_convert("UTC").to_pydatetime())
+    placed = index.tz_localize(ZoneInfo(settings.TIME_ZONE), ambiguous=np.zeros(len(index), dtype=bool),
+                               nonexistent="shift_forward")
+    return list(placed.to_pydatetime())
+
+
+def _whole_units(value: float) -> int:
+    """``value`` as whole units; 0 when it is not a whole number (a measured quantity)."""
+    rounded = round(float(value))
+    return int(rounded) if rounded > 0 and abs(float(value) - rounded) < 1e-9 else 0
+
+
+def _cancellation_keys(cancellations: pd.DataFrame | None) -> list[dict]:
+    """The reader's cancellation lines merged per (invoice, product), in the order the reader applied them.
+
+    Returns:
+        ``[{"invoice": str, "sku": str, "customer": str or None, "time": aware datetime (the earliest line's),
+        "quantity": float, "left": float, "taken_from": [(purchase basket id, units)]}]``.
+    """
+    if cancellations is None or not len(cancellations):
+        return []
+    frame = cancellations.reset_index(drop=True)
+    aware = _local_aware(frame["time"])
+    invoice, sku = frame["basket_id"].astype(str).to_numpy(), frame["product_id"].astype(str).to_numpy()
+    customer = frame["customer_id"].astype(object).to_numpy()
+    quantity, left = frame["quantity"].to_numpy(dtype="float64"), frame["left"].to_numpy(dtype="float64")
+    taken = frame["taken_from"].to_numpy() if "taken_from" in frame else np.full(len(frame), (), dtype=object)
+    keys: dict[tuple[str, str], dict] = {}
+    for j in np.argsort(frame["time"].to_numpy(), kind="stable"):
+        who = None if pd.isna(customer[j]) else str(customer[j])
+        entry = keys.setdefault((invoice[j], sku[j]), {"invoice": invoice[j], "sku": sku[j], "customer": who,
+                                                       "time": aware[j], "quantity": 0.0, "left": 0.0,
+                                                       "taken_from": []})
+        entry["customer"] = entry["customer"] or who
+        entry["quantity"] += float(quantity[j])
+        entry["left"] += float(left[j])
+        entry["taken_from"] += [(str(b), float(u)) for b, u in (taken[j] or ())]
+    return list(keys.values())
+
+
+def _cancellations_pending(keys: list[dict], chunk: int = 5_000) -> dict:
+    """Before the file's lines are written: which cancellations are new, and which of their same-file
+    purchases an earlier import already wrote.
+
+    Returns:
+        ``{"recorded": {(invoice, sku)} already applied by an earlier import,
+        "written": {(order external id, sku): line id} of the purchases the reader took units back from
+        that are already in the database (overlapping exports)}``.
+    """
+    recorded: set[tuple[str, str]] = set()
+    written: dict[tuple[str, str], int] = {}
+    if not keys:
+        return {"recorded": recorded, "written": written}
+    invoices = sorted({k["invoice"] for k in keys})
+    for start in range(0, len(invoices), chunk):
+        recorded.update(ImportedCancellation.objects.filter(invoice__in=invoices[start:start + chunk])
+                        .values_list("invoice", "sku"))
+    wanted = {(basket, k["sku"]) for k in keys if (k["invoice"], k["sku"]) not in recorded
+              for basket, _ in k["taken_from"]}
+    baskets = sorted({b for b, _ in wanted})
+    for start in range(0, len(baskets), chunk):
+        rows = (OrderLine.objects.filter(order__external_id__in=baskets[start:start + chunk],
+                                         order__source=Order.SOURCE_IMPORT)
+                .values_list("order__external_id", "product__sku", "pk"))
+        written.update({(b, sku): pk for b, sku, pk in rows if (b, sku) in wanted})
+    return {"recorded": recorded, "written": written}
+
+
+def _cancellations_apply(keys: list[dict], pending: dict, *, lines: pd.DataFrame, report: ImportReport,
+                         chunk: int = 1_000) -> list[int]:
+    """Take the cancellations' rest back from order lines imported before (rules in the module docstring).
+
+    Args:
+        keys: :func:`_cancellation_keys` of the file.
+        pending: :func:`_cancellations_pending`, computed before the file's lines were written.
+        lines: the file's purchase lines (basket_id, product_id): these (order, product) lines are the
+            reader's to match, never matched again here.
+        report: gets the notes.
+
+    Returns:
+        ids of the :class:`ImportedCancellation` rows created by this run.
+    """
+    recorded = pending["recorded"]
+    new = [k for k in keys if (k["invoice"], k["sku"]) not in recorded]
+    # Recorded cancellations that would otherwise look for earlier orders again.
+    already = sum(1 for k in keys if (k["invoice"], k["sku"]) in recorded and k["customer"] and _whole_units(k["left"]))
+    file_pairs = set(zip(lines["basket_id"].astype(str), lines["product_id"].astype(str))) if len(lines) else set()
+    file_pairs |= {(b, k["sku"]) for k in keys for b, _ in k["taken_from"]}
+
+    # The order lines the new cancellations may reduce, locked: the same-file purchases already written, and
+    # the imported lines of the same customers and products.
+    state: dict[int, dict] = {}
+    fields = ("pk", "order_id", "order__external_id", "order__customer__external_id", "product__sku", "quantity",
+              "order__placed_at")
+
+    def load(qs):
+        for pk, oid, ext, cust, sku, qty, placed in qs.select_for_update(of=("self",)).values_list(*fields):
+            state.setdefault(pk, {"order_id": oid, "order": ext, "customer": cust, "sku": sku, "quantity": qty,
+                                  "before": qty, "placed_at": placed})
+
+    written_ids = [pending["written"][(b, k["sku"])] for k in new for b, _ in k["taken_from"]
+                   if (b, k["sku"]) in pending["written"]]
+    for start in range(0, len(written_ids), chunk):
+        load(OrderLine.objects.filter(pk__in=written_ids[start:start + chunk]))
+    rest = [k for k in new if k["customer"] and _whole_units(k["left"])]
+    customers = sorted({k["customer"] for k in rest})
+    for start in range(0, len(customers), chunk):
+        part = customers[start:start + chunk]
+        in_part = set(part)
+        skus = sorted({k["sku"] for k in rest if k["customer"] in in_part})
+        load(OrderLine.objects.filter(order__source=Order.SOURCE_IMPORT, order__customer__external_id__in=part,
+                                      product__sku__in=skus))
+    candidates: dict[tuple[str, str], list[int]] = {}
+    for pk, line in state.items():
+        if (line["order"], line["sku"]) not in file_pairs:
+            candidates.setdefault((line["customer"], line["sku"]), []).append(pk)
+    for pks in candidates.values():  # latest first, as the reader takes back
+        pks.sort(key=lambda pk: (state[pk]["placed_at"], state[pk]["order_id"]), reverse=True)
+
+    takes: list[tuple[int, int, int, int]] = []  # (index in new, line id, units taken, units before)
+
+    def take_back(n: int, pk: int, units: int) -> int:
+        line = state[pk]
+        units = min(units, line["quantity"])
+        if units > 0:
+            takes.append((n, pk, units, line["quantity"]))
+            line["quantity"] -= units
+        return max(units, 0)
+
+    for n, key in enumerate(new):
+        for basket, units in key["taken_from"]:  # 1. the same purchase, written by an earlier import
+            pk = pending["written"].get((basket, key["sku"]))
+            if pk in state:
+                take_back(n, pk, _whole_units(units))
+        left = _whole_units(key["left"]) if key["customer"] else 0
+        for pk in candidates.get((key["customer"], key["sku"]), ()):  # 2. earlier orders, latest first
+            if left <= 0:
+                break
+            if state[pk]["placed_at"] <= key["time"]:
+                left -= take_back(n, pk, left)
+
+    taken_by = Counter()
+    for n, _, units, _ in takes:
+        taken_by[n] += units
+    created = ImportedCancellation.objects.bulk_create([
+        ImportedCancellation(invoice=k["invoice"][:64], sku=k["sku"][:64],
+                             customer_external_id=(k["customer"] or "")[:64], cancelled_at=k["time"],
+                             quantity=Decimal(str(round(k["quantity"], 3))),
+                             taken_in_file=Decimal(str(round(sum(u for _, u in k["taken_from"]), 3))),
+                             taken_earlier=taken_by[n])
+        for n, k in enumerate(new)])
+    CancelledOrderLine.objects.bulk_create([
+        CancelledOrderLine(cancellation=created[n], order_external_id=state[pk]["order"], sku=state[pk]["sku"],
+                           quantity=units, quantity_before=before, removed=units == before)
+        for n, pk, units, before in takes])
+    touched = {pk for _, pk, _, _ in takes}
+    OrderLine.objects.filter(pk__in=[pk for pk in touched if state[pk]["quantity"] == 0]).delete()
+    OrderLine.objects.bulk_update([OrderLine(pk=pk, quantity=state[pk]["quantity"]) for pk in touched
+                                   if state[pk]["quantity"] > 0], ["quantity"], batch_size=1000)
+    orders = {state[pk]["order_id"] for pk in touched}
+    emptied = set(Order.objects.filter(pk__in=orders, source=Order.SOURCE_IMPORT, lines__isnull=True)
+                  .values_list("pk", flat=True))
+    Order.objects.filter(pk__in=emptied).delete()
+    _orders_retotal(sorted(orders - emptied))
+    _cancellations_report(keys, report, already=already)
+    return [c.pk for c in created]
+
+
+def _cancellations_report(keys: list[dict], report: ImportReport, *, already: int, chunk: int = 5_000) -> None:
+    """Notes of what the file's cancellations took back from earlier imports, from the records (so a re-run of
+    the file reports the same), plus how many this run found already applied."""
+    wanted = {(k["invoice"], k["sku"]) for k in keys}
+    invoices = sorted({k["invoice"] for k in keys})
+    rows = []
+    for start in range(0, len(invoices), chunk):
+        rows += [r for r in CancelledOrderLine.objects.filter(cancellation__invoice__in=invoices[start:start + chunk])
+                 .values_list("cancellation__invoice", "cancellation__sku", "order_external_id", "sku", "quantity",
+                              "removed")
+                 if (r[0], r[1]) in wanted]
+    removed = {(r[2], r[3]) for r in rows if r[5]}
+    orders_left = set()
+    emptied_candidates = {r[2] for r in rows if r[5]}
+    if emptied_candidates:
+        orders_left = set(Order.objects.filter(external_id__in=emptied_candidates).values_list("external_id",
+                                                                                              flat=True))
+    report.notes["cancellations_matched_earlier"] = len({(r[0], r[1]) for r in rows})
+    report.notes["lines_cancelled_earlier"] = len({(r[2], r[3]) for r in rows})
+    report.notes["units_cancelled_earlier"] = int(sum(r[4] for r in rows))
+    report.notes["lines_removed_earlier"] = len(removed)
+    report.notes["orders_removed_earlier"] = len(emptied_candidates - orders_left)
+    if already:
+        report.notes["cancellations_already_applied"] = already
+
+
+def _drop_lines_cancelled_later(lines: pd.DataFrame, report: ImportReport, chunk: int = 10_000) -> pd.DataFrame:
+    """Drop the (order, product) lines a later file's cancellation has deleted (a re-import of an earlier file).
+
+    Counted as skipped ``cancelled_in_later_file`` (and no longer imported). No query when no line was ever
+    deleted by a cancellation.
+    """
+    if not len(lines) or not CancelledOrderLine.objects.filter(removed=True).exists():
+        return lines
+    basket = lines["basket_id"].astype(str)
+    sku = lines["product_id"].astype(str)
+    ids = sorted(basket.unique())
+    removed: set[tuple[str, str]] = set()
+    for start in range(0, len(ids), chunk):
+        removed.update(CancelledOrderLine.objects.filter(removed=True,
+                                                         order_external_id__in=ids[start:start + chunk])
+                       .values_list("order_external_id", "sku"))
+    if not removed:
+        return lines
+    drop = np.fromiter(((b, s) in removed for b, s in zip(basket, sku)), dtype=bool, count=len(lines))
+    report.skip("cancelled_in_later_file", int(drop.sum()))
+    report.imported = max(report.imported - int(drop.sum()), 0)
+    return lines[~drop]
 
 
 # --------------------------------------------------------------------------

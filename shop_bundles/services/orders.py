@@ -7,6 +7,19 @@ takes the units out of stock and writes an ``order_placed`` ``OutboxEvent``
 in the same transaction; once it commits, the event is sent to Celery
 (``handle_outbox_event``), or left for the periodic relay when the broker is
 down (``services.outbox``).
+
+Callers and their ``checkout_token``:
+
+* the storefront checkout view: the cart page's one-time token (a POST
+  without one, e.g. a script, gets no double-submit protection);
+* the ``simulate_shoppers`` replay (through the checkout view): the
+  deterministic ``services.simulation.replay_checkout_token`` of the source
+  basket, so each replayed basket is placed once however often the replay
+  runs;
+* nothing else places storefront orders: orders reported by an external
+  shop front (the events endpoint, ``api._apply_order_placed``) are written
+  once per event id and order id, and imports by ``external_id``; tests call
+  it without a token where they check other behaviour.
 """
 from __future__ import annotations
 
@@ -125,7 +138,7 @@ def order_place(*, cart, session_key: str | None, customer: Customer | None = No
             insert wait for the first transaction, then fails it), raises
             ``OrderAlreadyPlaced`` with that order, and this call writes
             nothing (its transaction, stock included, is rolled back).
-            None: no idempotency (other callers).
+            None: no idempotency (see the callers in the module docstring).
         expected_total: the total the shopper was shown (Decimal). When the
             cart now prices to a different total (a price changed, a campaign
             paused or ended), nothing is written and a ``ValidationError``

@@ -20,9 +20,27 @@ hash) and per basket, in time order:
    ``(seed, customer id, basket id)``, so a basket's draws do not depend on
    which other baskets are replayed, in which process, or on a resumed run;
 3. add the rest of the basket's units (POST add-to-cart) and check out with
-   the household id (POST checkout). A checkout the storefront refuses is
+   the household id and the basket's replay checkout token (POST checkout).
+   A checkout the storefront refuses is
    counted with the storefront's own message (``failure_reasons``) and the
    cart is emptied through the cart form, so the next basket starts clean.
+
+Each source basket is placed at most once (idempotent replay): its checkout
+posts the deterministic token :func:`replay_checkout_token` (SHA-256 of
+:data:`REPLAY_TOKEN_NAMESPACE` and the source basket's id, the imported
+order's ``external_id``), which ``order_place`` stores in the unique
+``Order.checkout_token``. The run's identity is the replay data set, the
+simulated orders since the last ``--reset``: neither the seed nor the window
+is part of the token, so a re-run, a retry after a crash or a second replay
+started at the same time places no basket twice, whatever its options;
+``--reset`` deletes the simulated orders and so frees the tokens. Before
+browsing, baskets whose token already placed an order are left out
+(``already_replayed``; an order whose marking as simulated was interrupted
+is marked then, ``orders_marked_late``); a checkout that a concurrent
+replay placed first is refused by the storefront's token check and counted
+in ``already_placed``, not as a failure. Replays from before the token
+(simulated orders without one) keep the older rule: a household with such
+an order in the window counts as replayed whole.
 
 Afterwards the order is marked ``source="simulated"`` and dated at the real
 basket's time, and, once the household is done and the impression buffer
@@ -58,6 +76,7 @@ a query; the experiment group is computed once per household.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import time as _time
 from collections import Counter
@@ -84,6 +103,8 @@ OFFER_RE = re.compile(r'data-campaign="(\d+)"')
 ERROR_RE = re.compile(r'<li class="msg msg-error">(.*?)</li>', re.S)
 DIGITS_RE = re.compile(r"\d+")
 TOP_UP_BATCH = 1000
+#: Namespace of the replay's checkout tokens (``replay_checkout_token``): the identity of the replay data set.
+REPLAY_TOKEN_NAMESPACE = "shop_bundles.simulate_shoppers"
 REPLAY_CACHE_ALIAS = "shop_bundles_replay"
 # The replay's sessions live in a process-local cache instead of the django_session table (see the module
 # docstring); the storefront's views, middleware and cart code are the same.
@@ -105,6 +126,10 @@ class SimulationReport:
     ``cpu_seconds`` the CPU time of the replaying processes (Python side, not the database server);
     ``request_seconds`` sums the wall time of the requests by kind (``product_page``, ``bundle_add``,
     ``cart_add``, ``checkout``) in all processes.
+    ``already_replayed`` counts baskets an earlier run placed (left out before browsing);
+    ``already_placed`` baskets whose checkout found its token used by a run working at the same time
+    (``orders + failed_checkouts + already_placed == baskets``); ``orders_marked_late`` orders an
+    interrupted run placed but did not mark as simulated, marked by this run.
     """
 
     shoppers: int = 0
@@ -120,6 +145,8 @@ class SimulationReport:
     failure_reasons: dict = field(default_factory=dict)
     skipped_baskets: int = 0
     already_replayed: int = 0
+    already_placed: int = 0
+    orders_marked_late: int = 0
     households_not_started: int = 0
     cpu_seconds: float = 0.0
     groups: dict = field(default_factory=lambda: {"treatment": 0, "holdout": 0})
@@ -131,27 +158,61 @@ class SimulationReport:
         return dict(self.__dict__)
 
 
+def replay_checkout_token(source_basket: str) -> str:
+    """The replay's checkout token of a source basket: 32 hex digits, the same on every run.
+
+    ``sha256("<REPLAY_TOKEN_NAMESPACE>:<source basket id>")``, first 32 hex
+    digits (the checkout form's token format). ``source_basket`` is the
+    imported order's ``external_id`` (the basket id of the source data).
+    """
+    return hashlib.sha256(f"{REPLAY_TOKEN_NAMESPACE}:{source_basket}".encode()).hexdigest()[:32]
+
+
 @dataclass(frozen=True)
 class _Basket:
     order_id: int
     placed_at: datetime
     lines: tuple[tuple[int, str, int], ...]  # (product id, sku, quantity), products for sale only
     store_id: str = ""
+    token: str = ""  # replay_checkout_token of the source basket
 
 
 def _aware(day: date, *, end: bool = False) -> datetime:
     return timezone.make_aware(datetime.combine(day + timedelta(days=1) if end else day, time.min))
 
 
+def _placed_tokens(tokens: list[str], chunk: int = 10_000) -> dict[str, tuple[int, str]]:
+    """``{token: (order id, source)}`` of the orders already placed with these checkout tokens."""
+    placed: dict[str, tuple[int, str]] = {}
+    for start in range(0, len(tokens), chunk):
+        placed.update((t, (pk, src)) for t, pk, src in Order.objects.filter(
+            checkout_token__in=tokens[start:start + chunk]).values_list("checkout_token", "pk", "source"))
+    return placed
+
+
+def _mark_late(order_id: int, placed_at: datetime) -> int:
+    """Mark an order a replay placed but did not mark (interrupted) as simulated, dated at its basket's time,
+    with its purchase events. Returns 1 when it was still unmarked."""
+    changed = Order.objects.filter(pk=order_id).exclude(source=Order.SOURCE_SIMULATED).update(
+        source=Order.SOURCE_SIMULATED, placed_at=placed_at)
+    OfferEvent.objects.filter(order_id=order_id, simulated=False).update(simulated=True, created_at=placed_at)
+    return changed
+
+
 def _load(date_from: date, date_to: date, limit: int | None):
-    """Households in order with their baskets still to replay, read in four queries.
+    """Households in order with their baskets still to replay, read in five queries.
 
-    A household is already replayed when it has a simulated order in the
-    window: re-running the command continues with the households an earlier
-    run did not reach (``--stop-after`` stops between households, so each
-    replayed household is complete and is one visitor with one session).
+    A basket is already replayed when an order carries its replay checkout
+    token (:func:`replay_checkout_token`): re-running the command continues
+    with the baskets an earlier run did not place (``--stop-after`` stops
+    between households, so a stopped run leaves whole households; a household
+    an interrupted run left half done is continued in a new session). An
+    order placed with the token but not yet marked simulated (the run stopped
+    between the checkout and the marking) is marked here. A household with a
+    simulated order without a token in the window (a replay from before the
+    tokens) counts as replayed whole, as it did then.
 
-    Returns ``([(customer_id, external_id, [_Basket])], skipped_baskets, already_replayed)``.
+    Returns ``([(customer_id, external_id, [_Basket])], skipped_baskets, already_replayed, marked_late)``.
     """
     orders = Order.objects.filter(source=Order.SOURCE_IMPORT, customer__isnull=False,
                                   placed_at__gte=_aware(date_from), placed_at__lt=_aware(date_to, end=True))
@@ -160,13 +221,17 @@ def _load(date_from: date, date_to: date, limit: int | None):
     if limit is not None:
         customers = customers[:limit]
     wanted = {cid for cid, _ in customers}
-    done = set(Order.objects.filter(source=Order.SOURCE_SIMULATED, customer_id__in=wanted,
+    done = set(Order.objects.filter(source=Order.SOURCE_SIMULATED, customer_id__in=wanted, checkout_token__isnull=True,
                                     placed_at__gte=_aware(date_from), placed_at__lt=_aware(date_to, end=True))
                .values_list("customer_id", flat=True).distinct())
-    rows = list(orders.filter(customer_id__in=wanted).order_by("placed_at", "pk")
-                .values_list("pk", "customer_id", "placed_at", "store_id"))
-    already = sum(1 for _, cid, _, _ in rows if cid in done)
-    rows = [r for r in rows if r[1] not in done]
+    rows = [(pk, cid, placed_at, store, replay_checkout_token(ext)) for pk, cid, placed_at, store, ext in
+            orders.filter(customer_id__in=wanted).order_by("placed_at", "pk")
+            .values_list("pk", "customer_id", "placed_at", "store_id", "external_id")]
+    placed = _placed_tokens([r[4] for r in rows if r[1] not in done])
+    marked_late = sum(_mark_late(placed[r[4]][0], r[2]) for r in rows
+                      if r[4] in placed and placed[r[4]][1] != Order.SOURCE_SIMULATED)
+    already = sum(1 for r in rows if r[1] in done or r[4] in placed)
+    rows = [r for r in rows if r[1] not in done and r[4] not in placed]
     lines: dict[int, list[tuple[int, str, int]]] = {}
     line_rows = (OrderLine.objects.filter(order_id__in=[r[0] for r in rows], quantity__gt=0, product__active=True,
                                           product__price__gt=0)
@@ -175,15 +240,15 @@ def _load(date_from: date, date_to: date, limit: int | None):
         lines.setdefault(order_id, []).append((pid, sku, qty))
     per_customer: dict[int, list[_Basket]] = {cid: [] for cid in wanted}
     skipped = 0
-    for pk, cid, placed_at, store_id in rows:
+    for pk, cid, placed_at, store_id, token in rows:
         if pk in lines:
             per_customer[cid].append(_Basket(order_id=pk, placed_at=placed_at, lines=tuple(lines[pk]),
-                                             store_id=store_id))
+                                             store_id=store_id, token=token))
         else:
             skipped += 1
     households = [(cid, ext, per_customer[cid]) for cid, ext in customers
                   if cid not in done and per_customer[cid]]
-    return households, skipped, already
+    return households, skipped, already, marked_late
 
 
 def _stock_needed(households, *, holdout_share: float | None = None) -> Counter:
@@ -372,7 +437,7 @@ class _Replayer:
                     spent["cart_add"] += clock() - t0
                     report.requests += 1
             t0 = clock()
-            response = client.post(self.checkout_url, {"customer_id": external_id})
+            response = client.post(self.checkout_url, {"customer_id": external_id, "checkout_token": basket.token})
             spent["checkout"] += clock() - t0
             report.requests += 1
             placed_pk = None
@@ -384,11 +449,19 @@ class _Replayer:
                 if match is not None and match.url_name == "order_detail":
                     placed_pk = int(match.kwargs["pk"])
             if placed_pk is None:
-                report.failed_checkouts += 1
-                reasons[_failure_reason(client)] += 1
+                earlier = Order.objects.filter(checkout_token=basket.token).values_list("pk", flat=True).first()
+                if earlier is not None:  # a replay running at the same time placed this basket first
+                    report.already_placed += 1
+                    _failure_reason(client)  # reads (and so clears) the storefront's message
+                    _mark_late(earlier, basket.placed_at)
+                else:
+                    report.failed_checkouts += 1
+                    reasons[_failure_reason(client)] += 1
                 in_cart = client.session.get(CART_SESSION_KEY) or {}
                 client.post(self.cart_update_url, {f"qty_{pid}": 0 for pid in in_cart})  # next basket starts clean
                 report.requests += 2
+                # The visit's page views are marked simulated like a refused checkout's (never deleted: the
+                # impression buffer's drain would store a deleted impression again).
                 marks.append((client.cookies[settings.SESSION_COOKIE_NAME].value, started, timezone.now(),
                               basket.placed_at, None))
                 continue
@@ -478,7 +551,7 @@ def shoppers_simulate(*, date_from: date, date_to: date, limit: int | None = Non
             the rest are counted in ``households_not_started`` and a later run replays them.
 
     Returns:
-        ``SimulationReport``; ``orders + failed_checkouts == baskets``.
+        ``SimulationReport``; ``orders + failed_checkouts + already_placed == baskets``.
 
     Raises:
         ValueError: ``workers`` < 1.
@@ -490,7 +563,7 @@ def shoppers_simulate(*, date_from: date, date_to: date, limit: int | None = Non
     responses = department_responses_fit() if responses is None else responses
     started_at = _time.perf_counter()
     base = float(app_settings.get("BASE_TAKE_RATE"))
-    households, skipped, already = _load(date_from, date_to, limit)
+    households, skipped, already, marked_late = _load(date_from, date_to, limit)
     _top_up_stock(_stock_needed(households))
 
     caches_setting = {**settings.CACHES, REPLAY_CACHE_ALIAS: {
@@ -506,6 +579,7 @@ def shoppers_simulate(*, date_from: date, date_to: date, limit: int | None = Non
     impression_buffer_drain()  # every impression of the replay is a row before anyone computes results
     report.skipped_baskets = skipped
     report.already_replayed = already
+    report.orders_marked_late = marked_late
     report.failure_reasons = dict(sorted(report.failure_reasons.items(), key=lambda kv: -kv[1]))
     report.seconds = round(_time.perf_counter() - started_at, 1)
     report.request_seconds = {k: round(v, 1) for k, v in sorted(report.request_seconds.items())}

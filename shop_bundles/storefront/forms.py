@@ -51,8 +51,9 @@ class CheckoutForm(forms.Form):
     one-time token (one order per token, so a double submit places one order),
     and ``expected_total``, the total the shopper saw (the order is refused
     when the cart now prices differently). Both are optional: a checkout
-    posted without them (the ``simulate_shoppers`` replay, scripts) is
-    placed as before.
+    posted without a token (scripts) has no double-submit protection, one
+    without a total is not checked. The ``simulate_shoppers`` replay posts
+    a token derived from the source basket and no total.
     """
 
     customer_id = forms.CharField(required=False, max_length=64, label="Customer id (optional)",

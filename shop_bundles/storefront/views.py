@@ -251,8 +251,9 @@ def checkout(request: HttpRequest) -> HttpResponse:
     The cart page's form posts its checkout token and the total shown. A token already used (a
     double or repeated submit, even concurrent) goes to the order placed with it, which is placed
     once; a total that changed since (a price, a paused or ended campaign) sends the shopper back
-    to the cart with the new and old totals, and nothing is written. A POST without them (the
-    replay) is placed as before.
+    to the cart with the new and old totals, and nothing is written. A POST without them (a
+    script) is placed without either check; the replay posts its own per-basket token
+    (``services.simulation.replay_checkout_token``) and no total.
     """
     if request.method != "POST":
         return redirect("shop_bundles:cart")

@@ -177,3 +177,20 @@ def test_backtest_tables_warn_when_the_catalogue_is_too_small_to_rank_and_skip_e
     out = io.StringIO()
     cli.print_tables({**metrics, "train_products": 500, "cold_queries": 3}, out=out)
     assert "WARNING" not in out.getvalue() and "Cold-start anchors (< 5 training baskets; 3 queries)" in out.getvalue()
+
+
+def test_load_orders_prints_the_orders_whose_lines_span_more_than_an_hour(tmp_path, capsys):
+    """The ML CLI reads with the import's rules and prints the import report's time-spread lines to stderr."""
+    from tests.ml.test_ingest import SPREAD_CSV
+
+    path = tmp_path / "spread.csv"
+    path.write_text(SPREAD_CSV)
+    lines, _ = cli.load_orders(path, "basket=order_id,product=sku,time=ordered_at")
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"{path}: Orders whose lines span more than 1:00:00 (each is placed at its earliest line time; is the basket "
+        "column one checkout?): 2",
+        f"{path}: order 9002: lines from 2024-03-01 10:00:00 to 2024-03-04 18:30:00 (2 lines)",
+        f"{path}: order 9004: lines from 2024-03-05 08:00:00 to 2024-03-05 10:15:00 (2 lines)",
+    ]
+    assert len(lines) == 9

@@ -495,3 +495,65 @@ def test_an_order_whose_lines_name_two_stores_is_rejected_whole(tmp_path):
         (2, "store", "order 1 names more than one store (S1, S2)"),
         (3, "store", "order 1 names more than one store (S1, S2)")]
     assert sorted(result.lines["basket_id"].unique()) == ["2"]
+
+
+# --- basket time spread (reported, never rejected) -------------------------
+
+SPREAD_CSV = (HEADER
+              + "9001,P1,1,2024-03-01 09:00:00,1.00\n9001,P2,1,2024-03-01 09:00:40,1.00\n"  # 40 s: one checkout
+              + "9002,P1,1,2024-03-01 10:00:00,1.00\n9002,P2,1,2024-03-04 18:30:00,1.00\n"  # 3 days 8.5 hours
+              + "9003,P1,1,2024-03-02 08:00:00,1.00\n9003,P2,1,2024-03-02 09:00:00,1.00\n"  # exactly 1 hour: not over
+              + "9003,P3,1,2024-03-02 08:30:00,1.00\n"
+              + "9004,P1,1,2024-03-05 08:00:00,1.00\n9004,P3,1,2024-03-05 10:15:00,1.00\n")  # 2 hours 15 minutes
+SPREAD_EXPECTED = {
+    "tolerance": "1:00:00", "tolerance_seconds": 3600, "orders": 2,
+    "examples": [{"order": "9002", "earliest": "2024-03-01 10:00:00", "latest": "2024-03-04 18:30:00", "lines": 2},
+                 {"order": "9004", "earliest": "2024-03-05 08:00:00", "latest": "2024-03-05 10:15:00", "lines": 2}],
+}
+
+
+def test_orders_whose_lines_span_more_than_an_hour_are_reported_widest_first(tmp_path):
+    from bundling_ml.ingest import basket_time_spread
+
+    result = read_orders_csv(write(tmp_path, SPREAD_CSV), mapping=SIMPLE_MAP)
+    assert result.report.notes["time_spread"] == SPREAD_EXPECTED
+    assert result.report.rejected == 0 and result.report.imported == 9  # reported, nothing rejected
+    assert "Orders whose lines span more than 1:00:00 (each is placed at its earliest line time; is the basket " \
+           "column one checkout?): 2" in result.report.summary_lines()
+    assert "  order 9002: lines from 2024-03-01 10:00:00 to 2024-03-04 18:30:00 (2 lines)" \
+        in result.report.summary_lines()
+    # a stricter tolerance and one example: 9003 (1 hour) now counts too; the widest is listed, the rest counted
+    import datetime as dt
+
+    strict = basket_time_spread(result.lines, tolerance=dt.timedelta(minutes=30), examples=1)
+    assert (strict["orders"], strict["tolerance_seconds"], [e["order"] for e in strict["examples"]]) == (3, 1800, ["9002"])
+    assert read_orders_csv(write(tmp_path, SPREAD_CSV), mapping=SIMPLE_MAP,
+                           time_spread_tolerance=dt.timedelta(days=4)).report.notes["time_spread"]["orders"] == 0
+
+
+def test_complete_journey_baskets_have_one_time_each(cj_slice):
+    notes = completejourney_import_frames(cj_slice["transactions"], cj_slice["products"]).report.notes
+    assert notes["time_spread"] == {"tolerance": "1:00:00", "tolerance_seconds": 3600, "orders": 0, "examples": []}
+
+
+def test_cancellations_are_returned_with_the_quantity_the_file_could_not_take_back(cases_dir, tmp_path):
+    """C540003 (4 red mugs of 20001) took all 4 back from 540001; a cancellation of 5 with only 2 bought before
+    keeps 3 for the database import; a guest's keeps all."""
+    result = read_orders_csv(cases_dir / "import" / "retail_export_messy.csv", mapping=RETAIL_MAP, encoding="cp1252")
+    got = result.cancellations[["basket_id", "product_id", "customer_id", "quantity", "left", "taken_from"]]
+    assert got.astype(object).to_dict("records") == [
+        {"basket_id": "C540003", "product_id": "22002", "customer_id": "20001", "quantity": 4.0, "left": 0.0,
+         "taken_from": (("540001", 4.0),)},
+        {"basket_id": "C540006", "product_id": "22004", "customer_id": "20002", "quantity": 50000.0, "left": 0.0,
+         "taken_from": (("540005", 50000.0),)},
+    ]
+    text = ("InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice,CustomerID\n"
+            "100,X,2,2024-03-01 10:00,1.00,c1\nC200,X,-5,2024-03-02 10:00,1.00,c1\nC201,X,-1,2024-03-02 11:00,1.00,\n"
+            "300,Y,1,2024-03-03 10:00,1.00,c2\n")
+    result = read_orders_csv(write(tmp_path, text), mapping=RETAIL_MAP.replace(",name=Description", ""))
+    assert result.cancellations[["basket_id", "left", "taken_from"]].astype(object).to_dict("records") == [
+        {"basket_id": "C200", "left": 3.0, "taken_from": (("100", 2.0),)},
+        {"basket_id": "C201", "left": 1.0, "taken_from": ()},
+    ]
+    assert result.report.skipped_reasons == {"cancellation": 2, "cancelled_out": 1}
+    assert result.report.notes["cancellations_unmatched"] == 1

@@ -461,7 +461,94 @@ def test_replay_top_up_keeps_stock_a_real_constraint(take_model_exhausts_stock):
     raised beyond what the replay can sell plus 2."""
     from shop_bundles.services.simulation import _load, _stock_needed
 
-    households, _, _ = _load(datetime(2017, 10, 30).date(), datetime(2017, 12, 31).date(), None)
+    households, *_ = _load(datetime(2017, 10, 30).date(), datetime(2017, 12, 31).date(), None)
     a, b, _ = take_model_exhausts_stock
     assert _stock_needed(households, holdout_share=0.0) == {a.pk: 4, b.pk: 8}
     assert _stock_needed(households, holdout_share=1.0) == {a.pk: 3, b.pk: 5}
+
+
+# --- replay idempotency: one checkout token per source basket -------------------------------------------
+
+REPLAY_WINDOW = dict(date_from=datetime(2017, 10, 30).date(), date_to=datetime(2017, 12, 31).date())
+
+
+def test_replay_checks_out_each_source_basket_with_its_own_token_and_places_it_once(history):
+    """Household hh0 holds baskets cj1 and cj2, hh1 cj3 and cj4. The token is sha256 of the namespace and the
+    source basket id, so a second run (even with another seed) places nothing, and a run that was interrupted
+    (cj3 placed but not marked simulated, cj4 never placed) is continued without placing cj3 twice."""
+    from shop_bundles.services.simulation import replay_checkout_token, shoppers_simulate
+
+    token = replay_checkout_token
+    assert token("cj1") == hashlib.sha256(b"shop_bundles.simulate_shoppers:cj1").hexdigest()[:32]
+    assert token("cj2") == hashlib.sha256(b"shop_bundles.simulate_shoppers:cj2").hexdigest()[:32] != token("cj1")
+    first = shoppers_simulate(limit=2, responses={}, **REPLAY_WINDOW)
+    assert (first.baskets, first.orders, first.failed_checkouts, first.already_replayed, first.already_placed) == (
+        4, 4, 0, 0, 0)
+    simulated = Order.objects.filter(source=Order.SOURCE_SIMULATED)
+    sources = {token(f"cj{n}"): Order.objects.get(external_id=f"cj{n}") for n in range(1, 5)}
+    assert set(simulated.values_list("checkout_token", flat=True)) == set(sources)
+    for order in simulated:  # each order is its source basket's: same household, same time
+        assert (order.customer_id, order.placed_at) == (sources[order.checkout_token].customer_id,
+                                                        sources[order.checkout_token].placed_at)
+
+    again = shoppers_simulate(limit=2, responses={}, seed=7, **REPLAY_WINDOW)
+    assert (again.shoppers, again.baskets, again.orders, again.already_replayed) == (0, 0, 0, 4)
+    assert simulated.count() == 4
+
+    Order.objects.get(checkout_token=token("cj4")).delete()
+    Order.objects.filter(checkout_token=token("cj3")).update(source=Order.SOURCE_STOREFRONT, placed_at=timezone.now())
+    resumed = shoppers_simulate(limit=2, responses={}, **REPLAY_WINDOW)
+    assert (resumed.shoppers, resumed.baskets, resumed.orders, resumed.already_replayed,
+            resumed.orders_marked_late) == (1, 1, 1, 3, 1)
+    assert simulated.count() == 4 and not Order.objects.filter(source=Order.SOURCE_STOREFRONT).exists()
+    assert Order.objects.get(checkout_token=token("cj3")).placed_at == sources[token("cj3")].placed_at
+    assert Order.objects.get(checkout_token=token("cj4")).customer.external_id == "hh1"
+
+
+def test_replay_before_tokens_still_counts_its_households_as_replayed(history):
+    """A simulated order without a token (a replay from before the tokens) keeps its household out, as then."""
+    from shop_bundles.services.simulation import shoppers_simulate
+
+    Order.objects.create(external_id="web-legacy", customer=Customer.objects.get(external_id="hh0"),
+                         source=Order.SOURCE_SIMULATED, placed_at=timezone.make_aware(datetime(2017, 11, 1, 12)))
+    report = shoppers_simulate(limit=2, responses={}, **REPLAY_WINDOW)
+    assert (report.shoppers, report.orders, report.already_replayed) == (1, 2, 2)
+    assert set(Order.objects.filter(source=Order.SOURCE_SIMULATED).values_list("customer__external_id", flat=True)) \
+        == {"hh0", "hh1"}
+
+
+def test_a_basket_another_replay_placed_first_is_placed_once_and_not_counted_as_a_failure(settings, history):
+    """Two replays at once: when this one checks out cj1, the other has just placed it with the same token. The
+    storefront refuses the second order; the replay counts the basket in already_placed (not a failed checkout)
+    and marks the other run's order simulated; its own page views of cj1 are marked simulated, as a refused
+    checkout's are."""
+    from django.core.signals import request_started
+
+    from shop_bundles.services.orders import order_place
+    from shop_bundles.services.simulation import replay_checkout_token, shoppers_simulate
+
+    settings.SHOP_BUNDLES_HOLDOUT_SHARE = 0.0
+    token = replay_checkout_token("cj1")
+    pasta = Product.objects.get(sku="A")
+
+    def other_replay_checks_out_first(sender, environ, **kwargs):
+        if environ.get("PATH_INFO") == reverse("shop_bundles:checkout") and \
+                not Order.objects.filter(checkout_token=token).exists():
+            order_place(cart={pasta.pk: 1}, session_key="other-replay", checkout_token=token)
+
+    request_started.connect(other_replay_checks_out_first)
+    try:
+        report = shoppers_simulate(limit=1, responses={}, **REPLAY_WINDOW)
+    finally:
+        request_started.disconnect(other_replay_checks_out_first)
+    assert (report.baskets, report.orders, report.failed_checkouts, report.already_placed, report.failure_reasons) \
+        == (2, 1, 0, 1, {})
+    assert report.orders + report.failed_checkouts + report.already_placed == report.baskets
+    placed = Order.objects.get(checkout_token=token)
+    cj1, cj2 = Order.objects.get(external_id="cj1"), Order.objects.get(external_id="cj2")
+    assert (placed.session_key, placed.source, placed.placed_at) == ("other-replay", Order.SOURCE_SIMULATED,
+                                                                     cj1.placed_at)
+    assert Order.objects.filter(source=Order.SOURCE_SIMULATED).count() == 2
+    for basket in (cj1, cj2):
+        assert OfferEvent.objects.filter(kind="impression", simulated=True, created_at=basket.placed_at).exists()
+    assert not OfferEvent.objects.filter(simulated=False).exists()

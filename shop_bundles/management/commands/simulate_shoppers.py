@@ -3,6 +3,9 @@
 Replays held-out Complete Journey baskets as shopper sessions through the
 real storefront (see ``shop_bundles.services.simulation``); the orders are
 marked ``source="simulated"`` and shown as SIMULATED on the experiment dashboard.
+Each source basket checks out with its own deterministic checkout token, so
+re-running, retrying or running two replays at once places it once
+(``already_replayed`` / ``already_placed`` in the report).
 
 The replay is *out of sample* only when the active model (and so the offers'
 scores and attach rates) learnt from order lines before ``--from``: set
@@ -56,8 +59,13 @@ class Command(BaseCommand):
             for reason, count in report.failure_reasons.items():
                 self.stdout.write(f"  {count:>6}  {reason}")
         if report.already_replayed:
-            self.stdout.write(f"{report.already_replayed} baskets of households replayed by an earlier run were kept, "
+            self.stdout.write(f"{report.already_replayed} baskets placed by an earlier run were kept, "
                               "not replayed again (--reset starts over)")
+        if report.already_placed:
+            self.stdout.write(f"{report.already_placed} baskets were placed by another replay running at the same "
+                              "time (same checkout token): placed once, not counted here")
+        if report.orders_marked_late:
+            self.stdout.write(f"{report.orders_marked_late} orders placed by an interrupted run were marked simulated")
         if report.households_not_started:
             self.stdout.write(self.style.WARNING(
                 f"stopped by --stop-after: {report.households_not_started} households not replayed yet; "
