@@ -26,6 +26,7 @@ Modules:
     cli          ``python -m bundling_ml backtest|recommend|score ...``
     limits       largest quantity, price and line amount of an order line
                  (the CSV import and the shop's events endpoint)
+    report_text  text of import report notes (the import, the CLI, the admin)
 """
 
 __version__ = "0.1.0"

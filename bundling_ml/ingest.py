@@ -137,6 +137,7 @@ import numpy as np
 import pandas as pd
 
 from .limits import LINE_AMOUNT_MAX, MONEY_MAX, QUANTITY_MAX
+from .report_text import time_spread_lines  # noqa: F401  (re-exported: the import report and the CLI)
 
 __all__ = [
     "DEFAULT_NON_PRODUCT_CODES",
@@ -361,19 +362,6 @@ def basket_time_spread(lines: pd.DataFrame, *, tolerance: dt.timedelta = BASKET_
         out["examples"] = [{"order": str(r.basket), "earliest": str(pd.Timestamp(r.min)),
                             "latest": str(pd.Timestamp(r.max)), "lines": int(r.size)}
                            for r in wide.itertuples(index=False)]
-    return out
-
-
-def time_spread_lines(spread: dict | None) -> list[str]:
-    """The text lines of a :func:`basket_time_spread` result for a terminal report ([] when no order is over)."""
-    if not spread or not spread.get("orders"):
-        return []
-    out = [f"Orders whose lines span more than {spread['tolerance']} (each is placed at its earliest line time; "
-           f"is the basket column one checkout?): {spread['orders']:,}"]
-    for e in spread["examples"]:
-        out.append(f"  order {e['order']}: lines from {e['earliest']} to {e['latest']} ({e['lines']} lines)")
-    if spread["orders"] > len(spread["examples"]):
-        out.append(f"  ... and {spread['orders'] - len(spread['examples']):,} more")
     return out
 
 

@@ -27,8 +27,10 @@ from .models import (
     BundleCampaignStore,
     BundleSuggestion,
     BundleSuggestionItem,
+    CancelledOrderLine,
     Customer,
     ExperimentDashboard,
+    ImportedCancellation,
     ImportRun,
     ModelVersion,
     OfferEvent,
@@ -1110,7 +1112,7 @@ class ImportRunAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     list_display = ("source", "started_at", "finished_at", "imported", "rejected", "skipped", "duplicates")
     search_fields = ("source",)
-    readonly_fields = ("source", "started_at", "finished_at", "report_summary", "rejections", "report")
+    readonly_fields = ("source", "started_at", "finished_at", "report_summary", "report_notes", "rejections", "report")
 
     def _count(self, obj, key):
         value = (obj.report or {}).get(key)
@@ -1138,6 +1140,21 @@ class ImportRunAdmin(ReadOnlyMixin, admin.ModelAdmin):
         keys = [k for k in ("read", "imported", "skipped", "rejected", "duplicates") if k in report]
         return format_html_join(", ", "{}: {}", ((k, report[k]) for k in keys)) or "—"
 
+    @admin.display(description="notes")
+    def report_notes(self, obj):
+        """The report's notes in words: counts by name, the orders whose lines span more than the tolerance
+        (``bundling_ml.report_text.time_spread_lines``) and what a later file's cancellations took back."""
+        from bundling_ml.report_text import time_spread_lines  # standard library only; imported on use
+
+        notes = dict((obj.report or {}).get("notes") or {})
+        spread = notes.pop("time_spread", None)
+        rows = [(k.replace("_", " "), v) for k, v in sorted(notes.items()) if not isinstance(v, (dict, list))]
+        text = time_spread_lines(spread)
+        if not rows and not text:
+            return "—"
+        return format_html("<ul>{}</ul>{}", format_html_join("", "<li>{}: {}</li>", rows),
+                           format_html("<pre>{}</pre>", "\n".join(text)) if text else "")
+
     @admin.display(description="rejected lines")
     def rejections(self, obj):
         rows = (obj.report or {}).get("rejections") or []
@@ -1147,6 +1164,29 @@ class ImportRunAdmin(ReadOnlyMixin, admin.ModelAdmin):
             (r.get("line", ""), r.get("field", ""), r.get("reason", "")) for r in rows[:500]))
         return format_html("<table><thead><tr><th>line</th><th>field</th><th>reason</th></tr></thead>"
                            "<tbody>{}</tbody></table>", body)
+
+
+class CancelledOrderLineInline(ReadOnlyMixin, admin.TabularInline):
+    """The earlier order lines a cancellation took units back from."""
+
+    model = CancelledOrderLine
+    fields = ("order_external_id", "sku", "quantity_before", "quantity", "removed")
+    readonly_fields = fields
+    extra = 0
+
+
+@admin.register(ImportedCancellation)
+class ImportedCancellationAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """Cancellations (``C…`` invoices) read by CSV imports, once per (invoice, product): how many units came
+    back from the same file and from orders imported before, with the order lines they reduced."""
+
+    list_display = ("invoice", "sku", "customer_external_id", "cancelled_at", "quantity", "taken_in_file",
+                    "taken_earlier", "import_run")
+    list_filter = ("cancelled_at",)
+    search_fields = ("=invoice", "=sku", "=customer_external_id", "=takes__order_external_id")
+    list_select_related = ("import_run",)
+    inlines = [CancelledOrderLineInline]
+    show_full_result_count = False
 
 
 # --------------------------------------------------------------------------- holdout experiment dashboard

@@ -149,3 +149,38 @@ def test_a_frame_import_reports_the_time_spread_too():
     assert report.notes["time_spread"]["orders"] == 1
     assert report.notes["time_spread"]["examples"] == [
         {"order": "1", "earliest": "2024-01-01 08:00:00", "latest": "2024-01-02 08:00:00", "lines": 2}]
+
+
+# --- what staff see in the admin ----------------------------------------------------------------------
+
+def test_staff_see_the_notes_and_the_cancellations_in_the_admin(tmp_path, admin_client):
+    """The import run's page lists the report's notes in words (the later file's cancellation counts, the
+    orders whose lines span hours); the cancellations' page shows each cancellation with the earlier lines it
+    reduced, read-only."""
+    from django.urls import reverse
+
+    from tests.ml.test_ingest import SIMPLE_MAP, SPREAD_CSV
+
+    orders_import_csv(path=write(tmp_path, "early.csv", EARLY), mapping=MAP)
+    orders_import_csv(path=write(tmp_path, "later.csv", LATER), mapping=MAP)
+    orders_import_csv(path=write(tmp_path, "spread.csv", SPREAD_CSV), mapping=SIMPLE_MAP)
+    later_run, spread_run = ImportRun.objects.order_by("pk")[1:3]
+
+    page = admin_client.get(reverse("admin:shop_bundles_importrun_change", args=[later_run.pk])).content.decode()
+    for words in ("<li>lines cancelled earlier: 2</li>", "<li>units cancelled earlier: 3</li>",
+                  "<li>orders removed earlier: 1</li>", "<li>cancellations unmatched: 1</li>"):
+        assert words in page, words
+    page = admin_client.get(reverse("admin:shop_bundles_importrun_change", args=[spread_run.pk])).content.decode()
+    assert ("Orders whose lines span more than 1:00:00 (each is placed at its earliest line time; is the basket "
+            "column one checkout?): 2\n"
+            "  order 9002: lines from 2024-03-01 10:00:00 to 2024-03-04 18:30:00 (2 lines)") in page
+
+    listing = admin_client.get(reverse("admin:shop_bundles_importedcancellation_changelist") + "?q=1002")
+    assert listing.status_code == 200 and "C2001" in listing.content.decode()
+    record = ImportedCancellation.objects.get()
+    page = admin_client.get(reverse("admin:shop_bundles_importedcancellation_change", args=[record.pk]))
+    html = page.content.decode()
+    assert page.status_code == 200 and "1002" in html and "1001" in html
+    assert admin_client.get(reverse("admin:shop_bundles_importedcancellation_add")).status_code == 403
+    assert admin_client.get(reverse("admin:shop_bundles_importedcancellation_delete",
+                                    args=[record.pk])).status_code == 403
