@@ -26,7 +26,10 @@ import pytest  # noqa: E402
 #: own (below), never flushed, so parallel runs never share a list.
 BUFFER_REDIS_URL = os.environ.get("SHOP_BUNDLES_TEST_BUFFER_REDIS_URL", "redis://127.0.0.1:6379/12")
 
-CASES_DIR = Path(os.environ.get("SHOP_BUNDLES_CASES_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "cases"))
+#: the field cases (inputs of real-world faults, ``../shared/cases`` of the team's workspace), copied into
+#: ``tests/cases`` so a clone anywhere runs them; ``tests/test_layout.py`` checks the copy against
+#: ``../shared/cases`` when that directory sits beside the repository
+CASES_DIR = Path(os.environ.get("SHOP_BUNDLES_CASES_DIR", Path(__file__).resolve().parent / "cases"))
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +45,7 @@ def django_db_setup(django_db_setup):
 
 @pytest.fixture(scope="session")
 def cases_dir() -> Path:
-    """Directory of ../shared/cases (override with SHOP_BUNDLES_CASES_DIR)."""
+    """Directory of the field cases: ``tests/cases`` (override with SHOP_BUNDLES_CASES_DIR)."""
     if not CASES_DIR.exists():
         pytest.fail(f"cases directory {CASES_DIR} not found; set SHOP_BUNDLES_CASES_DIR")
     return CASES_DIR

@@ -87,3 +87,17 @@ def test_debug_is_off_by_default():
     result = _run("import os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings';"
                   "from django.conf import settings; print(settings.DEBUG)")
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_the_field_cases_copied_into_tests_match_the_shared_ones():
+    """``tests/cases`` holds the team's field cases so any clone runs them; when the shared
+    workspace's ``../shared/cases`` sits beside the repository, every input there is copied byte for byte."""
+    ours = ROOT / "tests" / "cases"
+    expected = {"import/retail_export_messy.csv", "import/dates_day_first.csv", "import/bad_rows.csv"}
+    assert expected <= {str(p.relative_to(ours)) for p in ours.rglob("*.csv")}
+    shared = ROOT.parent / "shared" / "cases"
+    if not shared.is_dir():
+        pytest.skip("no ../shared/cases beside this clone; the copy in tests/cases is used")
+    for src in shared.rglob("*.csv"):
+        rel = src.relative_to(shared)
+        assert (ours / rel).read_bytes() == src.read_bytes(), f"tests/cases/{rel} differs from ../shared/cases/{rel}"
