@@ -445,7 +445,12 @@ def base_name(name: str) -> str:
     return name.replace("-noemb", "").replace("-nopromo", "")
 
 
-def run(cache: Path, variants, seeds, total=40_000, out_json=None, groups=None):
+def run(cache: Path, variants, seeds, total=40_000, out_json=None, groups=None, list_weights=None):
+    """Train and score ``variants`` x ``seeds`` on the cached pools (module docstring).
+
+    ``list_weights``: optional {variant name: fn(window, sel, y) -> (len(sel),) weights} giving the
+    loss weight of each sampled label list of that window (``rk.fit_listwise(list_weight=)``);
+    variants not in it train with equal weights. Returns one result dict per (seed, variant)."""
     import keras
 
     from bundling_ml.data import Queries
@@ -469,7 +474,8 @@ def run(cache: Path, variants, seeds, total=40_000, out_json=None, groups=None):
             t = time.perf_counter()
             rng = np.random.default_rng(seed)
             per = counts[0] if counts else [total // len(windows) + (1 if i < total % len(windows) else 0) for i in range(len(windows))]
-            xs, ys = [], []
+            xs, ys, ws = [], [], []
+            weight_fn = (list_weights or {}).get(name)
             for w, n_w in zip(windows, per):
                 pool = pools[str(w)]
                 sel = np.sort(rng.choice(len(pool["y"]), size=n_w, replace=False))
@@ -479,10 +485,13 @@ def run(cache: Path, variants, seeds, total=40_000, out_json=None, groups=None):
                     x["pair"] = np.concatenate([x["pair"], np.asarray(pool["extra"][sel])[:, :, ecols]], axis=2)
                 xs.append(x)
                 ys.append(np.asarray(pool["y"][sel]))
+                if weight_fn is not None:
+                    ws.append(weight_fn(w, sel, ys[-1]))
             x = {k: np.concatenate([d[k] for d in xs]) for k in X_KEYS}
             y = np.concatenate(ys)
             del xs, ys
-            model, hist = rk.fit_listwise(vocab, x, y, epochs=2, seed=seed, name=f"r_{seed}", use_embeddings=emb)
+            model, hist = rk.fit_listwise(vocab, x, y, epochs=2, seed=seed, name=f"r_{seed}", use_embeddings=emb,
+                                          list_weight=np.concatenate(ws) if ws else None)
             del x, y
             t_fit = time.perf_counter() - t
             def columns(sl, xi, keep=keep, ecols=ecols):

@@ -1030,14 +1030,23 @@ def list_labels(baskets: sp.csr_matrix, rows: np.ndarray, cands: np.ndarray) -> 
 
 
 def fit_listwise(vocab, x: dict, y: np.ndarray, *, epochs: int = 3, batch_size: int = 128, seed: int = 0, progress=None, use_embeddings=True,
-                 name: str = "bundle_list_ranker"):
+                 name: str = "bundle_list_ranker", list_weight: np.ndarray | None = None):
     """Train :func:`build_listwise_model` on lists with >= 1 positive; 10 % of lists
-    are held out for ``val_loss``. Returns (model, {"loss": [...], "val_loss": [...]})."""
+    are held out for ``val_loss``. Returns (model, {"loss": [...], "val_loss": [...]}).
+
+    ``list_weight``: optional (n_lists,) float weight of each list's loss (Keras
+    ``sample_weight``; rescaled to mean 1 over the kept lists). The default, equal
+    weights, is what the product trains with; ``benchmarks/metric_weighting.py``
+    measured NDCG-matched weights and found them worse."""
     import keras
 
     keep = y.sum(axis=1) > 0
     x = {k: v[keep] for k, v in x.items()}
     y = y[keep]
+    sw = None
+    if list_weight is not None:
+        sw = np.asarray(list_weight, np.float64)[keep]
+        sw = (sw / sw.mean()).astype(np.float32)
     y = y / y.sum(axis=1, keepdims=True)
     rng = np.random.default_rng(seed)
     n = len(y)
@@ -1056,7 +1065,9 @@ def fit_listwise(vocab, x: dict, y: np.ndarray, *, epochs: int = 3, batch_size: 
             def on_epoch_end(self, epoch, logs=None):
                 progress((epoch + 1) / epochs, f"training epoch {epoch + 1}/{epochs}")
         cbs.append(_P())
-    h = model.fit(xt, y[~is_val], validation_data=(xv, y[is_val]), epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0, callbacks=cbs)
+    fit_w = {} if sw is None else {"sample_weight": sw[~is_val]}
+    val = (xv, y[is_val]) if sw is None else (xv, y[is_val], sw[is_val])
+    h = model.fit(xt, y[~is_val], validation_data=val, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0, callbacks=cbs, **fit_w)
     return model, {"loss": [float(v) for v in h.history["loss"]], "val_loss": [float(v) for v in h.history.get("val_loss", [])]}
 
 
