@@ -757,8 +757,9 @@ def store_specific_bundles(
     ids = product_index.to_numpy()
     Xc = X.tocsc()
     if "customer_id" in first.columns:
-        cust = first["customer_id"].astype("string").reindex(basket_ids).to_numpy(dtype=object)
-        cust = np.where(pd.isna(cust) | (cust == ""), "basket:" + pd.Index(basket_ids).astype(str).to_numpy(dtype=object), cust)
+        # guests (<NA>, as ml_bridge and prepare_lines give them, or "") count as one shopper per basket
+        cust = first["customer_id"].astype("string").reindex(basket_ids).fillna("").to_numpy(dtype=object)
+        cust = np.where(cust == "", "basket:" + pd.Index(basket_ids).astype(str).to_numpy(dtype=object), cust)
     else:
         cust = np.asarray(["basket:" + str(b) for b in basket_ids], dtype=object)
 

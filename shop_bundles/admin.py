@@ -914,6 +914,8 @@ class TrainingRunAdmin(ReadOnlyMixin, admin.ModelAdmin):
         run.refresh_from_db()  # demo mode runs the training right away
         if run.status == TrainingRun.FAILED:
             self.message_user(request, f"Training run {run.pk} failed: {run.error.split(chr(10))[0]}", messages.ERROR)
+        elif run.status == TrainingRun.SUCCEEDED and run.error:
+            self.message_user(request, f"Training run {run.pk} finished. {run.error.split(chr(10))[0]}", messages.WARNING)
         elif run.status == TrainingRun.SUCCEEDED:
             self.message_user(request, f"Training run {run.pk} finished.", messages.SUCCESS)
         else:

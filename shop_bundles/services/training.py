@@ -318,9 +318,7 @@ def _train(run: TrainingRun, *, attempts: int, trigger: str, split_date, queue_s
             run.split_date = version.split_date
             run.save()
             if activate and queue_scoring:
-                from ..tasks import score_suggestions
-
-                transaction.on_commit(lambda: score_suggestions.delay(version.pk))
+                transaction.on_commit(lambda: _score_after_training(run.pk, version.pk))
         logger.info("training run %s succeeded: %s (%s)", run.pk, label, note)
         return _result(run, message=note, activated=activate, metrics=metrics, seconds=round(seconds, 2),
                        scoring_queued=bool(activate and queue_scoring))
@@ -335,6 +333,26 @@ def _train(run: TrainingRun, *, attempts: int, trigger: str, split_date, queue_s
         else:
             logger.exception("training run %s failed", run.pk)
         raise
+
+
+def _score_after_training(run_id: int, version_id: int) -> None:
+    """Send ``score_suggestions`` for a newly activated version (called on the training's commit).
+
+    The training has succeeded and is committed by now, so a failure here (a
+    broker that refuses the message, or in demo mode, where the task runs
+    eagerly, the scoring itself) must not mark the run failed: the run keeps
+    ``succeeded`` and its ``error`` says that scoring failed and how to retry;
+    the exception is logged.
+    """
+    from ..tasks import score_suggestions
+
+    try:
+        score_suggestions.delay(version_id)
+    except Exception as exc:
+        logger.exception("training run %s: scoring model version %s failed", run_id, version_id)
+        TrainingRun.objects.filter(pk=run_id).update(
+            error=f"The model was trained and activated, but scoring its suggestions failed: {type(exc).__name__}: {exc}. "
+                  "Retry with `manage.py score_bundles` (the hourly schedule also retries).")
 
 
 def training_run_queue(*, user=None, trigger: str = "manual") -> TrainingRun:

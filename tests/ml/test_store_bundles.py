@@ -73,3 +73,17 @@ def test_excluded_item_sets_substitutes_and_lines_without_stores_give_nothing():
     no_store = store_specific_bundles(lines.drop(columns="store_id"), products)
     assert no_store.empty and list(no_store.columns) == STORE_BUNDLE_COLUMNS
     assert store_specific_bundles(lines, products, excluded_departments=("grocery",)).empty
+
+
+def test_guest_baskets_count_one_shopper_each_and_do_not_break_the_search():
+    """Guest orders reach the pipeline with customer_id <NA> in a "string" column (``ml_bridge.lines_frame``,
+    ``prepare_lines``): a storefront checkout without sign-in broke every later scoring with
+    "boolean value of NA is ambiguous". Guests count one shopper per basket, named shoppers once each."""
+    lines, products = _lines()
+    guests = lines["basket_id"].isin([f"a{i}" for i in range(6, 10)])  # the X+Y baskets of c0..c3's second visits
+    lines["customer_id"] = lines["customer_id"].astype("string").mask(guests, pd.NA)
+    df = store_specific_bundles(lines, products)
+    assert len(df) == 1 and df.iloc[0]["items"] == ("X", "Y")
+    assert df.iloc[0]["store_evidence"][0]["shoppers"] == 10  # c0..c5 and 4 guest baskets
+    lines["customer_id"] = lines["customer_id"].mask(lines["basket_id"].str.startswith("a"), "")  # "" is a guest too
+    assert store_specific_bundles(lines, products).iloc[0]["store_evidence"][0]["shoppers"] == 10

@@ -537,6 +537,39 @@ class TestOneRealTraining:
         assert OfferStoreScore.objects.count() == n_rows
         assert not first_ids & set(OfferStoreScore.objects.values_list("pk", flat=True))
 
+    def test_guest_storefront_orders_flow_into_scoring(self, trained):
+        """A checkout without sign-in (customer NULL) reaches ``lines_frame`` as customer <NA>; scoring,
+        including the store-specific search, used to fail on it ("boolean value of NA is ambiguous")."""
+        from shop_bundles.services.orders import order_place
+
+        Product.objects.update(stock=50)
+        store = Order.objects.exclude(store_id="").values_list("store_id", flat=True).first()
+        top = list(OrderLine.objects.values_list("product_id", flat=True).distinct()[:2])
+        placed = [order_place(cart={top[0]: 1, top[1]: 1}, session_key=f"guest-{i}", store_id=store) for i in range(3)]
+        assert all(o.customer_id is None and o.store_id == store for o in placed)
+        lines = ml_bridge.lines_frame()
+        guest = lines[lines["basket_id"].isin([o.external_id for o in placed])]
+        assert len(guest) == 6 and guest["customer_id"].isna().all()
+
+        result = suggestions_score()
+        assert result["model_version_id"] == trained.version.pk and result["created"] > 0
+
+    def test_a_scoring_failure_after_training_leaves_the_run_succeeded_and_says_so(self, trained, settings,
+                                                                                  django_capture_on_commit_callbacks):
+        """In demo mode the scoring that follows an activation runs eagerly on the training's commit. When it
+        fails (here a real misconfiguration: SHOP_BUNDLES_MAX_SUGGESTIONS not a number), the committed,
+        activated run stays succeeded, its error says scoring failed, and no suggestion is written."""
+        settings.SHOP_BUNDLES_MAX_SUGGESTIONS = "lots"
+        with django_capture_on_commit_callbacks(execute=True) as callbacks:
+            result = training_run_execute(queue_scoring=True, max_queries=MAX_QUERIES)
+        assert len(callbacks) == 1
+        assert result["status"] == "succeeded" and result["activated"] and result["scoring_queued"]
+        run = TrainingRun.objects.get(pk=result["run_id"])
+        assert run.status == "succeeded" and run.model_version.is_active
+        assert run.error.startswith("The model was trained and activated, but scoring its suggestions failed: ValueError")
+        assert "manage.py score_bundles" in run.error
+        assert not BundleSuggestion.objects.filter(model_version=run.model_version).exists()
+
     def test_score_bundles_command_writes_and_counts(self, trained, settings):
         from io import StringIO
 

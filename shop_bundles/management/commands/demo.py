@@ -45,7 +45,7 @@ class Command(BaseCommand):
             step("import", "import_orders", **import_opts)
         step("train", "train_bundles", no_score=True)
         step("score", "score_bundles")
-        # The review-only staff user that approves (demo_approve gives it its permissions), with a kept password.
+        # The bundle-team staff user (review, campaigns, retrain; no users, products or orders) that approves (demo_approve gives it its permissions), with a kept password.
         staff_password = self._demo_password("demo-staff")
         staff, _ = get_user_model().objects.get_or_create(username="demo-staff", defaults={"is_staff": True})
         staff.set_password(staff_password)
@@ -68,7 +68,8 @@ class Command(BaseCommand):
             self.stdout.write(f"  {name:<15} {seconds:>8.1f} s")
         self.stdout.write("  Storefront: http://127.0.0.1:8000/")
         self.stdout.write(f"  Admin:      http://127.0.0.1:8000/admin/  user: admin  password: {password}")
-        self.stdout.write(f"              review-only staff: user: demo-staff  password: {staff_password}")
+        self.stdout.write(f"  Staff:      http://127.0.0.1:8000/admin/  user: demo-staff  password: {staff_password}  "
+                          "(bundle team: review, campaigns, retrain)")
         if shopper:
             self.stdout.write(f"  Shopper:    http://127.0.0.1:8000/accounts/login/  user: demo-shopper  password: "
                               f"{shopper[0]}  (customer {shopper[1]}, usual store {shopper[2] or 'none'})")
