@@ -11,6 +11,19 @@ from ..services.events import offer_impressions_record
 from .stores import shopper_store
 
 
+def offer_look(items) -> tuple:
+    """What a shopper sees of a bundle: its items' names (case-folded; the SKU when unnamed) with their units.
+
+    Args:
+        items: iterable of ``(product, quantity)`` pairs.
+
+    Returns:
+        A sorted tuple of ``(name, quantity)``; two bundles with equal looks read the same on a page
+        (two SKUs of one name: sizes, private label).
+    """
+    return tuple(sorted(((p.name or p.sku).casefold(), int(q)) for p, q in items))
+
+
 def page_offers(product: Product, *, store_id: str = "") -> list[Offer]:
     """The offers a product page lists, before the holdout and impressions: ``offers_for_product`` in its
     order, without offers that look like an earlier one to a shopper, at most ``SHOP_BUNDLES_OFFERS_PER_PAGE``.
@@ -23,8 +36,7 @@ def page_offers(product: Product, *, store_id: str = "") -> list[Offer]:
         return []
     seen, offers = set(), []
     for offer in offers_for_product(product, store_id=store_id):
-        look = tuple(sorted(((item.product.name or item.product.sku).casefold(), item.quantity)
-                            for item in offer.items))
+        look = offer_look((item.product, item.quantity) for item in offer.items)
         if look not in seen:
             seen.add(look)
             offers.append(offer)

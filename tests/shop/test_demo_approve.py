@@ -72,3 +72,19 @@ def test_offers_per_product_caps_the_bundles_one_product_is_in():
     call_command("demo_approve", "--top", "5", "--offers-per-product", "2", stdout=StringIO())  # a new run
     assert set(BundleCampaign.objects.values_list("suggestion_id", flat=True)) == {first.pk, shared[0].pk,
                                                                                    shared[1].pk}
+
+
+def test_a_suggestion_that_looks_like_an_approved_one_is_passed_over():
+    """Two SKUs of one name (private label, sizes) make bundles that read the same on a page, which shows only
+    one of them: the demo approves the first and passes over the look-alike, saying how many it passed over."""
+    first = _suggestion(1, score=0.9, margin=0.1)
+    twin = _suggestion(2, score=0.8, margin=0.1)
+    other = _suggestion(3, score=0.7, margin=0.1)
+    for suggestion in (first, twin):
+        for item, name in zip(suggestion.items.order_by("position"), ("Mixers 1 L", "Instant Coffee 6.5 OZ")):
+            Product.objects.filter(pk=item.product_id).update(name=name if suggestion is first else name.upper())
+    out = StringIO()
+    call_command("demo_approve", "--top", "5", stdout=out)
+    assert set(BundleCampaign.objects.values_list("suggestion_id", flat=True)) == {first.pk, other.pk}
+    assert "approved 2 suggestions" in out.getvalue()
+    assert "passed over 1 suggestions that look like one approved above (same product names)" in out.getvalue()

@@ -14,6 +14,9 @@ offers over the catalogue, a suggestion is passed over when one of its
 products is already in ``--offers-per-product`` bundles approved in this run
 (default 1: no product in two of them; the ``demo`` command uses 3 so that
 popular products' pages show several offers, in the order of the shopper's store).
+A suggestion that would look like one already approved in this run (the same
+product names, as two SKUs of one name; ``storefront.offers.offer_look``) is
+passed over too: its page would show only one of them.
 """
 import secrets
 from collections import Counter
@@ -43,6 +46,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         from ...models import BundleSuggestion, BundleSuggestionItem
         from ...services.campaigns import suggestion_approve
+        from ...storefront.offers import offer_look
 
         user = self._staff_user(options["username"])
         unavailable = BundleSuggestionItem.objects.filter(suggestion=OuterRef("pk")).filter(
@@ -55,13 +59,18 @@ class Command(BaseCommand):
             queue = queue.order_by(margin.desc(nulls_last=True), "-score", "pk")
         else:
             queue = queue.order_by("-score", "pk")
-        approved = refused = skipped = 0
+        approved = refused = skipped = look_alikes = 0
         used: Counter = Counter()  # spread the demo's offers: bundles approved in this run per product
+        looks: set = set()  # what the approved bundles look like to a shopper
         for suggestion in queue.iterator(chunk_size=100):
             if approved >= options["top"]:
                 break
             product_ids = {i.product_id for i in suggestion.items.all()}
             if any(used[pid] >= options["offers_per_product"] for pid in product_ids):
+                continue
+            look = offer_look((i.product, 1) for i in suggestion.items.all())
+            if look in looks:
+                look_alikes += 1
                 continue
             names = " + ".join((i.product.name or i.product.sku) for i in suggestion.items.all())
             margin = ((suggestion.economics or {}).get("offer") or {}).get("incremental_margin")
@@ -76,10 +85,13 @@ class Command(BaseCommand):
                 continue
             approved += 1
             used.update(product_ids)
+            looks.add(look)
             self.stdout.write(f"{approved:>3}. {names}  score {suggestion.score:.3f}  lift {suggestion.lift:.2f}  "
                               f"{campaign.discount_value} % off until {campaign.ends_at:%Y-%m-%d}")
         self.stdout.write(self.style.SUCCESS(f"approved {approved} suggestions as {user.get_username()}"
                                              + (f" ({refused} refused)" if refused else "")))
+        if look_alikes:
+            self.stdout.write(f"passed over {look_alikes} suggestions that look like one approved above (same product names)")
         if skipped:
             self.stdout.write(f"skipped {skipped} suggestions whose expected incremental margin per offer shown "
                               "is negative at their discount")
