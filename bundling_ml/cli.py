@@ -115,7 +115,9 @@ def load_orders(path, columns: str, products_path=None, encoding: str = "utf-8",
         print(f"{path}: line {r.line}: {r.field}: {r.reason} (row skipped)", file=sys.stderr)
     if len(res.report.rejections) > 20:
         print(f"{path}: ... {len(res.report.rejections) - 20} more rejected rows", file=sys.stderr)
-    for text in ingest.time_spread_lines(res.report.notes.get("time_spread")):  # the import report's lines
+    notes = res.report.notes
+    for text in ingest.time_spread_lines(notes.get("time_spread")) + ingest.skipped_lines_text(  # the import report's lines
+            notes.get("skipped_lines"), res.report.skipped_reasons):
         print(f"{path}: {text.strip()}", file=sys.stderr)
     lines, products = res.lines, res.products
     if products_path:
@@ -308,22 +310,33 @@ def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int =
 
 
 def main(argv=None) -> int:
-    """Run the CLI; returns the process exit code (0 on success)."""
+    """Run the CLI; returns the process exit code: 0 on success, 2 for refused input or usage (the message,
+    naming the file, line, field and reason, goes to stderr)."""
     ap = argparse.ArgumentParser(prog="python -m bundling_ml", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("backtest", help="train, backtest and print the protocol tables")
+    b = sub.add_parser("backtest", help="train, backtest and print the protocol tables",
+                       description="Train on the lines before --split-date, run the offline evaluation protocol "
+                                   "(ARCHITECTURE.md) on the rest and print the anonymous, known-shopper and cold-start "
+                                   "tables: system, HR@10, NDCG@10, queries, seconds. Data options as in "
+                                   "`python -m bundling_ml --help`.")
     _add_data_options(b)
     b.add_argument("--split-date", default=None, help="first test day, YYYY-MM-DD (default: last ~20%% of weeks)")
     b.add_argument("--sample-baskets", type=int, default=3000, help="fixed random sample of test baskets (seed --seed); 0 = all")
     b.add_argument("--out-dir", default=None, help="artifact directory (default: a temporary directory)")
-    r = sub.add_parser("recommend", help="train before --train-until and write k companions per query")
+    r = sub.add_parser("recommend", help="train before --train-until and write k companions per query",
+                       description="Train on the lines before --train-until and write, for every query of QUERIES.csv "
+                                   "(query_id, product_id[, customer_id, time, store_id]), up to --k companions as CSV "
+                                   "(query_id, rank, product_id, score); never the anchor; ids are text. Data options "
+                                   "and the scoring rules: `python -m bundling_ml --help`.")
     _add_data_options(r)
     r.add_argument("--train-until", required=True, help="YYYY-MM-DD: train on lines before this day")
     r.add_argument("--queries", required=True, help="CSV: query_id, product_id[, customer_id][, time][, store_id]")
     r.add_argument("--k", type=int, default=10)
     r.add_argument("--out", default="-", help="CSV path or - for stdout")
-    s = sub.add_parser("score", help="score bundles with a saved model and write CSV")
+    s = sub.add_parser("score", help="score bundles with a saved model and write CSV",
+                       description="Score 2-3 item bundles with a model saved by backtest --out-dir (or the shop's "
+                                   "training) and write them with their evidence as CSV.")
     s.add_argument("--preset", choices=PRESETS, required=True)
     s.add_argument("--artifact-dir", required=True)
     s.add_argument("--out", default="-", help="CSV path or - for stdout")
@@ -342,12 +355,57 @@ def main(argv=None) -> int:
         ap.error(f"--out {out}: the directory {str(Path(out).resolve().parent)!r} does not exist")
     try:
         return _run(args)
+    except SystemExit as exc:  # refused input with its message (file, line, field, reason): same exit status as below
+        if not isinstance(exc.code, str):
+            raise
+        print(f"python -m bundling_ml {args.command}: {exc.code}", file=sys.stderr)
+        return 2
     except (KeyError, ValueError, OSError) as exc:  # bad input files, columns or paths: say which, no traceback
         import pandas as pd
 
         kind = "file could not be parsed" if isinstance(exc, pd.errors.ParserError) else type(exc).__name__
         print(f"python -m bundling_ml {args.command}: {kind}: {exc}", file=sys.stderr)
         return 2
+
+
+def read_queries(path) -> "pd.DataFrame":
+    """Read and check a QUERIES.csv before any data is loaded or model trained.
+
+    Args:
+        path: CSV with columns query_id, product_id and optionally customer_id, time, store_id.
+
+    Returns:
+        The queries as a DataFrame of str (empty cells "").
+
+    Raises:
+        SystemExit: with a message naming the file and, per bad value, its line (the header is line 1)
+            and field: a missing or unreadable file, missing columns, a repeated query_id, a time that
+            is not a date/time.
+    """
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"{path}: {'is a directory' if p.is_dir() else 'no such file'} (--queries needs a CSV file)")
+    try:
+        queries = pd.read_csv(p, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"{path}: cannot be read as CSV: {exc}") from exc
+    missing = {"query_id", "product_id"} - set(queries.columns)
+    if missing:
+        raise SystemExit(f"{path}: missing columns {sorted(missing)}")
+    repeated = queries["query_id"].duplicated(keep=False)
+    if repeated.any():
+        shown = ", ".join(f"{q!r} (lines {', '.join(str(i + 2) for i in idx)})" for q, idx in
+                          list(queries.index[repeated].groupby(queries["query_id"][repeated]).items())[:5])
+        raise SystemExit(f"{path}: query_id must be unique (one anchor per query); repeated: {shown}")
+    if "time" in queries.columns:
+        raw = queries["time"].str.strip()
+        bad = pd.to_datetime(raw.mask(raw == ""), errors="coerce").isna() & (raw != "")
+        if bad.any():
+            r = int(bad.to_numpy().nonzero()[0][0])
+            raise SystemExit(f"{path}: line {r + 2}, field time: cannot parse {queries['time'].iat[r]!r} as a date/time")
+    return queries
 
 
 def _is_iso_date(value) -> bool:
@@ -379,16 +437,8 @@ def _run(args) -> int:
                      time.perf_counter() - t0)
         return 0
     if args.command == "recommend":
+        queries = read_queries(args.queries)  # before the data are loaded and the model trained
         lines, products, promotions = _data(args)
-        queries = pd.read_csv(args.queries, dtype=str, keep_default_na=False)  # checked before training
-        missing = {"query_id", "product_id"} - set(queries.columns)
-        if missing:
-            raise SystemExit(f"{args.queries}: missing columns {sorted(missing)}")
-        repeated = queries["query_id"].duplicated(keep=False)
-        if repeated.any():
-            shown = ", ".join(f"{q!r} (lines {', '.join(str(i + 2) for i in idx)})" for q, idx in
-                              list(queries.index[repeated].groupby(queries["query_id"][repeated]).items())[:5])
-            raise SystemExit(f"{args.queries}: query_id must be unique (one anchor per query); repeated: {shown}")
         recs = recommend(lines, products, train_until=args.train_until, queries=queries, k=args.k, seed=args.seed, epochs=args.epochs,
                          excluded_departments=tuple(args.exclude_department), promotions=promotions)
         recs.to_csv(sys.stdout if args.out == "-" else args.out, index=False)

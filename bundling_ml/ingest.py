@@ -137,7 +137,7 @@ import numpy as np
 import pandas as pd
 
 from .limits import LINE_AMOUNT_MAX, MONEY_MAX, QUANTITY_MAX
-from .report_text import time_spread_lines  # noqa: F401  (re-exported: the import report and the CLI)
+from .report_text import skipped_lines_text, time_spread_lines  # noqa: F401  (re-exported: the import report and the CLI)
 
 __all__ = [
     "DEFAULT_NON_PRODUCT_CODES",
@@ -154,6 +154,7 @@ __all__ = [
     "infer_date_format",
     "parse_mapping",
     "read_orders_csv",
+    "skipped_lines_text",
     "time_spread_lines",
 ]
 
@@ -172,6 +173,8 @@ REQUIRED_MAPPING_FIELDS = ("basket", "product", "time", "quantity", "price")
 BASKET_TIME_SPREAD_TOLERANCE = dt.timedelta(hours=1)
 #: How many of those orders the report lists as examples (widest span first).
 TIME_SPREAD_EXAMPLES = 5
+#: File lines listed per skip reason in ``notes["skipped_lines"]`` (the counts are always complete)
+SKIPPED_LINE_EXAMPLES = 5
 CJ_WEEK1_START = dt.date(2017, 1, 1)
 CJ_VOLUME_QUANTITY = 100  # a Complete Journey quantity above this is a volume (fuel), not units
 
@@ -308,6 +311,7 @@ class ImportReport:
         if self.timings:
             out.append("  seconds: " + ", ".join(f"{k} {v}" for k, v in self.timings.items()))
         out += time_spread_lines(self.notes.get("time_spread"))
+        out += skipped_lines_text(self.notes.get("skipped_lines"), self.skipped_reasons)
         if self.rejections:
             out.append("Rejected lines:")
             for r in self.rejections[:max_listed]:
@@ -447,6 +451,8 @@ def _choose_encoding(path: Path, encoding: str, max_bytes: int | None) -> str:
         size = path.stat().st_size
     except OSError as exc:
         raise IngestError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not path.is_file():
+        raise IngestError(f"{path} is {'a directory' if path.is_dir() else 'not a regular file'}; give the CSV file's path")
     if max_bytes is not None and size > max_bytes:
         raise IngestError(f"{path.name} is {size:,} bytes, over the import limit of {max_bytes:,} bytes "
                           f"(SHOP_BUNDLES_IMPORT_MAX_BYTES); split the file or raise the limit")
@@ -962,7 +968,8 @@ def clean_lines(
     # Invoice prefixes are a convention of exports whose invoice numbers are digits (UCI layout:
     # 536365, C536379, A563185). Shops whose own order ids start with a letter keep their orders.
     numeric_ids = bool(len(basket)) and basket.str.fullmatch(r"\d+").mean() >= 0.5
-    report.notes["invoice_prefix_rules"] = "on" if numeric_ids else "off (order ids are not numeric)"
+    report.notes["invoice_prefix_rules"] = ("on" if numeric_ids else "off (order ids are not numeric)") if len(basket) \
+        else "off (no line was left to look at)"
     no = pd.Series(False, index=df.index)
     is_cancel = basket.str.fullmatch(re.escape(cancellation_prefix) + r"\d+") \
         if cancellation_prefix and numeric_ids else no
@@ -982,6 +989,13 @@ def clean_lines(
     report.skip("quantity_zero", int(zero.sum()))
     report.skip("quantity_negative", int(neg_q.sum()))
     report.skip("price_negative", int(neg_p.sum()))
+    if "source_line" in df.columns:  # which file lines were skipped, a few per reason (the counts are complete)
+        examples = {reason: df.loc[mask, "source_line"].head(SKIPPED_LINE_EXAMPLES).astype(int).tolist()
+                    for reason, mask in (("adjustment", is_adjust), ("non_product", non_product), ("quantity_zero", zero),
+                                         ("quantity_negative", neg_q), ("price_negative", neg_p))}
+        examples = {k: v for k, v in examples.items() if v}
+        if examples:
+            report.notes["skipped_lines"] = {**report.notes.get("skipped_lines", {}), **examples}
     keep = rest & ~zero & ~neg_q & ~neg_p
     df = df[keep].copy()
 

@@ -1145,13 +1145,15 @@ class ImportRunAdmin(ReadOnlyMixin, admin.ModelAdmin):
     @admin.display(description="notes")
     def report_notes(self, obj):
         """The report's notes in words: counts by name, the orders whose lines span more than the tolerance
-        (``bundling_ml.report_text.time_spread_lines``) and what a later file's cancellations took back."""
-        from bundling_ml.report_text import time_spread_lines  # standard library only; imported on use
+        (``bundling_ml.report_text.time_spread_lines``), the file lines skipped per reason
+        (``skipped_lines_text``) and what a later file's cancellations took back."""
+        from bundling_ml.report_text import skipped_lines_text, time_spread_lines  # standard library only; imported on use
 
         notes = dict((obj.report or {}).get("notes") or {})
         spread = notes.pop("time_spread", None)
         rows = [(k.replace("_", " "), v) for k, v in sorted(notes.items()) if not isinstance(v, (dict, list))]
-        text = time_spread_lines(spread)
+        text = time_spread_lines(spread) + skipped_lines_text(notes.get("skipped_lines"),
+                                                              (obj.report or {}).get("skipped_reasons"))
         if not rows and not text:
             return "—"
         return format_html("<ul>{}</ul>{}", format_html_join("", "<li>{}: {}</li>", rows),

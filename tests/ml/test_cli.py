@@ -39,7 +39,7 @@ def test_recommend_queries_with_time_column(cases_dir, tmp_path, capsys):
     assert recs[recs.query_id == "q2"].product_id.tolist()[0] == "22001"
     pd.DataFrame({"query_id": ["q1", "q2"], "product_id": ["22001", "22003"], "time": ["2011-01-06", "tomorrow-ish"]}).to_csv(queries, index=False)
     assert cli.main(args + ["--queries", str(queries), "--out", str(out)]) != 0
-    assert "queries row 2: field time: cannot parse 'tomorrow-ish' as a date/time" in capsys.readouterr().err
+    assert f"{queries}: line 3, field time: cannot parse 'tomorrow-ish' as a date/time" in capsys.readouterr().err
 
 
 def test_recommend_with_store_column(cases_dir, tmp_path):
@@ -91,7 +91,7 @@ def test_recommend_without_quantity_and_price_applies_the_import_rules(cases_dir
     assert (lines.quantity == 1.0).all() and lines.price.isna().all()
 
 
-def test_recommend_reads_exports_with_the_imports_date_delimiter_and_decimal_options(cases_dir, tmp_path):
+def test_recommend_reads_exports_with_the_imports_date_delimiter_and_decimal_options(cases_dir, tmp_path, capsys):
     """The options the import's error messages name (--date-format, --delimiter, --decimal) exist on the ML CLI."""
     rows = (cases_dir / "import" / "dates_day_first.csv").read_text().splitlines()
     ambiguous = tmp_path / "ambiguous.csv"
@@ -101,8 +101,8 @@ def test_recommend_reads_exports_with_the_imports_date_delimiter_and_decimal_opt
     out = tmp_path / "recs.csv"
     args = ["recommend", "--columns", "basket=order_id,product=sku,time=ordered_at,quantity=qty,price=unit_price",
             "--train-until", "2022-01-01", "--queries", str(queries), "--k", "3", "--out", str(out)]
-    with pytest.raises(SystemExit, match="Pass --date-format '%d/%m/%Y %H:%M' \\(day-first\\)"):
-        cli.main(args + ["--orders", str(ambiguous)])
+    assert cli.main(args + ["--orders", str(ambiguous)]) == 2
+    assert "Pass --date-format '%d/%m/%Y %H:%M' (day-first)" in capsys.readouterr().err
     lines, _ = cli.load_orders(ambiguous, "basket=order_id,product=sku,time=ordered_at", date_format="%d/%m/%Y %H:%M")
     assert lines["time"].astype(str).unique().tolist() == ["2021-12-01 08:26:00"]
     # A ';'-delimited export with decimal commas, read with --delimiter ';' --decimal ','
@@ -119,7 +119,7 @@ def test_recommend_reads_exports_with_the_imports_date_delimiter_and_decimal_opt
 
 
 @pytest.mark.parametrize("command", ["recommend", "backtest"])
-def test_a_file_not_in_the_given_encoding_is_refused_as_the_import_refuses_it(cases_dir, tmp_path, command):
+def test_a_file_not_in_the_given_encoding_is_refused_as_the_import_refuses_it(cases_dir, tmp_path, command, capsys):
     """No silent cp1252 fallback: without --encoding a cp1252 export (0xa3 = £) is refused with the
     import's message; with --encoding cp1252 it is read."""
     from bundling_ml import ingest
@@ -131,11 +131,11 @@ def test_a_file_not_in_the_given_encoding_is_refused_as_the_import_refuses_it(ca
     expected = ("retail_export_messy.csv is not text in encoding 'utf-8' (byte 0xa3 cannot be decoded); "
                 "pass --encoding, e.g. cp1252 for Windows exports")
     assert str(imported.value) == expected
+    (tmp_path / "q.csv").write_text("query_id,product_id\nq1,22001\n")
     extra = (["--train-until", "2011-01-05", "--queries", str(tmp_path / "q.csv"), "--out", str(tmp_path / "r.csv")]
              if command == "recommend" else ["--split-date", "2011-01-05"])
-    with pytest.raises(SystemExit) as refused:
-        cli.main([command, "--orders", str(messy), "--columns", columns, *extra])
-    assert str(refused.value) == expected
+    assert cli.main([command, "--orders", str(messy), "--columns", columns, *extra]) == 2
+    assert capsys.readouterr().err.strip() == f"python -m bundling_ml {command}: {expected}"
     lines, _ = cli.load_orders(messy, columns, encoding="cp1252")
     assert "540001" in set(lines.basket_id)
 
@@ -149,9 +149,13 @@ def test_recommend_refuses_repeated_query_ids_a_bad_k_and_a_missing_out_dir_befo
     queries.write_text("query_id,product_id\nq1,22001\nq2,22003\nq1,00123\n")
     base = ["recommend", "--orders", str(messy), "--columns", columns, "--encoding", "cp1252",
             "--train-until", "2011-01-05", "--queries", str(queries)]
-    with pytest.raises(SystemExit) as refused:
-        cli.main(base + ["--out", str(tmp_path / "r.csv")])
-    assert str(refused.value) == f"{queries}: query_id must be unique (one anchor per query); repeated: 'q1' (lines 2, 4)"
+    assert cli.main(base + ["--out", str(tmp_path / "r.csv")]) == 2
+    assert capsys.readouterr().err.strip() == (f"python -m bundling_ml recommend: {queries}: query_id must be unique "
+                                               "(one anchor per query); repeated: 'q1' (lines 2, 4)")
+    missing = tmp_path / "nope.csv"
+    assert cli.main(base[:-1] + [str(missing), "--out", str(tmp_path / "r.csv")]) == 2
+    assert capsys.readouterr().err.strip() == (f"python -m bundling_ml recommend: {missing}: no such file "
+                                               "(--queries needs a CSV file)")
     for extra, message in ((["--k", "0"], "--k must be at least 1, not 0"),
                            (["--out", str(tmp_path / "missing" / "r.csv")],
                             f"--out {tmp_path / 'missing' / 'r.csv'}: the directory {str(tmp_path / 'missing')!r} "

@@ -72,6 +72,31 @@ def test_retail_export_messy_report_counts(cases_dir):
     assert report.skipped_reasons == {"cancellation": 2, "adjustment": 1, "non_product": 2, "cancelled_out": 2}
     assert report.rejected == 0 and report.duplicates == 0
     assert report.read == report.imported + report.skipped + report.rejected + report.duplicates
+    # which lines were skipped, not only how many: A563185 on line 8, POST on line 4, M on line 12
+    assert report.notes["skipped_lines"] == {"adjustment": [8], "non_product": [4, 12]}
+    assert report.summary_lines()[-3:] == ["Skipped lines (left out; the rest of their order is imported):",
+                                           "  accounting adjustments (A + digits): line 8",
+                                           "  non-product codes (postage, fees...): lines 4, 12"]
+
+
+def test_skipped_returns_and_negative_prices_are_named_by_line_and_the_rest_of_the_order_is_kept(tmp_path):
+    """A negative quantity outside a cancellation (a return) and a negative price are left out with their
+    file lines; the order's other lines are imported (the protocol's cleaning, ARCHITECTURE.md step 1)."""
+    rows = ["1,P1,1,2021-03-01 10:00,2.00", "1,P2,-1,2021-03-01 10:00,3.00", "2,P1,1,2021-03-02 10:00,2.00",
+            "2,P3,1,2021-03-02 10:00,-1.00", "3,P1,0,2021-03-03 10:00,2.00", "3,P2,1,2021-03-03 10:00,3.00"]
+    result = read_orders_csv(write(tmp_path, HEADER + "\n".join(rows) + "\n"), mapping=SIMPLE_MAP)
+    report = result.report
+    assert report.skipped_reasons == {"quantity_negative": 1, "price_negative": 1, "quantity_zero": 1}
+    assert report.notes["skipped_lines"] == {"quantity_negative": [3], "price_negative": [5], "quantity_zero": [6]}
+    assert sorted(map(tuple, result.lines[["basket_id", "product_id"]].to_numpy().tolist())) == [
+        ("1", "P1"), ("2", "P1"), ("3", "P2")]
+    assert "  negative quantity outside a cancellation (a return or correction): line 3" in report.summary_lines()
+
+
+def test_a_file_with_every_line_rejected_does_not_call_its_ids_non_numeric(tmp_path):
+    report = read_orders_csv(write(tmp_path, HEADER + "1,A,x,2021-03-01 10:00,2.00\n"), mapping=SIMPLE_MAP).report
+    assert report.imported == 0 and report.rejected == 1
+    assert report.notes["invoice_prefix_rules"] == "off (no line was left to look at)"
 
 
 @pytest.mark.faults
@@ -237,6 +262,16 @@ def test_binary_file_is_refused(tmp_path):
 def test_wrong_encoding_is_refused_with_a_hint(cases_dir):
     with pytest.raises(IngestError, match="not text in encoding 'utf-8'.*cp1252"):
         read_orders_csv(cases_dir / "import" / "retail_export_messy.csv", mapping=RETAIL_MAP)
+
+
+def test_a_directory_or_a_missing_path_is_refused_with_a_message(tmp_path):
+    """`import_orders --csv /tmp` used to end in a traceback (IsADirectoryError)."""
+    with pytest.raises(IngestError) as refused:
+        read_orders_csv(tmp_path, mapping=SIMPLE_MAP)
+    assert str(refused.value) == f"{tmp_path} is a directory; give the CSV file's path"
+    with pytest.raises(IngestError) as refused:
+        read_orders_csv(tmp_path / "missing.csv", mapping=SIMPLE_MAP)
+    assert str(refused.value) == f"cannot read {tmp_path / 'missing.csv'}: No such file or directory"
 
 
 @pytest.mark.faults
