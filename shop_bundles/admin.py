@@ -372,6 +372,26 @@ class SuggestionScopeFilter(admin.SimpleListFilter):
         return queryset
 
 
+class SuggestionStatusFilter(admin.SimpleListFilter):
+    """The review queue opens on what needs a decision: pending suggestions, unless staff pick a status or "All"."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return (*BundleSuggestion.STATUS_CHOICES, ("all", "All"))
+
+    def choices(self, changelist):
+        value = self.value() or BundleSuggestion.PENDING
+        for lookup, title in self.lookup_choices:
+            yield {"selected": value == lookup, "query_string": changelist.get_query_string({self.parameter_name: lookup}),
+                   "display": title}
+
+    def queryset(self, request, queryset):
+        value = self.value() or BundleSuggestion.PENDING
+        return queryset if value == "all" else queryset.filter(status=value)
+
+
 def items_label(items) -> str:
     """Bundle items as "name (SKU) + name (SKU)" (a quantity above 1 as "2 x name (SKU)"), in the given order.
 
@@ -388,7 +408,7 @@ class BundleSuggestionAdmin(admin.ModelAdmin):
 
     list_display = ("bundle", "scope", "score_display", "co_purchase_count", "lift_display", "confidence_display",
                     "attach_rate_display", "suggested_discount_percent", "margin_display", "model_version", "status")
-    list_filter = ("status", SuggestionScopeFilter, "model_version",
+    list_filter = (SuggestionStatusFilter, SuggestionScopeFilter, "model_version",
                    ("anchor__department", admin.AllValuesFieldListFilter))
     search_fields = ("signature", "anchor__name", "items__product__name")
     ordering = ("-score", "pk")

@@ -78,8 +78,23 @@ def test_review_queue_filters_and_search(queue, staff_client):
     assert "Eggs (E) + Flour (F)" in html and "Apples (A) + Bread (B)" not in html
     html = staff_client.get(reverse(CHANGELIST), {"q": "Bread"}).content.decode()
     assert "Apples (A) + Bread (B)" in html and "Eggs (E) + Flour (F)" not in html
-    html = staff_client.get(reverse(CHANGELIST), {"status__exact": "approved"}).content.decode()
+    html = staff_client.get(reverse(CHANGELIST), {"status": "approved"}).content.decode()
     assert "Apples (A) + Bread (B)" not in html
+
+
+def test_review_queue_opens_on_the_pending_suggestions(queue, staff_client):
+    """What needs a decision first: decided suggestions are one filter click away ("All", "Approved", ...)."""
+    BundleSuggestion.objects.filter(pk=queue[0].pk).update(status="approved")
+    BundleSuggestion.objects.filter(pk=queue[1].pk).update(status="rejected")
+    response = staff_client.get(reverse(CHANGELIST))
+    assert [s.pk for s in response.context["cl"].result_list] == [queue[2].pk]
+    assert [s.pk for s in staff_client.get(reverse(CHANGELIST), {"status": "all"}).context["cl"].result_list] == [
+        s.pk for s in queue]
+    assert [s.pk for s in staff_client.get(reverse(CHANGELIST), {"status": "rejected"}).context["cl"].result_list] == [
+        queue[1].pk]
+    status_filter = next(f for f in response.context["cl"].filter_specs if f.title == "status")
+    selected = [c["display"] for c in status_filter.choices(response.context["cl"]) if c["selected"]]
+    assert selected == ["Pending"]
 
 
 def test_bulk_approve_through_the_admin_reports_successes_and_refusals(queue, staff_client):
