@@ -23,13 +23,13 @@ migrate: venv
 # Full demo on the real Complete Journey data: import, train, score, approve 20, serve.
 demo: venv
 	DJANGO_DEBUG=1 $(PY) manage.py migrate --noinput
-	DJANGO_DEBUG=1 $(PY) manage.py demo
+	DJANGO_DEBUG=1 $(PY) manage.py demo --url http://$(HOST):$(PORT)
 	DJANGO_DEBUG=1 $(PY) manage.py runserver $(HOST):$(PORT)
 
 # The same steps without serving (used by benchmarks and CI-like checks).
 demo-data: venv
 	DJANGO_DEBUG=1 $(PY) manage.py migrate --noinput
-	DJANGO_DEBUG=1 $(PY) manage.py demo
+	DJANGO_DEBUG=1 $(PY) manage.py demo --url http://$(HOST):$(PORT)
 
 serve: venv
 	DJANGO_DEBUG=1 $(PY) manage.py runserver $(HOST):$(PORT)

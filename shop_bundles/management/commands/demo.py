@@ -27,6 +27,9 @@ class Command(BaseCommand):
         parser.add_argument("--approve", type=int, default=20, help="how many top suggestions to approve (default 20)")
         parser.add_argument("--households", type=int, default=None, help="import only this many households (quick demo)")
         parser.add_argument("--skip-import", action="store_true", help="reuse the data already in the database")
+        parser.add_argument("--url", default="http://127.0.0.1:8000",
+                            help="where the site will be served, for the links printed at the end (default http://127.0.0.1:8000; "
+                                 "make demo passes its HOST and PORT)")
 
     def handle(self, *args, **opts):
         timings: dict[str, float] = {}
@@ -66,12 +69,13 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS("\nDemo ready."))
         for name, seconds in timings.items():
             self.stdout.write(f"  {name:<15} {seconds:>8.1f} s")
-        self.stdout.write("  Storefront: http://127.0.0.1:8000/")
-        self.stdout.write(f"  Admin:      http://127.0.0.1:8000/admin/  user: admin  password: {password}")
-        self.stdout.write(f"  Staff:      http://127.0.0.1:8000/admin/  user: demo-staff  password: {staff_password}  "
+        url = opts["url"].rstrip("/")
+        self.stdout.write(f"  Storefront: {url}/")
+        self.stdout.write(f"  Admin:      {url}/admin/  user: admin  password: {password}")
+        self.stdout.write(f"  Staff:      {url}/admin/  user: demo-staff  password: {staff_password}  "
                           "(bundle team: review, campaigns, retrain)")
         if shopper:
-            self.stdout.write(f"  Shopper:    http://127.0.0.1:8000/accounts/login/  user: demo-shopper  password: "
+            self.stdout.write(f"  Shopper:    {url}/accounts/login/  user: demo-shopper  password: "
                               f"{shopper[0]}  (customer {shopper[1]}, usual store {shopper[2] or 'none'})")
 
     def _demo_shopper(self):
