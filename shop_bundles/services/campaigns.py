@@ -300,15 +300,26 @@ def suggestion_reject(*, suggestion: BundleSuggestion, user, reason: str = "") -
 def campaign_pause(*, campaign: BundleCampaign, user, reason: str = "") -> BundleCampaign:
     """Pause an active campaign (shoppers stop seeing it at once).
 
+    A campaign the shop paused automatically (reason ``"auto: ..."``, see
+    :func:`campaigns_sync_product`) can be paused by staff too: it then keeps
+    the staff reason and is no longer resumed automatically when its items
+    are fine again.
+
     Raises:
         PermissionDenied: the user lacks ``shop_bundles.manage_bundlecampaign``.
-        ValidationError: the campaign is not active.
+        ValidationError: the campaign is neither active nor automatically paused.
     """
     _require(user, MANAGE_PERMISSION, "pause campaigns")
     locked = BundleCampaign.objects.select_for_update().get(pk=campaign.pk)
-    if locked.status != BundleCampaign.ACTIVE:
+    auto_paused = locked.status == BundleCampaign.PAUSED and locked.status_reason.startswith(AUTO_PREFIX)
+    if locked.status != BundleCampaign.ACTIVE and not auto_paused:
         raise ValidationError(f"Campaign {locked} is {locked.get_status_display().lower()}, not active.")
-    locked.status, locked.status_reason = BundleCampaign.PAUSED, (reason or "")[:255]
+    reason = (reason or "").strip()
+    if auto_paused:
+        reason = f"{reason or 'paused by staff'} (was {locked.status_reason})"
+    if reason.startswith(AUTO_PREFIX.strip()):
+        reason = f"staff: {reason}"  # never mistaken for an automatic pause
+    locked.status, locked.status_reason = BundleCampaign.PAUSED, reason[:255]
     locked.save(update_fields=["status", "status_reason", "updated_at"])
     StaffAction.objects.create(user=user, action="pause", campaign=locked, suggestion_id=locked.suggestion_id,
                                detail=reason)
@@ -318,11 +329,19 @@ def campaign_pause(*, campaign: BundleCampaign, user, reason: str = "") -> Bundl
 
 @transaction.atomic
 def campaign_resume(*, campaign: BundleCampaign, user) -> BundleCampaign:
-    """Resume a paused campaign whose window has not ended.
+    """Resume a paused campaign whose window has not ended and whose items can be sold.
+
+    The same checks as the automatic pause (:func:`_campaign_problem`: every
+    item active, in stock and priced, the discount within the bundle price
+    and the margin floor), so staff cannot put back on sale a bundle the shop
+    would pause at once.
 
     Raises:
         PermissionDenied: the user lacks ``shop_bundles.manage_bundlecampaign``.
-        ValidationError: the campaign is not paused, or its end time has passed.
+        ValidationError: the campaign is not paused, its end time has passed,
+            or one of its items or its discount fails those checks (the
+            message gives the reason, e.g. "... breaks the margin floor: bundle
+            price 3.42 is below cost 3.60 + 5% = 3.78").
     """
     _require(user, MANAGE_PERMISSION, "resume campaigns")
     locked = BundleCampaign.objects.select_for_update().get(pk=campaign.pk)
@@ -330,6 +349,10 @@ def campaign_resume(*, campaign: BundleCampaign, user) -> BundleCampaign:
         raise ValidationError(f"Campaign {locked} is {locked.get_status_display().lower()}, not paused.")
     if locked.ends_at is not None and locked.ends_at <= timezone.now():
         raise ValidationError(f"Campaign {locked} ended at {_when(locked.ends_at)}; change its dates first.")
+    problem = _campaign_problem(locked, list(locked.items.select_related("product").order_by("position", "pk")))
+    if problem:
+        raise ValidationError(f"Campaign {locked} cannot be resumed: {problem[len(AUTO_PREFIX):]}. "
+                              "Change its discount or the products first.")
     locked.status, locked.status_reason = BundleCampaign.ACTIVE, ""
     locked.save(update_fields=["status", "status_reason", "updated_at"])
     StaffAction.objects.create(user=user, action="resume", campaign=locked, suggestion_id=locked.suggestion_id)

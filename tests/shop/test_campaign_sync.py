@@ -207,3 +207,59 @@ def test_a_price_cut_below_a_fixed_discount_pauses_instead_of_giving_the_bundle_
     session.save()
     priced = client.get(reverse("shop_bundles:cart")).context["priced"]
     assert (priced.discount_total, priced.total) == (D("0.00"), D("15.00"))
+
+
+def test_staff_cannot_resume_a_campaign_the_margin_floor_paused(pair, campaign, django_capture_on_commit_callbacks):
+    """QA (session 11): *Resume* put an auto-paused bundle back on sale below cost. Now it is refused with the reason."""
+    from django.core.exceptions import ValidationError
+
+    from shop_bundles.services.campaigns import campaign_resume
+
+    a, _ = pair
+    manager = make_staff("maria", "manage_bundlecampaign")
+    with django_capture_on_commit_callbacks(execute=True):
+        a.cost = D("19.00")  # bundle 22.50 below cost 22.00 + 5 % = 23.10
+        a.save()
+    with pytest.raises(ValidationError) as refused:
+        campaign_resume(campaign=campaign, user=manager)
+    assert refused.value.messages == [
+        f"Campaign {campaign} cannot be resumed: Apples (A) breaks the margin floor: bundle price 22.50 is below "
+        "cost 22.00 + 5% = 23.10. Change its discount or the products first."]
+    campaign.refresh_from_db()
+    assert campaign.status == BundleCampaign.PAUSED
+    assert not StaffAction.objects.filter(campaign=campaign, action="resume").exists()
+
+
+def test_staff_cannot_resume_a_campaign_with_an_out_of_stock_item_through_the_admin(
+        client, pair, campaign, django_capture_on_commit_callbacks):
+    _, b = pair
+    manager = make_staff("maria", "manage_bundlecampaign", "view_bundlecampaign", "change_bundlecampaign")
+    with django_capture_on_commit_callbacks(execute=True):
+        b.stock = 0
+        b.save()
+    client.force_login(manager)
+    response = client.post(reverse("admin:shop_bundles_bundlecampaign_changelist"),
+                           {"action": "resume_selected", "_selected_action": [campaign.pk]}, follow=True)
+    messages = [str(m) for m in response.context["messages"]]
+    assert any("cannot be resumed: Bread (B) is out of stock" in m for m in messages), messages
+    campaign.refresh_from_db()
+    assert (campaign.status, campaign.status_reason) == (BundleCampaign.PAUSED, "auto: Bread (B) is out of stock")
+
+
+def test_staff_pause_of_an_auto_paused_campaign_keeps_it_paused_when_the_item_is_back(
+        pair, campaign, django_capture_on_commit_callbacks):
+    _, b = pair
+    manager = make_staff("maria", "manage_bundlecampaign")
+    with django_capture_on_commit_callbacks(execute=True):
+        b.stock = 0
+        b.save()
+    campaign_pause(campaign=campaign, user=manager, reason="bread supplier dropped")
+    campaign.refresh_from_db()
+    assert campaign.status_reason == "bread supplier dropped (was auto: Bread (B) is out of stock)"
+    with django_capture_on_commit_callbacks(execute=True):
+        b.stock = 7
+        b.save()
+    campaign.refresh_from_db()
+    assert (campaign.status, campaign.status_reason) == (
+        BundleCampaign.PAUSED, "bread supplier dropped (was auto: Bread (B) is out of stock)")
+    assert [row[0] for row in auto_actions(campaign)] == ["auto_pause"]
