@@ -306,3 +306,25 @@ def test_every_storefront_form_needs_the_csrf_token(shop):
         response = browser.post(url, {**data, "csrfmiddlewaretoken": token})
         assert response.status_code == 302, url
     assert Order.objects.count() == 1
+
+
+@pytest.mark.parametrize("method,url,data", [
+    ("get", "/products/%00/", None),
+    ("post", "/products/%00/add/", {"quantity": "1"}),
+    ("post", "/store/", {"store": "\x00"}),
+    ("get", "/admin/shop_bundles/bundlesuggestion/?status__exact=%00", None),
+    ("get", "/admin/shop_bundles/bundlecampaign/?status__exact=%00", None),
+    ("get", "/admin/shop_bundles/trainingrun/?status__exact=%00", None),
+], ids=["product_page", "cart_add", "store_choice", "suggestion_filter", "campaign_filter", "training_filter"])
+def test_a_nul_character_in_the_address_or_a_form_is_a_400_not_a_500(admin_client, method, url, data):
+    """QA (session 11): PostgreSQL text cannot hold NUL; these raised ValueError in the driver (500)."""
+    admin_client.raise_request_exception = False
+    response = getattr(admin_client, method)(url, data) if data is not None else getattr(admin_client, method)(url)
+    assert response.status_code == 400
+    assert "contains a NUL character" in response.content.decode()
+
+
+def test_pages_without_nul_are_served_as_before(admin_client):
+    Product.objects.create(sku="SKU-1", name="Milk", price=D("1.00"), stock=5)
+    assert admin_client.get("/products/SKU-1/").status_code == 200
+    assert admin_client.get("/admin/shop_bundles/bundlesuggestion/?status=all").status_code == 200
