@@ -45,6 +45,8 @@ import time
 from pathlib import Path
 
 PRESETS = ("completejourney",)
+#: the most companions ``recommend --k`` returns per query
+MAX_K = 1000
 
 
 def _load_preset(preset: str):
@@ -348,11 +350,19 @@ def main(argv=None) -> int:
 
     if args.command != "score" and not _is_iso_date(getattr(args, "train_until", None) or getattr(args, "split_date", None)):
         ap.error("dates must be given as YYYY-MM-DD")
-    if args.command == "recommend" and args.k < 1:
-        ap.error(f"--k must be at least 1, not {args.k}")
+    if args.command == "recommend" and not 1 <= args.k <= MAX_K:
+        ap.error(f"--k must be between 1 and {MAX_K}, not {args.k}")
     out = getattr(args, "out", "-")
-    if out != "-" and not Path(out).resolve().parent.is_dir():  # before training, not after it
-        ap.error(f"--out {out}: the directory {str(Path(out).resolve().parent)!r} does not exist")
+    if out != "-":  # before training, not after it
+        target = Path(out).resolve()
+        if target.is_dir():
+            ap.error(f"--out {out}: is a directory; give the CSV file's path")
+        if not target.parent.is_dir():
+            ap.error(f"--out {out}: the directory {str(target.parent)!r} does not exist")
+        for option in ("orders", "products", "queries"):
+            given = getattr(args, option, None)
+            if given and Path(given).resolve() == target:
+                ap.error(f"--out {out} is the --{option} file; it would be overwritten. Write the output elsewhere")
     try:
         return _run(args)
     except SystemExit as exc:  # refused input with its message (file, line, field, reason): same exit status as below
@@ -368,21 +378,33 @@ def main(argv=None) -> int:
         return 2
 
 
-def read_queries(path) -> "pd.DataFrame":
+def read_queries(path, date_format: str | None = None) -> "pd.DataFrame":
     """Read and check a QUERIES.csv before any data is loaded or model trained.
+
+    Times are read with ``date_format`` (the ``--date-format`` given for the
+    orders) when it reads every time, else with the import's rule
+    (``ingest.infer_date_format``: one format for the whole column, day-first
+    or month-first decided by a value that reads only one way, refused when
+    ambiguous), and written back as ISO
+    ``YYYY-MM-DD HH:MM:SS`` text so they are never re-guessed.
 
     Args:
         path: CSV with columns query_id, product_id and optionally customer_id, time, store_id.
+        date_format: strptime format of the time column, or None to infer it.
 
     Returns:
-        The queries as a DataFrame of str (empty cells "").
+        The queries as a DataFrame of str (empty cells ""; time as ISO text or "").
 
     Raises:
         SystemExit: with a message naming the file and, per bad value, its line (the header is line 1)
-            and field: a missing or unreadable file, missing columns, a repeated query_id, a time that
-            is not a date/time.
+            and field: a missing or unreadable file, missing columns, an empty or repeated query_id,
+            an empty product_id, a line with fewer fields than the header, a time that is not a
+            date/time in the column's format.
     """
+    import numpy as np
     import pandas as pd
+
+    from .ingest import IngestError, _parse_dates, infer_date_format
 
     p = Path(path)
     if not p.is_file():
@@ -394,17 +416,40 @@ def read_queries(path) -> "pd.DataFrame":
     missing = {"query_id", "product_id"} - set(queries.columns)
     if missing:
         raise SystemExit(f"{path}: missing columns {sorted(missing)}")
+    import csv
+
+    with open(p, newline="", encoding="utf-8", errors="replace") as fh:  # pandas fills a short line with ""
+        reader = csv.reader(fh)
+        width = len(next(reader, []))
+        for row in reader:
+            if row and len(row) < width:
+                raise SystemExit(f"{path}: line {reader.line_num}: has fewer fields than the header ({', '.join(queries.columns)})")
+    for field in ("query_id", "product_id"):
+        empty = queries[field].str.strip() == ""
+        if empty.any():
+            r = int(empty.to_numpy().nonzero()[0][0])
+            raise SystemExit(f"{path}: line {r + 2}, field {field}: is empty")
     repeated = queries["query_id"].duplicated(keep=False)
     if repeated.any():
         shown = ", ".join(f"{q!r} (lines {', '.join(str(i + 2) for i in idx)})" for q, idx in
                           list(queries.index[repeated].groupby(queries["query_id"][repeated]).items())[:5])
         raise SystemExit(f"{path}: query_id must be unique (one anchor per query); repeated: {shown}")
-    if "time" in queries.columns:
+    if "time" in queries.columns and (queries["time"].str.strip() != "").any():
         raw = queries["time"].str.strip()
-        bad = pd.to_datetime(raw.mask(raw == ""), errors="coerce").isna() & (raw != "")
+        if date_format is not None and np.isnat(_parse_dates(raw[raw != ""].to_numpy(), date_format)).any():
+            date_format = None  # the orders' --date-format does not fit the queries: infer theirs
+        if date_format is None:
+            try:
+                date_format, _how = infer_date_format(raw, column="time")
+            except IngestError as exc:
+                raise SystemExit(f"{path}: {exc}") from exc
+        parsed = pd.Series(_parse_dates(raw.to_numpy(), date_format), index=queries.index)
+        bad = parsed.isna() & (raw != "")
         if bad.any():
             r = int(bad.to_numpy().nonzero()[0][0])
-            raise SystemExit(f"{path}: line {r + 2}, field time: cannot parse {queries['time'].iat[r]!r} as a date/time")
+            raise SystemExit(f"{path}: line {r + 2}, field time: cannot parse {queries['time'].iat[r]!r} as a date/time "
+                             f"in the column's format {date_format!r}")
+        queries["time"] = parsed.dt.strftime("%Y-%m-%d %H:%M:%S").fillna("")
     return queries
 
 
@@ -437,7 +482,7 @@ def _run(args) -> int:
                      time.perf_counter() - t0)
         return 0
     if args.command == "recommend":
-        queries = read_queries(args.queries)  # before the data are loaded and the model trained
+        queries = read_queries(args.queries, args.date_format)  # before the data are loaded and the model trained
         lines, products, promotions = _data(args)
         recs = recommend(lines, products, train_until=args.train_until, queries=queries, k=args.k, seed=args.seed, epochs=args.epochs,
                          excluded_departments=tuple(args.exclude_department), promotions=promotions)

@@ -156,7 +156,11 @@ def test_recommend_refuses_repeated_query_ids_a_bad_k_and_a_missing_out_dir_befo
     assert cli.main(base[:-1] + [str(missing), "--out", str(tmp_path / "r.csv")]) == 2
     assert capsys.readouterr().err.strip() == (f"python -m bundling_ml recommend: {missing}: no such file "
                                                "(--queries needs a CSV file)")
-    for extra, message in ((["--k", "0"], "--k must be at least 1, not 0"),
+    for extra, message in ((["--k", "0"], "--k must be between 1 and 1000, not 0"),
+                           (["--k", "99999999999999999999"], "--k must be between 1 and 1000, not 99999999999999999999"),
+                           (["--out", str(tmp_path)], f"--out {tmp_path}: is a directory; give the CSV file's path"),
+                           (["--out", str(messy)], f"--out {messy} is the --orders file; it would be overwritten"),
+                           (["--out", str(queries)], f"--out {queries} is the --queries file; it would be overwritten"),
                            (["--out", str(tmp_path / "missing" / "r.csv")],
                             f"--out {tmp_path / 'missing' / 'r.csv'}: the directory {str(tmp_path / 'missing')!r} "
                             "does not exist")):
@@ -164,6 +168,29 @@ def test_recommend_refuses_repeated_query_ids_a_bad_k_and_a_missing_out_dir_befo
             cli.main(base + extra)
         assert usage.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_recommend_reads_query_times_with_the_imports_date_rules_and_refuses_empty_fields(tmp_path, capsys):
+    """QA (session 11): '05/03/2021' was read month-first while '13/03/2021' was refused; empty ids and short
+    lines were accepted. Now the whole time column is read day-first (decided by '13/03/2021'), as the import
+    reads orders, and empty or missing fields are refused with their line."""
+    path = tmp_path / "q.csv"
+    path.write_text("query_id,product_id,time\nq1,A,05/03/2021 10:00\nq2,B,13/03/2021 18:30\nq3,C,\n")
+    q = cli.read_queries(path)
+    assert q["time"].tolist() == ["2021-03-05 10:00:00", "2021-03-13 18:30:00", ""]
+    path.write_text("query_id,product_id,time\nq1,A,03/05/2021\n")  # reads both ways: the orders' --date-format decides
+    assert cli.read_queries(path, "%d/%m/%Y")["time"].tolist() == ["2021-05-03 00:00:00"]
+    assert cli.read_queries(path, "%m/%d/%Y")["time"].tolist() == ["2021-03-05 00:00:00"]
+    with pytest.raises(SystemExit) as ambiguous:
+        cli.read_queries(path)
+    assert "cannot tell whether the dates in column 'time' are day-first or month-first" in str(ambiguous.value.code)
+    for body, message in (("q1,A,2021-03-05\nq2,,2021-03-06\n", "line 3, field product_id: is empty"),
+                          ("q1,A,2021-03-05\n ,B,2021-03-06\n", "line 3, field query_id: is empty"),
+                          ("q1,A,2021-03-05\nq2,B\n", "line 3: has fewer fields than the header (query_id, product_id, time)")):
+        path.write_text("query_id,product_id,time\n" + body)
+        with pytest.raises(SystemExit) as refused:
+            cli.read_queries(path)
+        assert refused.value.code == f"{path}: {message}"
 
 
 def test_backtest_tables_warn_when_the_catalogue_is_too_small_to_rank_and_skip_empty_cold_start():
