@@ -18,6 +18,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Prefetch
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
@@ -928,8 +929,14 @@ class TrainingRunAdmin(ReadOnlyMixin, admin.ModelAdmin):
         return format_html('<pre style="white-space:pre-wrap;max-width:80em">{}</pre>', obj.error)
 
     def _queue(self, request) -> None:
-        from .services.training import training_run_queue
+        from .services.training import training_run_in_progress, training_run_queue
 
+        busy = training_run_in_progress()
+        if busy is not None:
+            self.message_user(request, f"Training run {busy.pk} is already {busy.get_status_display().lower()} "
+                                       f"(requested {timezone.localtime(busy.created_at):%Y-%m-%d %H:%M}); "
+                                       "no second run was queued. This page shows its progress.", messages.WARNING)
+            return
         run = training_run_queue(user=request.user, trigger="manual")
         run.refresh_from_db()  # demo mode runs the training right away
         if run.status == TrainingRun.FAILED:

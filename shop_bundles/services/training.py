@@ -38,7 +38,7 @@ import time
 import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 from django.db import IntegrityError, connection, transaction
@@ -353,6 +353,24 @@ def _score_after_training(run_id: int, version_id: int) -> None:
         TrainingRun.objects.filter(pk=run_id).update(
             error=f"The model was trained and activated, but scoring its suggestions failed: {type(exc).__name__}: {exc}. "
                   "Retry with `manage.py score_bundles` (the hourly schedule also retries).")
+
+
+#: a queued or running TrainingRun younger than this holds back a manual "Retrain now" (3 attempts of at most
+#: 3 h 05 min each, ``tasks.retrain_model``); an older one is taken to be lost with its worker and blocks nothing
+IN_PROGRESS_WINDOW = timedelta(hours=10)
+
+
+def training_run_in_progress(now=None) -> TrainingRun | None:
+    """The newest TrainingRun still queued or running and created within :data:`IN_PROGRESS_WINDOW`, or None.
+
+    The admin's "Retrain now" refuses to queue a second training while one is
+    in progress (two clicks used to start two full trainings, and the older
+    one's scoring then wrote suggestions of a superseded model).
+    """
+    now = now or timezone.now()
+    return (TrainingRun.objects.filter(status__in=[TrainingRun.QUEUED, TrainingRun.RUNNING],
+                                       created_at__gte=now - IN_PROGRESS_WINDOW)
+            .order_by("-created_at", "-pk").first())
 
 
 def training_run_queue(*, user=None, trigger: str = "manual") -> TrainingRun:

@@ -1,4 +1,5 @@
 """The staff side in the Django admin: the review queue, bulk approve/reject, campaigns, training pages."""
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -249,7 +250,7 @@ def test_training_run_pages_show_progress_curve_and_retrain_button(admin_client,
     done = TrainingRun.objects.create(status="succeeded", progress=1.0, stage="done", metrics=METRICS,
                                history={"loss": [0.9, 0.6, 0.5], "val_loss": [0.95, 0.7, 0.65]},
                                model_version=version, started_at=timezone.now(), finished_at=timezone.now())
-    TrainingRun.objects.create(status="running", progress=0.42, stage="training epoch 2")
+    running = TrainingRun.objects.create(status="running", progress=0.42, stage="training epoch 2")
     html = admin_client.get(reverse("admin:shop_bundles_trainingrun_changelist")).content.decode()
     assert "42%" in html and "training epoch 2" in html and "Retrain now" in html
     assert 'http-equiv="refresh"' in html  # a run is in progress
@@ -260,6 +261,14 @@ def test_training_run_pages_show_progress_curve_and_retrain_button(admin_client,
     assert "0.1520" in detail and "cooccurrence_count" in detail
 
     monkeypatch.setattr("shop_bundles.tasks.retrain_model.delay", lambda **kw: None)
+    # QA (session 11): a second click while a run is in progress queued a second full training
+    response = admin_client.post(reverse("admin:shop_bundles_trainingrun_retrain"), follow=True)
+    assert [str(m) for m in response.context["messages"]] == [
+        f"Training run {running.pk} is already running (requested "
+        f"{timezone.localtime(running.created_at):%Y-%m-%d %H:%M}); no second run was queued. "
+        "This page shows its progress."]
+    assert TrainingRun.objects.count() == 2
+    TrainingRun.objects.filter(pk=running.pk).update(created_at=timezone.now() - timedelta(hours=11))  # lost worker
     response = admin_client.post(reverse("admin:shop_bundles_trainingrun_retrain"))
     assert response.status_code == 302
     new_run = TrainingRun.objects.order_by("-pk").first()
