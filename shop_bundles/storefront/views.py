@@ -48,6 +48,9 @@ def _session_key(request: HttpRequest) -> str:
     return request.session.session_key or ""
 
 
+OFFER_ENDED = "This bundle offer has ended, so nothing was added to your cart."
+
+
 def _redirect_back(request: HttpRequest, default: str, *, referer: bool = False) -> HttpResponse:
     """Redirect to a same-host ``next`` field when given (with ``referer``, else to the same-host page
     the POST came from), else to ``default``."""
@@ -165,14 +168,21 @@ def cart_add(request: HttpRequest, sku: str) -> HttpResponse:
 def bundle_add(request: HttpRequest, campaign_id: int) -> HttpResponse:
     """Add ``quantity`` bundles (1..99; 1 when not posted) of a live offer and record an ``add_to_cart`` event.
 
+    An offer that is no longer live for the shopper (ended, paused, another store) sends them back to
+    the page they came from with :data:`OFFER_ENDED` and leaves the cart as it was; a holdout shopper
+    (never shown offers) gets a 404.
+
     Another quantity (0, negative, not a number) is refused with the product add's message. Only
     whole bundles are added: when a line would pass ``MAX_QUANTITY`` units, fewer bundles are added
     and the message says how many and why (none: refused). The event records the bundles added.
     """
     offer = live_offer(campaign_id, store_id=shopper_store(request))
     group = request_group(request)
-    if offer is None or group == HOLDOUT:
-        raise Http404("This offer has ended.")
+    if group == HOLDOUT:  # holdout shoppers are never shown an offer: a post for one is forged
+        raise Http404("No such offer.")
+    if offer is None:  # ended, paused or not in the shopper's store since the page was shown
+        messages.error(request, OFFER_ENDED)
+        return _redirect_back(request, reverse("shop_bundles:product_list"), referer=True)
     name = offer.campaign.name
     form = AddToCartForm(request.POST if "quantity" in request.POST else {"quantity": 1})
     if not form.is_valid():

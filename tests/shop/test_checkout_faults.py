@@ -361,3 +361,21 @@ def test_bundle_add_past_99_units_adds_whole_bundles_and_says_how_many(client, d
         "No bundle “2 Pasta + Sauce” was added: at most 99 of Pasta per order, and your cart has 98."]
     assert client.session[SESSION_KEY] == {str(a.pk): 98, str(b.pk): 49}
     assert OfferEvent.objects.count() == 1
+
+
+@pytest.mark.faults
+@pytest.mark.django_db
+def test_bundle_add_of_an_offer_that_ended_while_the_page_was_open_goes_back_with_a_message(client):
+    """QA (session 11): the shopper got a bare "Not Found" page."""
+    from django.utils import timezone
+
+    a, b = make_products()
+    campaign = make_campaign("AB", "10", [(a, 1), (b, 1)])
+    BundleCampaign.objects.filter(pk=campaign.pk).update(ends_at=timezone.now())
+    page = reverse("shop_bundles:product_detail", kwargs={"sku": "A"})
+    response = client.post(reverse("shop_bundles:bundle_add", kwargs={"campaign_id": campaign.pk}), {"quantity": "1"},
+                           HTTP_REFERER=f"http://testserver{page}", follow=True)
+    assert response.redirect_chain[-1][0] == f"http://testserver{page}"
+    assert response.status_code == 200
+    assert messages_of(response) == ["This bundle offer has ended, so nothing was added to your cart."]
+    assert not client.session.get(SESSION_KEY) and not OfferEvent.objects.exists()

@@ -73,7 +73,9 @@ def test_cart_and_checkout_price_a_store_limited_bundle_only_in_its_store(client
 def test_adding_a_store_limited_bundle_outside_its_stores_is_refused(client, products, limited):  # noqa: F811
     ab, _ = limited
     url = reverse("shop_bundles:bundle_add", kwargs={"campaign_id": ab.pk})
-    assert client.post(url, {"quantity": 1}).status_code == 404
+    refused = client.post(url, {"quantity": 1}, follow=True)
+    assert [str(m) for m in refused.context["messages"]] == ["This bundle offer has ended, so nothing was added to your cart."]
+    assert not client.session.get("shop_bundles_cart")
     choose_store(client, "367")
     assert client.post(url, {"quantity": 1}).status_code == 302
 
