@@ -401,6 +401,8 @@ def read_queries(path, date_format: str | None = None) -> "pd.DataFrame":
             an empty product_id, a line with fewer fields than the header, a time that is not a
             date/time in the column's format.
     """
+    import csv
+
     import numpy as np
     import pandas as pd
 
@@ -416,8 +418,6 @@ def read_queries(path, date_format: str | None = None) -> "pd.DataFrame":
     missing = {"query_id", "product_id"} - set(queries.columns)
     if missing:
         raise SystemExit(f"{path}: missing columns {sorted(missing)}")
-    import csv
-
     with open(p, newline="", encoding="utf-8", errors="replace") as fh:  # pandas fills a short line with ""
         reader = csv.reader(fh)
         width = len(next(reader, []))

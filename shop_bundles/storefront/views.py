@@ -48,7 +48,7 @@ def _session_key(request: HttpRequest) -> str:
     return request.session.session_key or ""
 
 
-OFFER_ENDED = "This bundle offer has ended, so nothing was added to your cart."
+OFFER_ENDED = "This bundle offer is no longer available, so nothing was added to your cart."
 
 
 def _redirect_back(request: HttpRequest, default: str, *, referer: bool = False) -> HttpResponse:

@@ -377,5 +377,5 @@ def test_bundle_add_of_an_offer_that_ended_while_the_page_was_open_goes_back_wit
                            HTTP_REFERER=f"http://testserver{page}", follow=True)
     assert response.redirect_chain[-1][0] == f"http://testserver{page}"
     assert response.status_code == 200
-    assert messages_of(response) == ["This bundle offer has ended, so nothing was added to your cart."]
+    assert messages_of(response) == ["This bundle offer is no longer available, so nothing was added to your cart."]
     assert not client.session.get(SESSION_KEY) and not OfferEvent.objects.exists()

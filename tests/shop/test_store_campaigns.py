@@ -74,7 +74,7 @@ def test_adding_a_store_limited_bundle_outside_its_stores_is_refused(client, pro
     ab, _ = limited
     url = reverse("shop_bundles:bundle_add", kwargs={"campaign_id": ab.pk})
     refused = client.post(url, {"quantity": 1}, follow=True)
-    assert [str(m) for m in refused.context["messages"]] == ["This bundle offer has ended, so nothing was added to your cart."]
+    assert [str(m) for m in refused.context["messages"]] == ["This bundle offer is no longer available, so nothing was added to your cart."]
     assert not client.session.get("shop_bundles_cart")
     choose_store(client, "367")
     assert client.post(url, {"quantity": 1}).status_code == 302

@@ -203,7 +203,7 @@ def test_campaign_that_is_not_live_never_shows_nor_discounts(client, products, k
     before = OfferEvent.objects.count()
     cart_before = dict(client.session[SESSION_KEY])
     response = client.post(reverse("shop_bundles:bundle_add", kwargs={"campaign_id": campaign.pk}), follow=True)
-    assert [str(m) for m in response.context["messages"]] == ["This bundle offer has ended, so nothing was added to your cart."]
+    assert [str(m) for m in response.context["messages"]] == ["This bundle offer is no longer available, so nothing was added to your cart."]
     assert client.session[SESSION_KEY] == cart_before
     assert OfferEvent.objects.count() == before
 
