@@ -500,6 +500,8 @@ _SWAPPABLE_DATES = (("%d/%m/%Y", "%m/%d/%Y"), ("%d.%m.%Y", "%m.%d.%Y"), ("%d-%m-
                     ("%d/%m/%y", "%m/%d/%y"), ("%d.%m.%y", "%m.%d.%y"), ("%d-%m-%y", "%m-%d-%y"))
 _TIMES = ("", " %H:%M", " %H:%M:%S", " %H:%M:%S.%f", "T%H:%M", "T%H:%M:%S", "T%H:%M:%S.%f",
           " %I:%M %p", " %I:%M:%S %p")
+#: ISO 8601 times with a UTC offset ("+01:00", "+0100" or "Z"), tried with the year-first dates only
+_ISO_OFFSET_TIMES = ("T%H:%M:%S%z", "T%H:%M:%S.%f%z", "T%H:%M%z", " %H:%M:%S%z")
 
 
 def _parse_dates(values, fmt: str) -> np.ndarray:
@@ -548,9 +550,10 @@ def infer_date_format(values: pd.Series, *, column: str = "date", lines: pd.Seri
     best = (0, None)
     for t in _TIMES:
         for d in _ISO_DATES:
-            n = int((~np.isnat(_parse_dates(sample, d + t))).sum())
-            if n > best[0]:
-                best = (n, (d + t,))
+            for iso in ((t,) + _ISO_OFFSET_TIMES if t == "" else (t,)):
+                n = int((~np.isnat(_parse_dates(sample, d + iso))).sum())
+                if n > best[0]:
+                    best = (n, (d + iso,))
         for dfirst, mfirst in _SWAPPABLE_DATES:
             ok_d = ~np.isnat(_parse_dates(sample, dfirst + t))
             ok_m = ~np.isnat(_parse_dates(sample, mfirst + t))
@@ -563,7 +566,7 @@ def infer_date_format(values: pd.Series, *, column: str = "date", lines: pd.Seri
         raise IngestError(f"cannot recognise the dates in column {column!r} (e.g. {example!r} on line "
                           f"{first_seen[example]}); {hint}")
     if len(best[1]) == 1:
-        return best[1][0], "year-first (ISO)"
+        return best[1][0], "year-first (ISO)" + (", with UTC offsets (read as UTC)" if "%z" in best[1][0] else "")
     fmt_d, fmt_m = best[1]
     ok_d = ~np.isnat(_parse_dates(uniq, fmt_d))
     ok_m = ~np.isnat(_parse_dates(uniq, fmt_m))
@@ -826,6 +829,8 @@ def read_orders_csv(
         fmt, how = date_format, "given"
     report.notes["date_format"] = fmt
     report.notes["date_order"] = how
+    if "%z" in fmt:  # times that carry their UTC offset are read as UTC (``_parse_dates``), not as shop-local time
+        report.notes["times_utc"] = True
     times = pd.Series(_parse_dates(date_values.to_numpy(), fmt), index=raw.index)
     flag(date_values == "", "time", lambda v: "date missing")
     flag((date_values != "") & times.isna(), "time", lambda v: f"date {v!r} does not match {fmt!r}")

@@ -312,7 +312,7 @@ def orders_import_frame(
     frames = _prepare_frames(lines, products, customers, promotions, report)
     timings = report.timings
     timings["prepare_frames"] = round(time.monotonic() - t0, 2)
-    keys = _cancellation_keys(cancellations)
+    keys = _cancellation_keys(cancellations, _times_zone(report))
     with transaction.atomic():
         before = _existing_line_counts(frames["orders"]["basket"])
         pending = _cancellations_pending(keys)
@@ -402,12 +402,19 @@ def _orders_retotal(order_ids) -> None:
 # Cancellations in a later file
 # --------------------------------------------------------------------------
 
-def _local_aware(naive) -> list:
-    """Naive shop-local datetimes → aware ones, by the orders' rule (ambiguous: standard time; missing: forward)."""
+def _times_zone(report: ImportReport | None) -> ZoneInfo:
+    """The zone of the reader's naive times: UTC when the file's times carried UTC offsets (the reader
+    converted them, ``notes["times_utc"]``), else the shop's ``TIME_ZONE``."""
+    return ZoneInfo("UTC") if report is not None and report.notes.get("times_utc") else ZoneInfo(settings.TIME_ZONE)
+
+
+def _local_aware(naive, tz: ZoneInfo | None = None) -> list:
+    """Naive datetimes in ``tz`` (default: the shop's ``TIME_ZONE``) → aware ones, by the orders' rule
+    (ambiguous: standard time; missing: forward)."""
     index = pd.DatetimeIndex(pd.to_datetime(pd.Series(naive)))
     if index.tz is not None:
         return list(index.tz_convert("UTC").to_pydatetime())
-    placed = index.tz_localize(ZoneInfo(settings.TIME_ZONE), ambiguous=np.zeros(len(index), dtype=bool),
+    placed = index.tz_localize(tz or ZoneInfo(settings.TIME_ZONE), ambiguous=np.zeros(len(index), dtype=bool),
                                nonexistent="shift_forward")
     return list(placed.to_pydatetime())
 
@@ -418,7 +425,7 @@ def _whole_units(value: float) -> int:
     return int(rounded) if rounded > 0 and abs(float(value) - rounded) < 1e-9 else 0
 
 
-def _cancellation_keys(cancellations: pd.DataFrame | None) -> list[dict]:
+def _cancellation_keys(cancellations: pd.DataFrame | None, tz: ZoneInfo | None = None) -> list[dict]:
     """The reader's cancellation lines merged per (invoice, product), in the order the reader applied them.
 
     Returns:
@@ -428,7 +435,7 @@ def _cancellation_keys(cancellations: pd.DataFrame | None) -> list[dict]:
     if cancellations is None or not len(cancellations):
         return []
     frame = cancellations.reset_index(drop=True)
-    aware = _local_aware(frame["time"])
+    aware = _local_aware(frame["time"], tz)
     invoice, sku = frame["basket_id"].astype(str).to_numpy(), frame["product_id"].astype(str).to_numpy()
     customer = frame["customer_id"].astype(object).to_numpy()
     quantity, left = frame["quantity"].to_numpy(dtype="float64"), frame["left"].to_numpy(dtype="float64")
@@ -665,7 +672,7 @@ def _prepare_frames(lines, products, customers, promotions, report) -> dict:
     og = work.groupby("basket", sort=False)
     orders = og.agg(time=("time", "min"), customer=("customer", "first"), store=("store", "first"),
                     value=("value", "sum"), disc=("disc", "sum")).reset_index()
-    tz = ZoneInfo(settings.TIME_ZONE)
+    tz = _times_zone(report)
     placed = pd.DatetimeIndex(orders["time"]).tz_localize(
         tz, ambiguous=np.zeros(len(orders), dtype=bool), nonexistent="shift_forward")
     orders["placed_at"] = placed

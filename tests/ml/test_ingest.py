@@ -499,6 +499,17 @@ def test_numbers_too_large_for_a_line_and_long_store_ids_are_rejected_with_the_r
     assert result.lines[["basket_id", "quantity", "price"]].values.tolist() == [["6", 2, 1.5]]
 
 
+def test_iso_times_with_utc_offsets_are_recognised_without_a_date_format(tmp_path):
+    path = write(tmp_path, HEADER + "1,P1,1,2024-03-01T10:00:00+02:00,1.00\n2,P2,1,2024-03-01T10:00:00Z,2.00\n")
+    result = read_orders_csv(path, mapping=SIMPLE_MAP)
+    assert (result.report.notes["date_format"], result.report.notes["times_utc"]) == ("%Y-%m-%dT%H:%M:%S%z", True)
+    assert result.report.notes["date_order"] == "year-first (ISO), with UTC offsets (read as UTC)"
+    times = result.lines.drop_duplicates("basket_id").set_index("basket_id")["time"].astype(str).to_dict()
+    assert times == {"1": "2024-03-01 08:00:00", "2": "2024-03-01 10:00:00"}
+    plain = read_orders_csv(write(tmp_path, HEADER + "1,P1,1,2024-03-01T10:00:00,1.00\n", name="plain.csv"), mapping=SIMPLE_MAP)
+    assert plain.report.notes["date_format"] == "%Y-%m-%dT%H:%M:%S" and "times_utc" not in plain.report.notes
+
+
 def test_utc_offsets_may_differ_within_a_column(tmp_path):
     """Summer and winter time in one export: every time becomes UTC (no 'Mixed timezones' crash)."""
     path = write(tmp_path, HEADER + "1,P1,1,2024-03-01T10:00:00+02:00,1.00\n2,P2,1,2024-03-01T10:00:00Z,2.00\n"

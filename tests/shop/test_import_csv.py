@@ -154,6 +154,19 @@ def test_order_time_is_read_in_the_shop_time_zone(cases_dir):
     assert placed.isoformat() == "2021-12-01T13:26:00+00:00"  # 08:26 in New York (UTC-5)
 
 
+@override_settings(TIME_ZONE="America/New_York")
+@pytest.mark.parametrize("extra", [[], ["--date-format", "%Y-%m-%dT%H:%M:%S%z"]])
+def test_times_with_utc_offsets_are_placed_at_their_instant_not_in_the_shop_zone(tmp_path, extra):
+    """QA (session 11): ISO 8601 times with offsets were not recognised; with --date-format they became UTC
+    and were then read as New York time (5 hours late). Now they are recognised and placed at their instant."""
+    path = tmp_path / "offsets.csv"
+    path.write_text(HEADER + "1,P1,1,2024-03-30T10:00:00+01:00,1.00\n2,P2,1,2024-07-01T10:00:00-04:00,1.00\n"
+                    "3,P3,1,2024-01-05T23:30:00Z,1.00\n")
+    run_command("--csv", str(path), "--map", SIMPLE_MAP, *extra)
+    placed = {k: v.isoformat() for k, v in Order.objects.values_list("external_id", "placed_at")}
+    assert placed == {"1": "2024-03-30T09:00:00+00:00", "2": "2024-07-01T14:00:00+00:00", "3": "2024-01-05T23:30:00+00:00"}
+
+
 def test_undecidable_dates_refused_by_command_and_nothing_written(tmp_path):
     path = tmp_path / "ambiguous.csv"
     path.write_text(HEADER + "1,A,1,01/12/2021,1.00\n2,K,1,05/06/2021,1.00\n")
