@@ -519,6 +519,26 @@ def run(cache: Path, variants, seeds, total=40_000, out_json=None, groups=None, 
     return results
 
 
+def extra_columns_main(doc: str, extra_fn, variants: dict, default_cache: str) -> int:
+    """Command line of a one-window extra-column experiment (``--seeds``, ``--cache``, ``--skip-prep``, ``--out``):
+    :func:`prep` window 0 and the test lists with ``extra_fn``, then :func:`run` ``base`` and ``variants``
+    ({name: extra column indices}) on each seed."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--cache", default=default_cache)
+    ap.add_argument("--skip-prep", action="store_true", help="the cache is already built")
+    ap.add_argument("--out", default=None, help="append one JSON line per result")
+    args = ap.parse_args()
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    if not args.skip_prep:
+        prep(cache, windows=(0,), extra_fn=extra_fn)
+    VARIANTS.update({name: ((0,), cols) for name, cols in variants.items()})
+    run(cache, ["base", *variants], [int(s) for s in args.seeds.split(",")], out_json=args.out)
+    log("done")
+    return 0
+
+
 def setup_light():
     """Products, index, vocab and table (the run phase needs only the vocabulary),
     and the (n_queries,) datetime64 times of the protocol's test queries (for the per-week rows)."""

@@ -34,7 +34,6 @@ their anchor in some store and the validation loss drops slightly
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -114,20 +113,8 @@ def copromo_extra(feat: pd.DataFrame, ctx: rk.Context, pidx: pd.Index, end, anch
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--cache", default="/tmp/copromo_cache")
-    ap.add_argument("--skip-prep", action="store_true", help="the cache is already built")
-    ap.add_argument("--out", default=None, help="append one JSON line per result")
-    args = ap.parse_args()
-    cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    if not args.skip_prep:
-        ax.prep(cache, windows=(0,), extra_fn=copromo_extra)
-    ax.VARIANTS.update({"base+copromo": ((0,), [0, 1, 2, 3]), "base+copromo_any": ((0,), [0, 3])})
-    ax.run(cache, ["base", "base+copromo", "base+copromo_any"], [int(s) for s in args.seeds.split(",")], out_json=args.out)
-    ax.log("done")
-    return 0
+    return ax.extra_columns_main(__doc__, copromo_extra, {"base+copromo": [0, 1, 2, 3], "base+copromo_any": [0, 3]},
+                                 "/tmp/copromo_cache")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ the one-seed noise (about ±0.0005). Not kept.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -74,19 +73,8 @@ def slot_extra(feat: pd.DataFrame, ctx: rk.Context, pidx: pd.Index, end, anchors
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--cache", default="/tmp/slot_cache")
-    ap.add_argument("--skip-prep", action="store_true", help="the cache is already built")
-    args = ap.parse_args()
-    cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    if not args.skip_prep:
-        ax.prep(cache, windows=(0,), extra_fn=slot_extra)
-    ax.VARIANTS.update({"base+slotpair": ((0,), [0, 1, 2]), "base+slotpair56": ((0,), [0])})
-    ax.run(cache, ["base", "base+slotpair", "base+slotpair56"], [int(s) for s in args.seeds.split(",")])
-    ax.log("done")
-    return 0
+    return ax.extra_columns_main(__doc__, slot_extra, {"base+slotpair": [0, 1, 2], "base+slotpair56": [0]},
+                                 "/tmp/slot_cache")
 
 
 if __name__ == "__main__":
