@@ -215,13 +215,13 @@ def test_suggestions_from_frame_keeps_a_store_specific_suggestions_stores_and_ev
 # --------------------------------------------------------------------------- the 2 % activation rule (pure)
 
 
-def _metrics(model_ndcg: float | None) -> dict:
+def _metrics(model_ndcg: float | None, *, count_ndcg: float = 0.13, split_date: str = "2017-01-15") -> dict:
     """A backtest table in the shape ``train_model`` reports (model row optional)."""
     rows = [{"system": "popularity", "hr@10": 0.4, "ndcg@10": 0.1, "queries": 100, "seconds": 0.1},
-            {"system": "cooccurrence_count", "hr@10": 0.5, "ndcg@10": 0.13, "queries": 100, "seconds": 0.2}]
+            {"system": "cooccurrence_count", "hr@10": 0.5, "ndcg@10": count_ndcg, "queries": 100, "seconds": 0.2}]
     if model_ndcg is not None:
         rows.insert(0, {"system": "model", "hr@10": 0.6, "ndcg@10": model_ndcg, "queries": 100, "seconds": 1.0})
-    return {"split_date": "2017-01-15", "queries": 100, "rows": rows}
+    return {"split_date": split_date, "queries": 100, "rows": rows}
 
 
 def test_activation_decision_keeps_a_much_worse_model_inactive_and_activates_a_slightly_worse_one():
@@ -242,6 +242,34 @@ def test_activation_decision_first_version_and_incomparable_tables():
     assert activation_decision(_metrics(0.01), _metrics(None), active_label="v1") == (
         True, "activated: the active version v1 has no comparable NDCG@10")
     assert activation_decision(_metrics(None), _metrics(0.3), active_label="v1")[0] is True
+
+
+def test_activation_decision_on_other_test_weeks_compares_the_lift_over_the_count_baseline():
+    active = _metrics(0.200, count_ndcg=0.160, split_date="2017-01-15")  # 1.250x count
+    # A later split on harder weeks: NDCG@10 falls 10 % (0.180), but so does the count baseline
+    # (0.144), so the model is exactly as far ahead (1.250x) and is activated.
+    decision = activation_decision(_metrics(0.180, count_ndcg=0.144, split_date="2017-02-12"), active,
+                                   active_label="v1")
+    assert decision == (True, "activated: NDCG@10 0.1800 = 1.250x count vs 0.2000 = 1.250x count of v1; "
+                              "backtests split at 2017-02-12 and 2017-01-15 (other test weeks), so compared by "
+                              "NDCG@10 relative to the co-occurrence count baseline on each one's own test weeks")
+    # Easier weeks: NDCG@10 rises (0.205) while the count baseline rises more (0.180): the lift fell from
+    # 1.250x to 1.139x (8.9 %), so the new version is kept inactive although its raw NDCG@10 is higher.
+    activate, note = activation_decision(_metrics(0.205, count_ndcg=0.180, split_date="2017-02-12"), active,
+                                         active_label="v1")
+    assert activate is False
+    assert note.startswith("kept inactive: NDCG@10 0.2050 = 1.139x count is more than 2% below 1.250x count "
+                           "(0.2000) of the active version v1; backtests split at 2017-02-12 and 2017-01-15")
+    # 1.5 % less lift is within the tolerance; 2.5 % less is not.
+    assert activation_decision(_metrics(0.1970, count_ndcg=0.160, split_date="2017-02-12"), active)[0] is True
+    assert activation_decision(_metrics(0.1950, count_ndcg=0.160, split_date="2017-02-12"), active)[0] is False
+    # Same split date: NDCG@10 itself, whatever the baseline says.
+    assert activation_decision(_metrics(0.199, count_ndcg=0.100), active, active_label="v1") == (
+        True, "activated: NDCG@10 0.1990 vs 0.2000 of v1")
+    # Other weeks but a table without the baseline: NDCG@10 itself.
+    no_baseline = {"split_date": "2017-02-12", "rows": [{"system": "model", "ndcg@10": 0.150}]}
+    assert activation_decision(no_baseline, active, active_label="v1")[1] == (
+        "kept inactive: NDCG@10 0.1500 is more than 2% below 0.2000 of the active version v1")
 
 
 # --------------------------------------------------------------------------- the training seam without a model
