@@ -562,9 +562,19 @@ def infer_date_format(values: pd.Series, *, column: str = "date", lines: pd.Seri
                 best = (n, (dfirst + t, mfirst + t))
     example = uniq[0]
     hint = "pass --date-format with a strptime format, e.g. '%d/%m/%Y %H:%M'"
-    if best[1] is None or best[0] * 2 < len(sample):
+    if best[1] is None:
         raise IngestError(f"cannot recognise the dates in column {column!r} (e.g. {example!r} on line "
                           f"{first_seen[example]}); {hint}")
+    if best[0] * 2 < len(sample):
+        # Name a value the best layout cannot read (the first line may well be a readable one).
+        readable = np.zeros(len(sample), dtype=bool)
+        for fmt in best[1]:
+            readable |= ~np.isnat(_parse_dates(sample, fmt))
+        bad = sample[~readable][0]
+        raise IngestError(
+            f"cannot recognise the dates in column {column!r}: the layout that reads the most values "
+            f"({' or '.join(repr(f) for f in best[1])}) reads only {best[0]} of the {len(sample)} distinct values checked, "
+            f"not e.g. {bad!r} on line {first_seen[bad]}; {hint}")
     if len(best[1]) == 1:
         return best[1][0], "year-first (ISO)" + (", with UTC offsets (read as UTC)" if "%z" in best[1][0] else "")
     fmt_d, fmt_m = best[1]

@@ -180,6 +180,20 @@ def test_unrecognisable_date_column_is_refused(tmp_path):
         read_orders_csv(path, mapping=SIMPLE_MAP)
 
 
+def test_a_column_of_mixed_date_layouts_names_a_line_the_best_layout_cannot_read(tmp_path):
+    # Lines 2-3 are ISO, 4-5 day-first with a 2-digit year, 6-7 free text: no layout reads half of them.
+    # The message used to show line 2's readable '2021-03-01' as the example.
+    rows = ["1,A,1,2021-03-01,1.00", "2,B,1,2021-03-02,1.00", "3,A,1,13/03/21,1.00", "4,B,1,14/03/21,1.00",
+            "5,A,1,March 15,1.00", "6,B,1,March 16,1.00"]
+    path = write(tmp_path, HEADER + "\n".join(rows) + "\n")
+    with pytest.raises(IngestError) as info:
+        read_orders_csv(path, mapping=SIMPLE_MAP)
+    assert str(info.value) == (
+        "cannot recognise the dates in column 'ordered_at': the layout that reads the most values ('%Y-%m-%d') reads "
+        "only 2 of the 6 distinct values checked, not e.g. '13/03/21' on line 4; pass --date-format with a "
+        "strptime format, e.g. '%d/%m/%Y %H:%M'")
+
+
 # --- file conventions -----------------------------------------------------
 
 @pytest.mark.faults
