@@ -33,7 +33,11 @@ Limits (each refused with a 400 naming the field; they keep every value inside i
 accepted event can always be stored and handled): body at most ``BODY_MAX_BYTES`` (1 MiB; larger: 413) and
 JSON nested at most ``JSON_MAX_DEPTH`` (20) levels; ``stock`` from -1,000,000,000 to 1,000,000,000
 (``STOCK_MAX``); ``quantity`` (order lines and offer events) from 1 to 1,000,000 (``QUANTITY_MAX``);
-``price``, ``cost``, ``unit_price`` from 0 to 9999999999.99 with at most 2 decimals (``MONEY_MAX``);
+``price``, ``cost``, ``unit_price`` from 0 to 9999999999.99 with at most 2 decimals (``MONEY_MAX``), as a
+JSON string in plain decimal notation (``"12.50"``, as the CSV import reads it; ``"1e3"`` is refused) or a
+JSON integer (never a JSON float, which cannot hold cents exactly); ids (``id``, ``sku``, ``order_id``,
+``customer_id``, ``session_key``) are text: a JSON integer is taken as its decimal text (``7`` is ``"7"``,
+so a SKU ``"007"`` must be sent as that string);
 quantity x unit_price of a line and the order's subtotal at most 999999999999.99 (``ORDER_AMOUNT_MAX``);
 at most 1,000 lines (``MAX_LINES``); ``campaign_id`` at most 2**63 - 1; ``placed_at`` / ``occurred_at`` a
 real calendar date-time from 1970-01-01T00:00:00Z up to (not including) 2100-01-01T00:00:00Z; a date-time
@@ -49,6 +53,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import reprlib
 from datetime import datetime, timezone as dt_timezone
 from decimal import Decimal, InvalidOperation
@@ -172,6 +177,10 @@ def _integer(data: dict, key: str, path: str, errors: dict, *, minimum: int, max
     return value
 
 
+#: plain decimal notation: an optional sign, digits, an optional decimal point and digits
+_PLAIN_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+
+
 def _money(data: dict, key: str, path: str, errors: dict, *, nullable: bool = False):
     value = data.get(key)
     if value is None and nullable:
@@ -179,8 +188,13 @@ def _money(data: dict, key: str, path: str, errors: dict, *, nullable: bool = Fa
     if isinstance(value, (bool, float)) or not isinstance(value, (str, int)):
         errors[path] = f"must be a decimal amount as a string (e.g. \"12.50\"), not {_shown(value)}."
         return None
+    text = str(value).strip()
+    if not _PLAIN_DECIMAL.fullmatch(text):  # "1e3", "NaN", "1_000": Decimal reads them, the CSV import does not
+        errors[path] = (f"is not a decimal amount in plain notation (digits with an optional decimal point, "
+                        f"e.g. \"12.50\"): {_shown(value)}.")
+        return None
     try:
-        amount = Decimal(str(value).strip())
+        amount = Decimal(text)
     except InvalidOperation:
         errors[path] = f"is not a decimal amount: {_shown(value)}."
         return None

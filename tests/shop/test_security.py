@@ -176,7 +176,19 @@ def test_offer_click_event_is_recorded_once(token, shop, django_capture_on_commi
       "data.price": "must be a decimal amount as a string (e.g. \"12.50\"), not 4.99.",
       "data.active": "must be true or false, not 'yes'."}),
     ({"id": "x", "type": "stock_changed", "data": {"sku": "B", "price": "4,99", "cost": "1.234"}},
-     {"data.price": "is not a decimal amount: '4,99'.", "data.cost": "has more than 2 decimal places: '1.234'."}),
+     {"data.price": "is not a decimal amount in plain notation (digits with an optional decimal point, "
+                    "e.g. \"12.50\"): '4,99'.",
+      "data.cost": "has more than 2 decimal places: '1.234'."}),
+    # Decimal() reads scientific notation, NaN and underscores; the CSV import does not, nor does the API.
+    ({"id": "x", "type": "stock_changed", "data": {"sku": "B", "price": "1e3", "cost": "1_000"}},
+     {"data.price": "is not a decimal amount in plain notation (digits with an optional decimal point, "
+                    "e.g. \"12.50\"): '1e3'.",
+      "data.cost": "is not a decimal amount in plain notation (digits with an optional decimal point, "
+                   "e.g. \"12.50\"): '1_000'."}),
+    ({"id": "x", "type": "order_placed", "data": {"order_id": "P1", "lines": [
+        {"sku": "A", "quantity": 1, "unit_price": "NaN"}]}},
+     {"data.lines[0].unit_price": "is not a decimal amount in plain notation (digits with an optional decimal "
+                                  "point, e.g. \"12.50\"): 'NaN'."}),
     ({"id": "x", "type": "order_placed", "data": {"order_id": "P1", "lines": [
         {"sku": "A", "quantity": 1, "unit_price": "20.00"},
         {"sku": "Z", "quantity": 0, "unit_price": "-1"}]}},
