@@ -685,6 +685,19 @@ class BundleCampaignForm(forms.ModelForm):
         model = BundleCampaign
         fields = ("name", "status", "status_reason", "discount_type", "discount_value", "starts_at", "ends_at")
 
+    def clean_discount_value(self):
+        """Plain decimal notation only (``10``, ``2.50``; not ``1e1``, which Django's DecimalField reads), and
+        not negative, said here once (else the database constraint's own message is shown beside it)."""
+        from .api import PLAIN_DECIMAL
+
+        value = self.cleaned_data.get("discount_value")
+        raw = str(self.data.get(self.add_prefix("discount_value"), "")).strip()
+        if raw and not PLAIN_DECIMAL.fullmatch(raw):
+            raise ValidationError(f"Enter the discount as a plain number such as 10 or 2.50, not {raw!r}.")
+        if value is not None and value < 0:
+            raise ValidationError(f"The discount must be 0 or more, not {value}.")
+        return value
+
     def clean(self):
         data = super().clean()
         starts, ends = data.get("starts_at"), data.get("ends_at")

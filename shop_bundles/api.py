@@ -177,8 +177,9 @@ def _integer(data: dict, key: str, path: str, errors: dict, *, minimum: int, max
     return value
 
 
-#: plain decimal notation: an optional sign, digits, an optional decimal point and digits
-_PLAIN_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+#: plain decimal notation (an optional sign, digits, an optional decimal point and digits): what the API and the
+#: campaign form accept as an amount; the CSV import has its own reader with thousands separators (bundling_ml.ingest)
+PLAIN_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 
 def _money(data: dict, key: str, path: str, errors: dict, *, nullable: bool = False):
@@ -189,7 +190,7 @@ def _money(data: dict, key: str, path: str, errors: dict, *, nullable: bool = Fa
         errors[path] = f"must be a decimal amount as a string (e.g. \"12.50\"), not {_shown(value)}."
         return None
     text = str(value).strip()
-    if not _PLAIN_DECIMAL.fullmatch(text):  # "1e3", "NaN", "1_000": Decimal reads them, the CSV import does not
+    if not PLAIN_DECIMAL.fullmatch(text):  # "1e3", "NaN", "1_000": Decimal reads them, the CSV import does not
         errors[path] = (f"is not a decimal amount in plain notation (digits with an optional decimal point, "
                         f"e.g. \"12.50\"): {_shown(value)}.")
         return None

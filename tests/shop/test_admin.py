@@ -226,6 +226,23 @@ def test_campaign_add_form_checks_the_discount_against_the_products_being_added(
     assert BundleCampaign.objects.count() == 1
 
 
+def test_campaign_form_refuses_a_negative_or_scientific_discount_with_one_clear_message(client):
+    user = make_staff("carol", "add_bundlecampaign", "change_bundlecampaign", "view_bundlecampaign",
+                      "manage_bundlecampaign")
+    client.force_login(user)
+    basil, garlic = make_product("C", "3.00", name="Basil"), make_product("D", "2.00", name="Garlic")
+    url = reverse("admin:shop_bundles_bundlecampaign_add")
+    html = client.post(url, _campaign_add_data("percent", "-5", [(basil, 1), (garlic, 1)])).content.decode()
+    assert "The discount must be 0 or more, not -5." in html
+    assert "campaign_discount_non_negative" not in html and "Constraint" not in html
+    # Django's DecimalField reads 1e1 as 10; a staff member typing it most likely meant something else.
+    html = client.post(url, _campaign_add_data("percent", "1e1", [(basil, 1), (garlic, 1)])).content.decode()
+    assert "Enter the discount as a plain number such as 10 or 2.50, not &#x27;1e1&#x27;." in html
+    assert not BundleCampaign.objects.exists()
+    assert client.post(url, _campaign_add_data("percent", "10", [(basil, 1), (garlic, 1)])).status_code == 302
+    assert BundleCampaign.objects.get().discount_value == Decimal("10.00")
+
+
 def test_campaign_forms_keep_the_margin_floor_approval_keeps(client):
     """{A 20.00 cost 15.00, B 5.00 cost 3.00}: 40 % off (15.00) is below cost 18.00 + 5 % = 18.90, so the
     edit is refused as approval would refuse it; 20 % (20.00) is saved."""
