@@ -549,12 +549,32 @@ class BundleSuggestionAdmin(admin.ModelAdmin):
         url = reverse("admin:shop_bundles_bundlecampaign_change", args=[campaign.pk])
         return format_html('<a href="{}">{}</a> ({})', url, campaign, campaign.get_status_display())
 
+    def _decided_elsewhere(self, request, queryset) -> list[str]:
+        """Refusal lines for ticked suggestions the action's queryset left out.
+
+        Django applies an action to the ticked rows that still match the list's
+        filters, and the queue shows pending suggestions by default: a row
+        another reviewer approved or rejected since the page was loaded is then
+        dropped silently ("Nothing to do."). Each such row is named with who
+        decided it and when (``services.campaigns``' "Already approved by X at T").
+        """
+        from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+
+        from .services.campaigns import not_pending_message
+
+        if request.POST.get("select_across") == "1":
+            return []
+        ticked = {int(pk) for pk in request.POST.getlist(ACTION_CHECKBOX_NAME) if str(pk).isdigit()}
+        missing = ticked - set(queryset.values_list("pk", flat=True))
+        left_out = self.get_queryset(request).filter(pk__in=missing).select_related("reviewed_by")
+        return [f"{self.bundle(s)}: {not_pending_message(s)}" for s in left_out.order_by("-score", "pk")]
+
     @admin.action(description="Approve selected suggestions (create campaigns)", permissions=["approve"])
     def approve_selected(self, request, queryset):
         """Approve each selected suggestion with its suggested discount; report refusals one by one."""
         from .services.campaigns import suggestion_approve
 
-        done, refused = [], []
+        done, refused = [], self._decided_elsewhere(request, queryset)
         for suggestion in queryset.order_by("-score", "pk"):
             label = self.bundle(suggestion)
             try:
@@ -571,7 +591,7 @@ class BundleSuggestionAdmin(admin.ModelAdmin):
         """Reject each selected pending suggestion."""
         from .services.campaigns import suggestion_reject
 
-        done, refused = [], []
+        done, refused = [], self._decided_elsewhere(request, queryset)
         for suggestion in queryset.order_by("-score", "pk"):
             label = self.bundle(suggestion)
             try:

@@ -54,8 +54,11 @@ def _when(moment: datetime | None) -> str:
     return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M")
 
 
-def _not_pending_message(suggestion: BundleSuggestion) -> str:
-    """Explain why a suggestion can no longer be decided on."""
+def not_pending_message(suggestion: BundleSuggestion) -> str:
+    """Explain why a suggestion can no longer be decided on ("Already approved by carol at 2026-12-08 10:05.").
+
+    ``suggestion.reviewed_by`` is read, so select it with the suggestion.
+    """
     if suggestion.status == BundleSuggestion.APPROVED:
         return f"Already approved by {_who(suggestion.reviewed_by)} at {_when(suggestion.reviewed_at)}."
     if suggestion.status == BundleSuggestion.REJECTED:
@@ -182,7 +185,7 @@ def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str
     # locked row but not joined rows, so a joined reviewer would be the stale (empty) one.
     locked = BundleSuggestion.objects.select_for_update().get(pk=suggestion.pk)
     if locked.status != BundleSuggestion.PENDING:
-        raise ValidationError(_not_pending_message(locked))
+        raise ValidationError(not_pending_message(locked))
 
     items = list(locked.items.select_related("product").order_by("position", "pk"))
     products = [item.product for item in items]
@@ -287,7 +290,7 @@ def suggestion_reject(*, suggestion: BundleSuggestion, user, reason: str = "") -
     _require(user, APPROVE_PERMISSION, "reject bundle suggestions")
     locked = BundleSuggestion.objects.select_for_update().get(pk=suggestion.pk)
     if locked.status != BundleSuggestion.PENDING:
-        raise ValidationError(_not_pending_message(locked))
+        raise ValidationError(not_pending_message(locked))
     now = timezone.now()
     locked.status, locked.reviewed_by, locked.reviewed_at = BundleSuggestion.REJECTED, user, now
     locked.save(update_fields=["status", "reviewed_by", "reviewed_at"])

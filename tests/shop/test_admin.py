@@ -3,6 +3,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.db import connection
 from django.urls import reverse
@@ -113,6 +114,31 @@ def test_bulk_approve_through_the_admin_reports_successes_and_refusals(queue, st
     assert list(BundleSuggestion.objects.order_by("-score").values_list("status", flat=True)) == [
         "approved", "pending", "approved"]
     assert StaffAction.objects.filter(action="approve", user=staff_client.user).count() == 2
+
+
+def test_a_suggestion_decided_by_another_reviewer_since_the_page_loaded_is_named_with_who_and_when(
+        queue, staff_client):
+    # Dave loads the pending queue, Alice approves Apples + Bread, then Dave ticks it (and Eggs + Flour) and
+    # approves. The default "pending" filter drops the approved row from Dave's action; it used to vanish
+    # from the report ("Nothing to do." when it was the only one ticked).
+    dave = make_staff("dave", "approve_bundlesuggestion", "view_bundlesuggestion", "view_bundlecampaign",
+                      "add_bundlecampaign")
+    staff_client.post(reverse(CHANGELIST), {"action": "approve_selected", "_selected_action": [queue[0].pk]})
+    queue[0].refresh_from_db()
+    local = timezone.localtime(queue[0].reviewed_at)
+    client = Client()  # Dave's own browser (staff_client is Alice's)
+    client.force_login(dave)
+    for action in ("approve_selected", "reject_selected"):
+        response = client.post(reverse(CHANGELIST), {"action": action, "_selected_action": [queue[0].pk]},
+                               follow=True)
+        assert [str(m) for m in response.context["messages"]] == [
+            f"Refused 1: Apples (A) + Bread (B): Already approved by alice at {local:%Y-%m-%d %H:%M}."]
+    response = client.post(reverse(CHANGELIST), {"action": "approve_selected",
+                                                 "_selected_action": [queue[0].pk, queue[2].pk]}, follow=True)
+    shown = [str(m) for m in response.context["messages"]]
+    assert shown[0].startswith("Approved 1: Eggs (E) + Flour (F)"), shown
+    assert shown[1] == f"Refused 1: Apples (A) + Bread (B): Already approved by alice at {local:%Y-%m-%d %H:%M}."
+    assert BundleCampaign.objects.get(suggestion=queue[0]).approved_by.username == "alice"
 
 
 def test_bulk_reject_through_the_admin(queue, staff_client):
