@@ -738,7 +738,7 @@ class BundleCampaignAdmin(admin.ModelAdmin):
     list_select_related = ("approved_by", "created_by")
     date_hierarchy = "starts_at"
     inlines = (BundleCampaignItemInline, BundleCampaignStoreInline)
-    actions = ("pause_selected", "resume_selected")
+    actions = ("pause_selected", "resume_selected", "end_selected")
     readonly_fields = ("suggestion_link", "created_by", "created_at", "approved_by", "approved_at", "updated_at",
                        "history", "store_ranking")
     fieldsets = (
@@ -875,6 +875,22 @@ class BundleCampaignAdmin(admin.ModelAdmin):
                 done.append(str(campaign))
         _report(self, request, "Resumed", done, refused)
 
+
+    @admin.action(description="End selected campaigns now (for good; they cannot be resumed)",
+                  permissions=["manage"])
+    def end_selected(self, request, queryset):
+        """End each selected campaign now (``services.campaigns.campaign_end``)."""
+        from .services.campaigns import campaign_end
+
+        done, refused = [], []
+        for campaign in queryset:
+            try:
+                campaign_end(campaign=campaign, user=request.user, reason="ended in the admin")
+            except (ValidationError, PermissionDenied) as exc:
+                refused.append(f"{campaign}: {_error_text(exc)}")
+            else:
+                done.append(str(campaign))
+        _report(self, request, "Ended", done, refused)
 
 @admin.register(StaffAction)
 class StaffActionAdmin(ReadOnlyMixin, admin.ModelAdmin):

@@ -364,6 +364,38 @@ def campaign_resume(*, campaign: BundleCampaign, user) -> BundleCampaign:
 
 
 @transaction.atomic
+def campaign_end(*, campaign: BundleCampaign, user, reason: str = "") -> BundleCampaign:
+    """End a campaign now, for good (shoppers stop seeing it at once; it cannot be resumed).
+
+    For an offer that should not come back (a product delisted, a supplier deal
+    over), where *pause* would leave it waiting for a resume. Status becomes
+    ``ended`` and ``ends_at`` becomes now when the campaign has started and
+    would run past now, so its window (which earnings and uplift reports read)
+    is the time it really ran; a campaign that has not started yet keeps its
+    dates and is never shown. Records a StaffAction ``end`` with the reason.
+
+    Raises:
+        PermissionDenied: the user lacks ``shop_bundles.manage_bundlecampaign``.
+        ValidationError: the campaign has already ended or expired.
+    """
+    _require(user, MANAGE_PERMISSION, "end campaigns")
+    locked = BundleCampaign.objects.select_for_update().get(pk=campaign.pk)
+    if locked.status in (BundleCampaign.ENDED, BundleCampaign.EXPIRED):
+        raise ValidationError(f"Campaign {locked} has already {locked.get_status_display().lower()}"
+                              + (f" (at {_when(locked.ends_at)})" if locked.ends_at else "") + ".")
+    now = timezone.now()
+    reason = (reason or "").strip() or "ended by staff"
+    locked.status, locked.status_reason = BundleCampaign.ENDED, reason[:255]
+    if locked.starts_at <= now and (locked.ends_at is None or locked.ends_at > now):
+        locked.ends_at = now
+    locked.save(update_fields=["status", "status_reason", "ends_at", "updated_at"])
+    StaffAction.objects.create(user=user, action="end", campaign=locked, suggestion_id=locked.suggestion_id,
+                               detail=reason, created_at=now)
+    campaign.status, campaign.status_reason, campaign.ends_at = locked.status, locked.status_reason, locked.ends_at
+    return locked
+
+
+@transaction.atomic
 def campaigns_expire(now: datetime | None = None) -> int:
     """Expire campaigns whose end time has passed, and stale pending suggestions.
 

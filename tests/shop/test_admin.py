@@ -171,6 +171,24 @@ def test_suggestion_detail_shows_evidence_reasons_and_items_read_only(queue, sta
     assert 'name="score"' not in html  # read-only: no input fields
 
 
+def test_campaign_admin_end_now_action(queue, staff_client):
+    from shop_bundles.services.campaigns import suggestion_approve
+
+    campaign = suggestion_approve(suggestion=queue[0], user=staff_client.user)
+    changelist = reverse("admin:shop_bundles_bundlecampaign_changelist")
+    assert 'value="end_selected"' in staff_client.get(changelist).content.decode()
+    response = staff_client.post(changelist, {"action": "end_selected", "_selected_action": [campaign.pk]},
+                                 follow=True)
+    assert [str(m) for m in response.context["messages"]] == ["Ended 1: Apples + Bread"]
+    campaign.refresh_from_db()
+    assert (campaign.status, campaign.status_reason) == ("ended", "ended in the admin")
+    response = staff_client.post(changelist, {"action": "end_selected", "_selected_action": [campaign.pk]},
+                                 follow=True)
+    local = timezone.localtime(campaign.ends_at)
+    assert [str(m) for m in response.context["messages"]] == [
+        f"Refused 1: Apples + Bread: Campaign Apples + Bread has already ended (at {local:%Y-%m-%d %H:%M})."]
+
+
 def test_campaign_admin_pause_action_and_discount_check(queue, staff_client):
     from shop_bundles.services.campaigns import suggestion_approve
 

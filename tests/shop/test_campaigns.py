@@ -306,6 +306,44 @@ def test_resume_after_the_end_is_refused(bundle_ab, approver):
         campaign_resume(campaign=campaign, user=approver)
 
 
+def test_end_now_takes_the_offer_off_for_good_and_closes_its_window(bundle_ab, approver):
+    from shop_bundles.selectors.offers import live_campaigns
+    from shop_bundles.services.campaigns import campaign_end
+
+    start = timezone.now() - timedelta(days=3)
+    campaign = suggestion_approve(suggestion=bundle_ab, user=approver, starts_at=start,
+                                  ends_at=start + timedelta(days=28))
+    assert list(live_campaigns()) == [campaign]
+    before = timezone.now()
+    campaign_end(campaign=campaign, user=approver, reason="supplier deal over")
+    campaign.refresh_from_db()
+    assert (campaign.status, campaign.status_reason) == (BundleCampaign.ENDED, "supplier deal over")
+    assert before <= campaign.ends_at <= timezone.now()  # the window is the time it really ran
+    assert campaign.starts_at == start
+    assert not live_campaigns().exists()
+    with pytest.raises(ValidationError, match="not paused"):
+        campaign_resume(campaign=campaign, user=approver)
+    with pytest.raises(ValidationError, match=r"has already ended \(at "):
+        campaign_end(campaign=campaign, user=approver)
+    assert list(StaffAction.objects.filter(campaign=campaign).order_by("created_at", "pk")
+                .values_list("action", "detail"))[1:] == [("end", "supplier deal over")]
+    only_approves = make_staff("dave", "approve_bundlesuggestion")
+    with pytest.raises(PermissionDenied, match="manage_bundlecampaign"):
+        campaign_end(campaign=campaign, user=only_approves)
+
+
+def test_ending_a_campaign_that_has_not_started_keeps_its_dates(approver):
+    from shop_bundles.services.campaigns import campaign_end
+
+    start = timezone.now() + timedelta(days=2)
+    campaign = suggestion_approve(suggestion=make_suggestion([make_product("P1", "4.00"), make_product("P2", "3.00")]),
+                                  user=approver, starts_at=start, ends_at=start + timedelta(days=7))
+    campaign_end(campaign=campaign, user=approver)
+    campaign.refresh_from_db()
+    assert (campaign.status, campaign.status_reason, campaign.starts_at, campaign.ends_at) == (
+        BundleCampaign.ENDED, "ended by staff", start, start + timedelta(days=7))
+
+
 def test_expire_ends_campaigns_whose_end_time_passed(approver):
     now = timezone.now()
     start = now - timedelta(days=30)
