@@ -61,6 +61,16 @@ def test_production_refuses_to_start_without_secret_key():
 
 
 @pytest.mark.faults
+def test_manage_py_reports_a_settings_error_in_one_line_without_a_traceback():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    env.update(DJANGO_ENV="production", DJANGO_ALLOWED_HOSTS="shop.example.com")
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert (result.returncode, result.stderr) == (
+        2, "manage.py: the settings are not usable: DJANGO_SECRET_KEY must be set when DJANGO_ENV=production.\n")
+
+
+@pytest.mark.faults
 def test_unknown_environment_and_debug_in_production_are_refused():
     typo = _run("import django, os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings'; django.setup()",
                 DJANGO_ENV="prod")
