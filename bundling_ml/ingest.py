@@ -149,6 +149,7 @@ __all__ = [
     "apply_cleaning_rules",
     "basket_time_spread",
     "clean_lines",
+    "invoice_prefix_convention",
     "completejourney_import_frames",
     "completejourney_promotions",
     "infer_date_format",
@@ -700,6 +701,7 @@ def read_orders_csv(
     max_id_length: int = 64,
     require_amounts: bool = True,
     time_spread_tolerance: dt.timedelta = BASKET_TIME_SPREAD_TOLERANCE,
+    invoice_prefix_rules: bool | None = None,
 ) -> IngestResult:
     """Read a retailer CSV export into the standard lines frame and a report.
 
@@ -728,6 +730,7 @@ def read_orders_csv(
             duplicates, non-product codes, adjustments) apply as in the import.
         time_spread_tolerance: orders whose lines span more than this are
             reported in ``notes["time_spread"]`` (:func:`basket_time_spread`).
+        invoice_prefix_rules: passed to :func:`clean_lines` (None: decided from the file).
 
     Returns:
         :class:`IngestResult`: ``lines`` with basket_id, product_id (str),
@@ -895,7 +898,8 @@ def read_orders_csv(
         lines["store_id"] = raw["store"][keep].astype(str).to_numpy()
 
     lines, cancellations = clean_lines(lines, report, non_product_codes=non_product_codes,
-                                       cancellation_prefix=cancellation_prefix, adjustment_prefix=adjustment_prefix)
+                                       cancellation_prefix=cancellation_prefix, adjustment_prefix=adjustment_prefix,
+                                       invoice_prefix_rules=invoice_prefix_rules)
     report.imported = len(lines)
     report.notes["time_spread"] = basket_time_spread(lines, tolerance=time_spread_tolerance)
     products = _products_from_lines(lines)
@@ -942,6 +946,51 @@ def apply_cleaning_rules(
                        adjustment_prefix=adjustment_prefix)[0]
 
 
+def invoice_prefix_convention(basket: pd.Series, cancellation_prefix: str | None = "C",
+                              adjustment_prefix: str | None = "A", *, known: bool | None = None) -> tuple[bool, str]:
+    """Whether basket ids follow the UCI invoice convention, where a prefix marks cancellations / adjustments.
+
+    In such exports invoice numbers are digits and a cancellation is the
+    prefix plus digits of the same length (``536365``, ``C536379``,
+    ``A563185``). Shops whose own order ids start with a letter (``C1001``
+    for every order) must keep their orders, so the rule is on only when
+
+    * at least half of the ids are plain digits, or
+    * some ids are plain digits, at least half are plain digits or a prefix
+      plus digits, and every prefixed id has as many digits as some plain id
+      (a returns-heavy daily export: ``C540003``, ``C540006``, ``540008``).
+
+    Args:
+        basket: basket ids as text (one per line; repeats allowed).
+        cancellation_prefix / adjustment_prefix: the prefixes (None: not used).
+        known: what the caller knows of the shop, e.g. from the orders already
+            imported: True turns the rule on where ``basket`` alone would not
+            (a file of only cancellations), False turns it off; None decides
+            from ``basket`` alone.
+
+    Returns:
+        ``(on, note)``; ``note`` is the import report's ``invoice_prefix_rules`` text.
+    """
+    if known is False:
+        return False, "off (the shop's earlier imports use other order ids)"
+    if not len(basket):
+        return False, "off (no line was left to look at)"
+    ids = basket.astype(str).str.strip()
+    plain = ids.str.fullmatch(r"\d+")
+    if plain.mean() >= 0.5:
+        return True, "on"
+    prefixes = [re.escape(p) for p in (cancellation_prefix, adjustment_prefix) if p]
+    if plain.any() and prefixes:
+        parts = ids.str.extract("^(?:" + "|".join(prefixes) + r")(\d+)$")[0]
+        prefixed = parts.notna()
+        lengths = set(ids[plain].str.len())
+        if (plain | prefixed).mean() >= 0.5 and prefixed.any() and set(parts[prefixed].str.len()) <= lengths:
+            return True, "on (mostly prefixed invoices of the same numbers as the plain ones)"
+    if known:
+        return True, "on (the shop's earlier imports use numeric invoice ids)"
+    return False, "off (order ids are not numeric)"
+
+
 def clean_lines(
     lines: pd.DataFrame,
     report: ImportReport | None = None,
@@ -949,6 +998,7 @@ def clean_lines(
     non_product_codes=DEFAULT_NON_PRODUCT_CODES,
     cancellation_prefix: str | None = "C",
     adjustment_prefix: str | None = "A",
+    invoice_prefix_rules: bool | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Apply the retail-export cleaning rules to a lines frame (see the module docstring).
 
@@ -961,8 +1011,11 @@ def clean_lines(
             measured_lines) when given.
         non_product_codes: SKUs that are not products (case-insensitive).
         cancellation_prefix / adjustment_prefix: basket id prefixes; None disables.
-            They apply to ids of the prefix + digits, and only when at least
-            half of the basket ids are plain numbers (the UCI convention).
+            They apply to ids of the prefix + digits, and only when the basket
+            ids follow the UCI convention (:func:`invoice_prefix_convention`).
+        invoice_prefix_rules: True / False when the caller knows whether the
+            shop's order ids follow that convention (the Django import asks
+            the orders already imported); None decides from these lines.
 
     Returns:
         ``(lines, cancellations)``. ``lines``: a new frame, same columns, only
@@ -980,11 +1033,9 @@ def clean_lines(
     report = report if report is not None else ImportReport()
     df = lines.reset_index(drop=True).copy()
     basket = df["basket_id"].astype(str).str.strip()
-    # Invoice prefixes are a convention of exports whose invoice numbers are digits (UCI layout:
-    # 536365, C536379, A563185). Shops whose own order ids start with a letter keep their orders.
-    numeric_ids = bool(len(basket)) and basket.str.fullmatch(r"\d+").mean() >= 0.5
-    report.notes["invoice_prefix_rules"] = ("on" if numeric_ids else "off (order ids are not numeric)") if len(basket) \
-        else "off (no line was left to look at)"
+    numeric_ids, note = invoice_prefix_convention(basket, cancellation_prefix, adjustment_prefix,
+                                                  known=invoice_prefix_rules)
+    report.notes["invoice_prefix_rules"] = note
     no = pd.Series(False, index=df.index)
     is_cancel = basket.str.fullmatch(re.escape(cancellation_prefix) + r"\d+") \
         if cancellation_prefix and numeric_ids else no

@@ -104,6 +104,7 @@ from bundling_ml.ingest import (
     basket_time_spread,
     completejourney_import_frames,
     completejourney_promotions,
+    invoice_prefix_convention,
     read_orders_csv,
 )
 
@@ -141,6 +142,23 @@ REPORT_MAX_LISTED = 10_000  # rejected / duplicate lines listed in ImportRun.rep
 # --------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------
+
+#: imported order ids looked at to tell the shop's invoice convention (:func:`_earlier_imports_use_invoice_prefixes`)
+CONVENTION_SAMPLE = 1_000
+
+
+def _earlier_imports_use_invoice_prefixes() -> bool | None:
+    """True when the newest imported orders follow the UCI invoice convention, else None (the file decides).
+
+    A later export made mostly of cancellations (``C540003``, ``C540006`` and
+    one ``540008``, say) must still take its units back from the orders of
+    earlier files; judged on its own ids it could look like a shop whose order
+    ids start with a letter (``bundling_ml.ingest.invoice_prefix_convention``).
+    """
+    ids = list(Order.objects.filter(source=Order.SOURCE_IMPORT).order_by("-pk")
+               .values_list("external_id", flat=True)[:CONVENTION_SAMPLE])
+    return True if ids and invoice_prefix_convention(pd.Series(ids, dtype=object))[0] else None
+
 
 def orders_import_csv(
     *,
@@ -184,6 +202,7 @@ def orders_import_csv(
         date_format=date_format,
         non_product_codes=app_settings.get("NON_PRODUCT_CODES") if non_product_codes is None else non_product_codes,
         max_bytes=app_settings.get("IMPORT_MAX_BYTES") if max_bytes is None else max_bytes,
+        invoice_prefix_rules=_earlier_imports_use_invoice_prefixes(),
     )
     result.report.source = str(Path(path).name)
     if dry_run:

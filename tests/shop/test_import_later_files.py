@@ -85,6 +85,41 @@ def test_a_cancellation_in_a_later_file_takes_back_from_earlier_orders_latest_fi
     assert earlier_again.created["orders"] == earlier_again.created["order_lines"] == 0
 
 
+def test_a_later_export_made_mostly_of_cancellations_still_takes_back_from_earlier_orders(tmp_path):
+    """A returns-only export: judged on its own ids ("C2001", "C2003") the file looks like a shop whose order
+    ids start with a letter, so both C lines used to be skipped as negative quantities and 1001 / 1003 kept
+    every unit. The orders already imported say the shop uses numeric invoices. (A file of mostly C lines
+    with some plain invoices of the same length is recognised on its own: the next test.)"""
+    orders_import_csv(path=write(tmp_path, "early.csv", EARLY), mapping=MAP)
+    returns = write(tmp_path, "returns.csv", HEAD + "C2001,X,-3,2024-03-05 09:00,1.00,C1\n"
+                                                    "C2003,X,-4,2024-03-05 09:10,1.00,C2\n")
+    report = orders_import_csv(path=returns, mapping=MAP)
+    assert report.notes["invoice_prefix_rules"] == "on (the shop's earlier imports use numeric invoice ids)"
+    assert report.skipped_reasons == {"cancellation": 2}
+    # C1: 1002's 2 units and 1 of 1001's (latest first, as in one file); C2: all 4 of 1003 (order removed).
+    assert lines_now() == {("1001", "X"): 4, ("1001", "Y"): 1, ("1004", "X"): 3}
+    assert report.notes["units_cancelled_earlier"] == 7
+
+
+def test_invoice_prefix_convention_of_a_file_on_its_own():
+    import pandas as pd
+
+    from bundling_ml.ingest import invoice_prefix_convention
+
+    def on(*ids):
+        return invoice_prefix_convention(pd.Series(ids, dtype=object))
+
+    assert on("536365", "536366", "C536379") == (True, "on")
+    # Mostly prefixed, of the same numbers as the plain ids: a returns-heavy daily export.
+    assert on("C540003", "C540006", "540008") == (
+        True, "on (mostly prefixed invoices of the same numbers as the plain ones)")
+    # A shop whose own ids start with C: kept as orders (no plain ids, or prefixed ids of other lengths).
+    assert on("C1001", "C1002", "C1003") == (False, "off (order ids are not numeric)")
+    assert on("C10001", "C10002", "7") == (False, "off (order ids are not numeric)")
+    assert on("ORD-1", "ORD-2") == (False, "off (order ids are not numeric)")
+    assert invoice_prefix_convention(pd.Series([], dtype=object)) == (False, "off (no line was left to look at)")
+
+
 def test_an_overlapping_export_takes_a_repeated_purchase_back_once(tmp_path):
     """The later export repeats order 1001 (already imported) with C1's cancellation of 2 of its X: the file's
     own rule takes them from its copy of 1001, and the written line loses them too (5 -> 3), once. A guest's
