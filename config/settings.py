@@ -134,8 +134,11 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     VAR_DIR.mkdir(parents=True, exist_ok=True)
-    # A longer busy timeout lets the demo's eager tasks and the dev server share the file.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+    # A longer busy timeout lets the demo's eager tasks and the dev server share the file. IMMEDIATE: a
+    # transaction takes the write lock when it begins, so two at once wait for each other (the busy timeout)
+    # instead of failing with "database is locked" when a reader tries to become a writer (a double-submitted
+    # checkout, on Django's default DEFERRED transactions).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(timeout=30, transaction_mode="IMMEDIATE")
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
