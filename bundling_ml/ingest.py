@@ -621,6 +621,23 @@ def _unclosed_quote_line(path: Path, encoding: str, delimiter: str) -> int | Non
             last_end = reader.line_num
 
 
+def _check_date_format(fmt: str) -> None:
+    """Refuse a ``--date-format`` that is not a strptime format (``'%Q'``, a stray ``%``, empty).
+
+    Raises:
+        IngestError: naming the format and what :func:`datetime.datetime.strptime` says of it.
+    """
+    example = "e.g. '%d/%m/%Y %H:%M' or '%Y-%m-%dT%H:%M:%S%z'"
+    if not str(fmt).strip():
+        raise IngestError(f"--date-format is empty; give a strptime format, {example}")
+    try:
+        dt.datetime.strptime("", fmt)
+    except ValueError as exc:
+        if "does not match format" in str(exc):  # a usable format that just does not read ""
+            return
+        raise IngestError(f"--date-format {fmt!r} is not a strptime format ({exc}); {example}") from exc
+
+
 def _read_rows(path: Path, encoding: str, delimiter: str):
     """Yield (start_line, fields) for every non-blank CSV record; first is the header.
 
@@ -629,8 +646,8 @@ def _read_rows(path: Path, encoding: str, delimiter: str):
     """
     try:
         unclosed = _unclosed_quote_line(path, encoding, delimiter)
-    except UnicodeDecodeError:
-        unclosed = None  # reported below with the byte that does not decode
+    except UnicodeError:
+        unclosed = None  # reported below (the byte that does not decode, or what the codec says)
     if unclosed is not None:
         raise IngestError(f"{path.name}: line {unclosed}: a quoted field (\") starts here and is never closed, so "
                           f"the rest of the file would read as one value; nothing was imported. Close or remove "
@@ -654,6 +671,10 @@ def _read_rows(path: Path, encoding: str, delimiter: str):
         raise IngestError(
             f"{path.name} is not text in encoding {encoding.replace('utf-8-sig', 'utf-8')!r} (byte 0x{exc.object[exc.start]:02x} cannot be "
             f"decoded); pass --encoding, e.g. cp1252 for Windows exports") from exc
+    except UnicodeError as exc:  # e.g. utf-16 without a byte order mark
+        raise IngestError(
+            f"{path.name} cannot be read in encoding {encoding!r} ({exc}); pass the file's own --encoding, "
+            f"e.g. utf-8, or cp1252 for Windows exports") from exc
 
 
 def _find_columns(header: list[str], mapping: dict, delimiter: str, path: Path) -> dict:
@@ -755,6 +776,8 @@ def read_orders_csv(
         raise IngestError(f"the delimiter must be one character, not {delimiter!r}")
     if decimal == delimiter:
         raise IngestError("the decimal separator and the delimiter cannot be the same character")
+    if date_format is not None:
+        _check_date_format(date_format)
     enc = _choose_encoding(path, encoding, max_bytes)
     report = ImportReport(source=path.name)
 

@@ -194,6 +194,29 @@ def test_a_column_of_mixed_date_layouts_names_a_line_the_best_layout_cannot_read
         "strptime format, e.g. '%d/%m/%Y %H:%M'")
 
 
+@pytest.mark.parametrize("fmt, message", [
+    ("%Q", "--date-format '%Q' is not a strptime format ('Q' is a bad directive in format '%Q'); "
+           "e.g. '%d/%m/%Y %H:%M' or '%Y-%m-%dT%H:%M:%S%z'"),
+    ("%d/%m/%Y %", "--date-format '%d/%m/%Y %' is not a strptime format (stray % in format '%d/%m/%Y %'); "
+                   "e.g. '%d/%m/%Y %H:%M' or '%Y-%m-%dT%H:%M:%S%z'"),
+    (" ", "--date-format is empty; give a strptime format, e.g. '%d/%m/%Y %H:%M' or '%Y-%m-%dT%H:%M:%S%z'"),
+])
+def test_a_date_format_that_is_not_a_strptime_format_is_refused_by_name(tmp_path, fmt, message):
+    path = write(tmp_path, HEADER + "1,A,1,2021-03-01 10:00,1.50\n")
+    with pytest.raises(IngestError) as info:  # was pandas' bare ValueError: 'Q' is a bad directive
+        read_orders_csv(path, mapping=SIMPLE_MAP, date_format=fmt)
+    assert str(info.value) == message
+
+
+def test_utf16_named_for_a_file_without_a_byte_order_mark_is_refused_by_name(tmp_path):
+    path = write(tmp_path, HEADER + "1,A,1,2021-03-01 10:00,1.50\n")
+    with pytest.raises(IngestError) as info:  # was a bare UnicodeError: UTF-16 stream does not start with BOM
+        read_orders_csv(path, mapping=SIMPLE_MAP, encoding="utf-16")
+    assert str(info.value) == (
+        f"{path.name} cannot be read in encoding 'utf-16' (UTF-16 stream does not start with BOM); pass the "
+        "file's own --encoding, e.g. utf-8, or cp1252 for Windows exports")
+
+
 # --- file conventions -----------------------------------------------------
 
 @pytest.mark.faults
