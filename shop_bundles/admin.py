@@ -43,6 +43,7 @@ from .models import (
     StaffAction,
     TrainingRun,
 )
+from .storefront.cart import MAX_QUANTITY
 
 MAX_LISTED_REFUSALS = 10
 
@@ -635,10 +636,23 @@ class BundleCampaignItemFormSet(forms.BaseInlineFormSet):
                 continue
             if (quantity or 0) < 1:
                 raise ValidationError(f"{product}: units per bundle must be at least 1.")
+            if quantity > MAX_QUANTITY:  # the cart holds at most 99 of a product: such a bundle could never be added
+                raise ValidationError(f"{product}: units per bundle must be at most {MAX_QUANTITY} (a cart holds at "
+                                      f"most {MAX_QUANTITY} of a product), not {quantity}.")
             items.append(BundleCampaignItem(product=product, quantity=int(quantity), position=len(items)))
         if sum(item.quantity for item in items) < 2:
             raise ValidationError("A bundle needs at least 2 units (two products, or 2 units of one product).")
         campaign = self.instance  # the campaign form's cleaned values are already on it
+        if campaign.status == BundleCampaign.ACTIVE:  # as approval refuses them (the storefront would hide it)
+            unsellable = [f"{item.product} is inactive" if not item.product.active
+                          else f"{item.product} is out of stock" if item.product.stock <= 0
+                          else f"{item.product} has no price ({item.product.price})"
+                          for item in items
+                          if not item.product.active or item.product.stock <= 0 or item.product.price <= 0]
+            if unsellable:
+                raise ValidationError("An active campaign cannot hold a product shoppers cannot buy: "
+                                      + "; ".join(unsellable) + ". Fix the product first, or save the campaign "
+                                      "as paused and resume it when the product is back.")
         if campaign.discount_type and campaign.discount_value is not None:
             problem = campaign_discount_problem(campaign, items)
             if problem:

@@ -287,6 +287,32 @@ def test_campaign_form_refuses_a_negative_or_scientific_discount_with_one_clear_
     assert BundleCampaign.objects.get().discount_value == Decimal("10.00")
 
 
+def test_campaign_form_refuses_unsellable_products_on_an_active_campaign_and_more_than_99_units(client):
+    user = make_staff("carol", "add_bundlecampaign", "change_bundlecampaign", "view_bundlecampaign",
+                      "manage_bundlecampaign")
+    client.force_login(user)
+    basil, garlic = make_product("C", "3.00", name="Basil"), make_product("D", "2.00", name="Garlic")
+    garlic.stock = 0
+    garlic.save()
+    url = reverse("admin:shop_bundles_bundlecampaign_add")
+    # Approval refuses an out-of-stock product; the add form used to save the campaign as active.
+    html = client.post(url, _campaign_add_data("percent", "10", [(basil, 1), (garlic, 1)])).content.decode()
+    assert ("An active campaign cannot hold a product shoppers cannot buy: Garlic (D) is out of stock. Fix the "
+            "product first, or save the campaign as paused and resume it when the product is back.") in html
+    assert not BundleCampaign.objects.exists()
+    # Saved as paused it is kept, and Resume then checks the product (refused while it is out of stock).
+    paused = _campaign_add_data("percent", "10", [(basil, 1), (garlic, 1)])
+    paused.update(status="paused", status_reason="waiting for garlic")
+    assert client.post(url, paused).status_code == 302
+    assert BundleCampaign.objects.get().status == "paused"
+    # 100 units of a product: the cart holds at most 99, so the offer could be shown but never added.
+    garlic.stock = 50
+    garlic.save()
+    html = client.post(url, _campaign_add_data("percent", "10", [(basil, 100), (garlic, 1)])).content.decode()
+    assert "Basil (C): units per bundle must be at most 99 (a cart holds at most 99 of a product), not 100." in html
+    assert BundleCampaign.objects.count() == 1
+
+
 def test_campaign_forms_keep_the_margin_floor_approval_keeps(client):
     """{A 20.00 cost 15.00, B 5.00 cost 3.00}: 40 % off (15.00) is below cost 18.00 + 5 % = 18.90, so the
     edit is refused as approval would refuse it; 20 % (20.00) is saved."""
