@@ -612,7 +612,9 @@ class BundleCampaignItemFormSet(forms.BaseInlineFormSet):
 
     Runs on the add form as on the change form, against the products and
     units being saved (not the ones saved before): a bundle needs at least 2
-    units, each item at least 1, and its discount must fit those units
+    units, each item from 1 to ``MAX_QUANTITY`` (99, what a cart holds), an
+    active campaign only products shoppers can buy (active, in stock,
+    priced), and its discount must fit those units
     (``services.campaigns.campaign_discount_problem``: not above or equal to
     their shelf total, and not below the margin floor when every cost is
     known), as approval requires.
