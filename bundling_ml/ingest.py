@@ -700,9 +700,14 @@ def _find_columns(header: list[str], mapping: dict, delimiter: str, path: Path) 
 
 
 def _strip_float_suffix(col: pd.Series) -> pd.Series:
-    """'20001.0' → '20001' when EVERY non-empty value of the column looks like that."""
+    """'20001.0' → '20001' when every non-empty value of the column is a whole number, written so or as N.0.
+
+    A spreadsheet that stored the ids as numbers writes ``20001.0``; when some
+    lines of the column say ``1873`` and others ``1873.0`` they are one id (a
+    column holding any other text, ``A-17`` or ``17.5``, is left as it is).
+    """
     filled = col[col.notna() & (col != "")]
-    if len(filled) and filled.str.fullmatch(r"\d+\.0+").all():
+    if len(filled) and filled.str.fullmatch(r"\d+(?:\.0+)?").all() and filled.str.contains(".", regex=False).any():
         return col.str.replace(r"\.0+$", "", regex=True)
     return col
 

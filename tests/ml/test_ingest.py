@@ -267,6 +267,18 @@ def test_spreadsheet_float_ids_are_restored_to_text(tmp_path):
     assert pd.isna(result.lines["customer_id"].tolist()[1])
 
 
+def test_a_column_mixing_1873_and_1873_0_holds_one_customer_and_other_text_is_left_alone(tmp_path):
+    mapping = "basket=order,product=sku,time=at,quantity=qty,price=price,customer=customer"
+    text = ("order,sku,qty,at,price,customer\n1,A,1,2021-03-01,1.00,1873\n2,A,1,2021-03-02,1.00,1873.0\n"
+            "3,A,1,2021-03-03,1.00,007\n")
+    result = read_orders_csv(write(tmp_path, text), mapping=mapping)
+    assert result.lines["customer_id"].tolist() == ["1873", "1873", "007"]  # was "1873" and "1873.0"
+    assert result.customers == ["007", "1873"]
+    text = "order,sku,qty,at,price,customer\n1,A,1,2021-03-01,1.00,17.0\n2,A,1,2021-03-02,1.00,A-17\n"
+    assert read_orders_csv(write(tmp_path, text, name="b.csv"), mapping=mapping).lines["customer_id"].tolist() == [
+        "17.0", "A-17"]
+
+
 # --- whole-file refusals --------------------------------------------------
 
 @pytest.mark.faults
