@@ -55,9 +55,13 @@ def test_cart_and_checkout_price_a_store_limited_bundle_only_in_its_store(client
     assert cart_price(quantities, store_id="").discount_total == D("0.00")
 
     set_cart(client, {products["A"]: 1, products["B"]: 1})
-    assert client.get(reverse("shop_bundles:cart")).context["priced"].discount_total == D("0.00")
+    response = client.get(reverse("shop_bundles:cart"))
+    assert response.context["priced"].discount_total == D("0.00")
+    assert "Bundle discount" not in response.content.decode()  # no "−$0.00" line without a bundle saving
     choose_store(client, "367")
-    assert client.get(reverse("shop_bundles:cart")).context["priced"].discount_total == D("2.50")
+    response = client.get(reverse("shop_bundles:cart"))
+    assert response.context["priced"].discount_total == D("2.50")
+    assert '<dt>Bundle discount</dt><dd id="discount-total">−$2.50</dd>' in response.content.decode()
     client.post(reverse("shop_bundles:checkout"), follow=True)
     order = Order.objects.get(source=Order.SOURCE_STOREFRONT)
     assert (order.store_id, order.discount_total, order.total) == ("367", D("2.50"), D("22.50"))
