@@ -703,10 +703,30 @@ class BundleCampaignItemInline(CampaignPartInline):
         return obj.product.available if obj.product_id else None
 
 
+class BundleCampaignStoreForm(forms.ModelForm):
+    """One store limit: a store of the order history (the store page offers shoppers only those, so a
+    campaign limited to any other store would be shown to nobody)."""
+
+    class Meta:
+        model = BundleCampaignStore
+        fields = ("store_id",)
+
+    def clean_store_id(self):
+        from .storefront.stores import store_known
+
+        store = str(self.cleaned_data.get("store_id") or "").strip()
+        if store and not store_known(store):
+            raise ValidationError(f"No order of the history was placed in store {store!r}, and shoppers can only "
+                                  "choose such stores, so the campaign would be shown to nobody. Check the store "
+                                  "id (as in the orders' store column).")
+        return store
+
+
 class BundleCampaignStoreInline(CampaignPartInline):
     """Stores a campaign is limited to; none = every store (and shoppers with no store chosen)."""
 
     model = BundleCampaignStore
+    form = BundleCampaignStoreForm
     extra = 0
     fields = ("store_id",)
     verbose_name = "store limit"

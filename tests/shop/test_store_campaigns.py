@@ -135,6 +135,12 @@ def test_editing_a_campaigns_stores_in_the_admin_is_recorded(staff_client, produ
     for i, it in enumerate(campaign.items.order_by("position")):
         data.update({f"items-{i}-id": it.pk, f"items-{i}-campaign": campaign.pk, f"items-{i}-product": it.product_id,
                      f"items-{i}-quantity": 1, f"items-{i}-position": i})
+    # Store 367 has no order yet: shoppers cannot choose it, so the limit would show the offer to nobody.
+    html = staff_client.post(url, data).content.decode()
+    assert ("No order of the history was placed in store &#x27;367&#x27;, and shoppers can only choose such "
+            "stores, so the campaign would be shown to nobody.") in html
+    assert not campaign.store_limits.exists()
+    Order.objects.create(external_id="h1", placed_at=timezone.now(), store_id="367")
     response = staff_client.post(url, data)
     assert response.status_code == 302, response.content.decode()[:3000]
     assert list(campaign.store_limits.values_list("store_id", flat=True)) == ["367"]
