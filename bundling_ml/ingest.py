@@ -1085,7 +1085,8 @@ def clean_lines(
     report.skip("price_negative", int(neg_p.sum()))
     if "source_line" in df.columns:  # which file lines were skipped, a few per reason (the counts are complete)
         examples = {reason: df.loc[mask, "source_line"].head(SKIPPED_LINE_EXAMPLES).astype(int).tolist()
-                    for reason, mask in (("adjustment", is_adjust), ("non_product", non_product), ("quantity_zero", zero),
+                    for reason, mask in (("cancellation", is_cancel), ("adjustment", is_adjust),
+                                         ("non_product", non_product), ("quantity_zero", zero),
                                          ("quantity_negative", neg_q), ("price_negative", neg_p))}
         examples = {k: v for k, v in examples.items() if v}
         if examples:
@@ -1139,6 +1140,9 @@ def clean_lines(
         reduced = int(((qty < before) & (qty > 0)).sum())
         gone = qty <= 0
         report.skip("cancelled_out", int(gone.sum()))
+        if gone.any() and "source_line" in df.columns:
+            report.notes["skipped_lines"] = {**report.notes.get("skipped_lines", {}), "cancelled_out": (
+                df.loc[gone, "source_line"].head(SKIPPED_LINE_EXAMPLES).astype(int).tolist())}
         df["quantity"] = qty
         df = df[~gone]
     report.notes["cancellations_unmatched"] = report.notes.get("cancellations_unmatched", 0) + unmatched

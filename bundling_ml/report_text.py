@@ -29,6 +29,8 @@ def time_spread_lines(spread: dict | None) -> list[str]:
 
 #: What each skip reason means to the person reading the report
 SKIP_REASON_WORDS = {
+    "cancellation": "cancellations (C + digits; their units are taken back from the customer's purchases)",
+    "cancelled_out": "purchases cancelled out by a later cancellation",
     "adjustment": "accounting adjustments (A + digits)",
     "non_product": "non-product codes (postage, fees...)",
     "quantity_zero": "quantity 0",

@@ -72,11 +72,16 @@ def test_retail_export_messy_report_counts(cases_dir):
     assert report.skipped_reasons == {"cancellation": 2, "adjustment": 1, "non_product": 2, "cancelled_out": 2}
     assert report.rejected == 0 and report.duplicates == 0
     assert report.read == report.imported + report.skipped + report.rejected + report.duplicates
-    # which lines were skipped, not only how many: A563185 on line 8, POST on line 4, M on line 12
-    assert report.notes["skipped_lines"] == {"adjustment": [8], "non_product": [4, 12]}
-    assert report.summary_lines()[-3:] == ["Skipped lines (left out; the rest of their order is imported):",
-                                           "  accounting adjustments (A + digits): line 8",
-                                           "  non-product codes (postage, fees...): lines 4, 12"]
+    # which lines were skipped, not only how many: A563185 on line 8, POST on line 4, M on line 12, the
+    # cancellations C540003 / C540006 on lines 7 and 11, and the purchases they cancelled out on lines 3 and 9
+    assert report.notes["skipped_lines"] == {"adjustment": [8], "non_product": [4, 12], "cancellation": [7, 11],
+                                             "cancelled_out": [3, 9]}
+    assert report.summary_lines()[-5:] == [
+        "Skipped lines (left out; the rest of their order is imported):",
+        "  cancellations (C + digits; their units are taken back from the customer's purchases): lines 7, 11",
+        "  accounting adjustments (A + digits): line 8",
+        "  non-product codes (postage, fees...): lines 4, 12",
+        "  purchases cancelled out by a later cancellation: lines 3, 9"]
 
 
 def test_skipped_returns_and_negative_prices_are_named_by_line_and_the_rest_of_the_order_is_kept(tmp_path):
