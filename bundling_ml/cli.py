@@ -96,7 +96,9 @@ def load_orders(path, columns: str, products_path=None, encoding: str = "utf-8",
         SystemExit: the file is refused as a whole (the message of
             :class:`bundling_ml.ingest.IngestError`, e.g. "orders.csv is not text in
             encoding 'utf-8' (byte 0xa3 cannot be decoded); pass --encoding, e.g.
-            cp1252 for Windows exports"), or ``columns`` lacks basket, product or time.
+            cp1252 for Windows exports"), no line of it is usable (:func:`no_lines_message`,
+            e.g. "orders.csv: no order line was imported: 13 of 13 lines were rejected; ..."),
+            or ``columns`` lacks basket, product or time.
     """
     from bundling_ml import ingest
 
@@ -121,11 +123,41 @@ def load_orders(path, columns: str, products_path=None, encoding: str = "utf-8",
     for text in ingest.time_spread_lines(notes.get("time_spread")) + ingest.skipped_lines_text(  # the import report's lines
             notes.get("skipped_lines"), res.report.skipped_reasons):
         print(f"{path}: {text.strip()}", file=sys.stderr)
+    if res.report.imported == 0:  # said here, not later as "no order lines before --train-until"
+        raise SystemExit(f"{path}: {no_lines_message(res.report)}")
     lines, products = res.lines, res.products
     if products_path:
         extra = _read_products(products_path)
         products = extra.merge(products[["product_id"]], how="outer", on="product_id")
     return lines, products
+
+
+def no_lines_message(report) -> str:
+    """Why an export gave no order line, from its :class:`bundling_ml.ingest.ImportReport`.
+
+    Worded as ``manage.py import_orders`` says it ("no order line was imported:
+    12 of 13 lines were rejected"), then the most common rejection: the file
+    column most rejected lines name (lines rejected only because another line
+    of their order was are left out of this count when there are others), with
+    its count and first line, e.g. ``most often InvoiceDate (12 lines), e.g. line 2: date
+    '2011-01-04 09:10:00' does not match '%Y'``. Skipped lines (cancellations,
+    adjustments, non-product codes, ...) are counted by reason.
+    """
+    from collections import Counter
+
+    parts = []
+    if report.rejected:
+        parts.append(f"{report.rejected:,} of {report.read:,} lines were rejected")
+    if report.skipped:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(report.skipped_reasons.items()))
+        parts.append(f"{report.skipped:,} of {report.read:,} lines were skipped ({reasons})")
+    text = "no order line was imported: " + (", ".join(parts) or f"none of the {report.read:,} lines was kept")
+    if report.rejections:
+        own = [r for r in report.rejections if not r.reason.endswith(" has a rejected line")] or report.rejections
+        field, n = Counter(r.field for r in own).most_common(1)[0]
+        first = next(r for r in own if r.field == field)
+        text += f"; most often {field} ({n:,} lines), e.g. line {first.line}: {first.reason}"
+    return text
 
 
 def _data(args):
@@ -140,6 +172,30 @@ def _data(args):
                          decimal=args.decimal, date_format=args.date_format), None)
 
 
+def int_option(low: int, high: int | None = None, hint: str = ""):
+    """argparse ``type=`` for a whole number from ``low`` (to ``high``); ``hint`` explains ``low``.
+
+    A bad value is refused by argparse before anything is read, with the option
+    named: "argument --epochs: must be at least 1, not 0". Also used by the
+    shop's management commands (standard library only, no data imports).
+
+    Returns:
+        ``parse(text) -> int``, raising ``argparse.ArgumentTypeError`` for text that is not a
+        whole number or is out of range.
+    """
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, not {value!r}") from None
+        if n < low or (high is not None and n > high):
+            bounds = f"at least {low}{hint}" if high is None else f"between {low} and {high}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, not {n}")
+        return n
+
+    return parse
+
+
 def _add_data_options(p):
     p.add_argument("--preset", choices=PRESETS)
     p.add_argument("--orders", help="order-lines CSV")
@@ -151,8 +207,8 @@ def _add_data_options(p):
     p.add_argument("--decimal", default=".", choices=(".", ","), help="decimal mark of --orders (',' = decimal comma)")
     p.add_argument("--date-format", default=None,
                    help="strptime format of the time column, e.g. '%%d/%%m/%%Y %%H:%%M' (default: inferred, refused when ambiguous)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--seed", type=int_option(0, 2**32 - 1), default=0, help="random seed, 0 to 2**32-1 (default 0)")
+    p.add_argument("--epochs", type=int_option(1), default=2, help="training epochs per ranker, at least 1 (default 2)")
     p.add_argument("--exclude-department", action="append", default=[], help="repeatable, e.g. FUEL")
 
 
@@ -206,6 +262,10 @@ def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int =
         too little history to train (no label weeks), candidates are ranked
         by their co-purchase count with the anchor, and the score is that
         count (baskets in the training lines holding both).
+
+    Raises:
+        SystemExit: no line is left after ``excluded_departments``, or every line is on or after
+            ``train_until`` (the message gives the lines' first and last day).
     """
     import numpy as np
     import pandas as pd
@@ -228,10 +288,14 @@ def recommend(lines, products, *, train_until, queries, k: int = 10, seed: int =
     L = prepare_lines(lines)
     P = prepare_products(products, L)
     L = exclude_departments(L, P, excluded_departments)
+    if L.empty:
+        excluded = f" after --exclude-department {', '.join(excluded_departments)}" if excluded_departments else ""
+        raise SystemExit(f"no order lines left to train on{excluded}")
     split = pd.Timestamp(train_until)
     train, _ = temporal_split(L, split)
-    if train.empty:
-        raise SystemExit(f"no order lines before {split.date()}")
+    if train.empty:  # lines were read, all of them on or after the day
+        raise SystemExit(f"no order lines before {split.date()} (--train-until): the {len(L):,} order lines read are "
+                         f"from {L['time'].min().date()} to {L['time'].max().date()}")
     pidx = pd.Index(np.sort(train["product_id"].unique()))
     vocab = ProductVocab.fit(P, pidx)
     table = ProductTable.build(P, pidx, vocab)
@@ -324,7 +388,8 @@ def main(argv=None) -> int:
                                    "`python -m bundling_ml --help`.")
     _add_data_options(b)
     b.add_argument("--split-date", default=None, help="first test day, YYYY-MM-DD (default: last ~20%% of weeks)")
-    b.add_argument("--sample-baskets", type=int, default=3000, help="fixed random sample of test baskets (seed --seed); 0 = all")
+    b.add_argument("--sample-baskets", type=int_option(0, hint=" (0 = all test baskets)"), default=3000,
+                   help="fixed random sample of test baskets (seed --seed); 0 = all")
     b.add_argument("--out-dir", default=None, help="artifact directory (default: a temporary directory)")
     r = sub.add_parser("recommend", help="train before --train-until and write k companions per query",
                        description="Train on the lines before --train-until and write, for every query of QUERIES.csv "
@@ -342,8 +407,9 @@ def main(argv=None) -> int:
     s.add_argument("--preset", choices=PRESETS, required=True)
     s.add_argument("--artifact-dir", required=True)
     s.add_argument("--out", default="-", help="CSV path or - for stdout")
-    s.add_argument("--min-anchor-baskets", type=int, default=20)
-    s.add_argument("--max-bundles", type=int, default=5000)
+    s.add_argument("--min-anchor-baskets", type=int_option(1), default=20,
+                   help="score anchors bought in at least this many baskets (default 20)")
+    s.add_argument("--max-bundles", type=int_option(1), default=5000, help="most bundles written (default 5000)")
     s.add_argument("--exclude-department", action="append", default=[])
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
@@ -352,6 +418,12 @@ def main(argv=None) -> int:
         ap.error("dates must be given as YYYY-MM-DD")
     if args.command == "recommend" and not 1 <= args.k <= MAX_K:
         ap.error(f"--k must be between 1 and {MAX_K}, not {args.k}")
+    if args.command != "score" and args.preset:  # the import refuses the same pairs (--csv / --map with --preset)
+        if args.orders:
+            ap.error("--orders and --preset are two data sources; give one of them, not both")
+        for option in ("products", "columns"):
+            if getattr(args, option):
+                ap.error(f"--{option} is for --orders exports; --preset {args.preset} has its own products and columns")
     out = getattr(args, "out", "-")
     if out != "-":  # before training, not after it
         target = Path(out).resolve()
@@ -408,9 +480,7 @@ def read_queries(path, date_format: str | None = None) -> "pd.DataFrame":
 
     from .ingest import IngestError, _parse_dates, infer_date_format
 
-    p = Path(path)
-    if not p.is_file():
-        raise SystemExit(f"{path}: {'is a directory' if p.is_dir() else 'no such file'} (--queries needs a CSV file)")
+    p = _input_file(path, "queries")
     try:
         queries = pd.read_csv(p, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -463,6 +533,37 @@ def _is_iso_date(value) -> bool:
         return False
 
 
+def _input_file(path, option: str) -> Path:
+    """``Path(path)`` when it is a file, else SystemExit naming the option, e.g.
+    "x.csv: no such file (--products needs a CSV file)"."""
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"{path}: {'is a directory' if p.is_dir() else 'no such file'} (--{option} needs a CSV file)")
+    return p
+
+
+def _check_inputs(args) -> None:
+    """Refuse, before anything is loaded, a missing data source and every input path that is not there:
+    --orders, --products, --queries (files) and --artifact-dir (a directory holding a saved model)."""
+    from bundling_ml.artifacts import METADATA_FILE, MODEL_FILE
+
+    if args.command == "score":
+        d = Path(args.artifact_dir)
+        if not d.is_dir():
+            raise SystemExit(f"{d}: {'is a file' if d.exists() else 'no such directory'} "
+                             "(--artifact-dir needs the model directory written by backtest --out-dir)")
+        for name in (MODEL_FILE, METADATA_FILE):
+            if not (d / name).is_file():
+                raise SystemExit(f"{d}: holds no {name} (--artifact-dir needs the model directory written by "
+                                 "backtest --out-dir)")
+        return
+    if not args.preset and (not args.orders or not args.columns):
+        raise SystemExit("give --preset or --orders FILE --columns basket=COL,product=COL,time=COL")
+    for option in ("orders", "products", "queries"):
+        if getattr(args, option, None):
+            _input_file(getattr(args, option), option)
+
+
 def _run(args) -> int:
     """Body of :func:`main` once the arguments are parsed."""
     import pandas as pd
@@ -470,6 +571,7 @@ def _run(args) -> int:
     from bundling_ml import pipeline
 
     t0 = time.perf_counter()
+    _check_inputs(args)  # every input path, before any of them is read
     if args.command == "backtest":
         lines, products, promotions = _data(args)
         with tempfile.TemporaryDirectory() as tmp:

@@ -554,12 +554,19 @@ def shoppers_simulate(*, date_from: date, date_to: date, limit: int | None = Non
         ``SimulationReport``; ``orders + failed_checkouts + already_placed == baskets``.
 
     Raises:
-        ValueError: ``workers`` < 1.
+        ValueError: ``workers`` < 1, ``limit`` < 1 (None replays every household), ``seed`` < 0 or
+            ``stop_after`` < 0, before anything is read.
     """
     from .economics import department_responses_fit
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 (None = every household), got {limit}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if stop_after is not None and not stop_after >= 0:
+        raise ValueError(f"stop_after must be >= 0 seconds, got {stop_after}")
     responses = department_responses_fit() if responses is None else responses
     started_at = _time.perf_counter()
     base = float(app_settings.get("BASE_TAKE_RATE"))

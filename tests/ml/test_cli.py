@@ -225,3 +225,131 @@ def test_load_orders_prints_the_orders_whose_lines_span_more_than_an_hour(tmp_pa
         f"{path}: order 9004: lines from 2024-03-05 08:00:00 to 2024-03-05 10:15:00 (2 lines)",
     ]
     assert len(lines) == 9
+
+
+MESSY_COLUMNS = "basket=InvoiceNo,product=StockCode,time=InvoiceDate,quantity=Quantity,price=UnitPrice"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["backtest", "--preset", "completejourney", "--epochs", "0"], "argument --epochs: must be at least 1, not 0"),
+    (["recommend", "--preset", "completejourney", "--train-until", "2017-10-30", "--queries", "q.csv", "--epochs", "-1"],
+     "argument --epochs: must be at least 1, not -1"),
+    (["backtest", "--preset", "completejourney", "--sample-baskets", "-5"],
+     "argument --sample-baskets: must be at least 0 (0 = all test baskets), not -5"),
+    (["backtest", "--preset", "completejourney", "--seed", "-1"], "argument --seed: must be between 0 and 4294967295, not -1"),
+    (["backtest", "--preset", "completejourney", "--seed", "4294967296"],
+     "argument --seed: must be between 0 and 4294967295, not 4294967296"),
+    (["backtest", "--preset", "completejourney", "--epochs", "two"], "argument --epochs: must be a whole number, not 'two'"),
+    (["score", "--preset", "completejourney", "--artifact-dir", "m", "--max-bundles", "-1"],
+     "argument --max-bundles: must be at least 1, not -1"),
+    (["score", "--preset", "completejourney", "--artifact-dir", "m", "--max-bundles", "0"],
+     "argument --max-bundles: must be at least 1, not 0"),
+    (["score", "--preset", "completejourney", "--artifact-dir", "m", "--min-anchor-baskets", "0"],
+     "argument --min-anchor-baskets: must be at least 1, not 0"),
+])
+def test_numeric_options_out_of_range_are_refused_before_any_data_is_read(argv, message, capsys, monkeypatch):
+    """QA: backtest --epochs 0 ended in KeyError: 'loss'; recommend --epochs -1, backtest --sample-baskets -5 and
+    score --max-bundles -1 (which wrote 1 bundle) ran. argparse now refuses them, naming the option."""
+    monkeypatch.setattr(cli, "_load_preset", lambda preset: pytest.fail("data loaded before the options were checked"))
+    with pytest.raises(SystemExit) as usage:
+        cli.main(argv)
+    assert usage.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"python -m bundling_ml {argv[0]}: error: {message}"
+
+
+def test_input_paths_are_checked_before_anything_is_loaded(cases_dir, tmp_path, capsys, monkeypatch):
+    """QA: a missing --products file was noticed only after the orders were loaded, as a raw FileNotFoundError.
+    Every input path is checked first, with the option named (as --queries already was)."""
+    from bundling_ml import ingest
+
+    monkeypatch.setattr(ingest, "read_orders_csv", lambda *a, **k: pytest.fail("orders read before the paths were checked"))
+    monkeypatch.setattr(cli, "_load_preset", lambda preset: pytest.fail("data loaded before the paths were checked"))
+    messy = cases_dir / "import" / "retail_export_messy.csv"
+    queries = tmp_path / "q.csv"
+    queries.write_text("query_id,product_id\nq1,22001\n")
+    missing = tmp_path / "nope.csv"
+    recommend = ["recommend", "--columns", MESSY_COLUMNS, "--train-until", "2011-01-05", "--queries", str(queries)]
+    for argv, message in (
+            (recommend + ["--orders", str(messy), "--products", str(missing)],
+             f"recommend: {missing}: no such file (--products needs a CSV file)"),
+            (recommend + ["--orders", str(missing)], f"recommend: {missing}: no such file (--orders needs a CSV file)"),
+            (["backtest", "--columns", MESSY_COLUMNS, "--orders", str(tmp_path)],
+             f"backtest: {tmp_path}: is a directory (--orders needs a CSV file)"),
+            (["backtest", "--columns", MESSY_COLUMNS, "--orders", str(messy), "--products", str(missing)],
+             f"backtest: {missing}: no such file (--products needs a CSV file)"),
+            (["backtest", "--orders", str(messy)],
+             "backtest: give --preset or --orders FILE --columns basket=COL,product=COL,time=COL"),
+            (["score", "--preset", "completejourney", "--artifact-dir", str(tmp_path / "model")],
+             f"score: {tmp_path / 'model'}: no such directory (--artifact-dir needs the model directory written by "
+             "backtest --out-dir)"),
+            (["score", "--preset", "completejourney", "--artifact-dir", str(tmp_path)],
+             f"score: {tmp_path}: holds no model.keras (--artifact-dir needs the model directory written by "
+             "backtest --out-dir)")):
+        assert cli.main(argv) == 2
+        assert capsys.readouterr().err.strip() == f"python -m bundling_ml {message}"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--orders", "x.csv"], "--orders and --preset are two data sources; give one of them, not both"),
+    (["--products", "p.csv"], "--products is for --orders exports; --preset completejourney has its own products and columns"),
+    (["--columns", MESSY_COLUMNS], "--columns is for --orders exports; --preset completejourney has its own products and columns"),
+])
+@pytest.mark.parametrize("command", ["recommend", "backtest"])
+def test_preset_with_orders_products_or_columns_is_refused(command, extra, message, tmp_path, capsys, monkeypatch):
+    """QA: --preset completejourney --orders x.csv silently ignored x.csv (manage.py import_orders refuses the pair)."""
+    monkeypatch.setattr(cli, "_load_preset", lambda preset: pytest.fail("data loaded before the options were checked"))
+    queries = tmp_path / "q.csv"
+    queries.write_text("query_id,product_id\nq1,1\n")
+    argv = [command, "--preset", "completejourney", *extra]
+    if command == "recommend":
+        argv += ["--train-until", "2017-10-30", "--queries", str(queries)]
+    with pytest.raises(SystemExit) as usage:
+        cli.main(argv)
+    assert usage.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"python -m bundling_ml: error: {message}"
+
+
+@pytest.mark.parametrize("command", ["recommend", "backtest"])
+def test_an_export_with_no_usable_line_says_so_not_no_lines_before_the_date(cases_dir, tmp_path, command, capsys):
+    """QA: with a --date-format no line matches, every line was "(row skipped)" and the command ended with "no
+    order lines before 2011-01-06". Now it says that no line was imported, as manage.py import_orders does,
+    with the most common rejection."""
+    messy = cases_dir / "import" / "retail_export_messy.csv"
+    queries = tmp_path / "q.csv"
+    queries.write_text("query_id,product_id\nq1,22001\n")
+    extra = (["--train-until", "2011-01-06", "--queries", str(queries), "--out", str(tmp_path / "r.csv")]
+             if command == "recommend" else ["--split-date", "2011-01-05"])
+    base = [command, "--orders", str(messy), "--columns", MESSY_COLUMNS, "--encoding", "cp1252", *extra]
+    assert cli.main(base + ["--date-format", "%Y"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"{messy}: line 2: InvoiceDate: date '2011-01-04 09:10:00' does not match '%Y' (row skipped)"
+    assert err[-1] == (f"python -m bundling_ml {command}: {messy}: no order line was imported: 13 of 13 lines were "
+                       "rejected; most often InvoiceDate (13 lines), e.g. line 2: date '2011-01-04 09:10:00' does not "
+                       "match '%Y'")
+    assert not any("no order lines before" in line for line in err)
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_recommend_says_no_lines_before_train_until_only_when_lines_were_read(cases_dir, tmp_path, capsys):
+    messy = cases_dir / "import" / "retail_export_messy.csv"
+    queries = tmp_path / "q.csv"
+    queries.write_text("query_id,product_id\nq1,22001\n")
+    assert cli.main(["recommend", "--orders", str(messy), "--columns", MESSY_COLUMNS, "--encoding", "cp1252",
+                     "--train-until", "2010-01-06", "--queries", str(queries), "--out", str(tmp_path / "r.csv")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "python -m bundling_ml recommend: no order lines before 2010-01-06 (--train-until): the 8 order lines read "
+        "are from 2011-01-04 to 2011-01-05")
+
+
+def test_no_lines_message_names_the_most_common_rejection_and_the_skipped_reasons():
+    from bundling_ml.ingest import ImportReport, Rejection
+
+    report = ImportReport(read=5, rejections=[Rejection(2, "sku", "SKU missing"),
+                                              Rejection(3, "order_id", "order 7 has a rejected line"),
+                                              Rejection(4, "order_id", "order 7 has a rejected line"),
+                                              Rejection(5, "sku", "SKU 'x y' has spaces")])
+    assert cli.no_lines_message(report) == ("no order line was imported: 4 of 5 lines were rejected; most often sku "
+                                            "(2 lines), e.g. line 2: SKU missing")
+    report = ImportReport(read=3, skipped_reasons={"cancellation": 2, "non_product": 1})
+    assert cli.no_lines_message(report) == ("no order line was imported: 3 of 3 lines were skipped "
+                                            "(cancellation 2, non_product 1)")

@@ -19,13 +19,15 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from bundling_ml.cli import int_option
+
 
 class Command(BaseCommand):
     help = "Import the Complete Journey data, train, score, approve the top suggestions and print the admin login."
 
     def add_arguments(self, parser):
-        parser.add_argument("--approve", type=int, default=20, help="how many top suggestions to approve (default 20)")
-        parser.add_argument("--households", type=int, default=None, help="import only this many households (quick demo)")
+        parser.add_argument("--approve", type=int_option(1), default=20, help="how many top suggestions to approve (default 20)")
+        parser.add_argument("--households", type=int_option(1), default=None, help="import only this many households (quick demo)")
         parser.add_argument("--skip-import", action="store_true", help="reuse the data already in the database")
         parser.add_argument("--url", default="http://127.0.0.1:8000",
                             help="where the site will be served, for the links printed at the end (default http://127.0.0.1:8000; "

@@ -29,6 +29,10 @@ from django.db.models import Exists, FloatField, OuterRef, Q
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
 
+from bundling_ml.cli import int_option
+
+
+
 
 class Command(BaseCommand):
     """Approve the top pending suggestions (demo)."""
@@ -36,11 +40,11 @@ class Command(BaseCommand):
     help = "Approve the top N pending bundle suggestions as a demo staff user (created if missing)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--top", type=int, default=20, help="how many suggestions to approve (default 20)")
+        parser.add_argument("--top", type=int_option(1), default=20, help="how many suggestions to approve (default 20)")
         parser.add_argument("--by", choices=["score", "margin"], default="score",
                             help="rank by model score (default) or expected incremental margin per offer shown")
         parser.add_argument("--username", default="demo-staff", help="staff user (default demo-staff)")
-        parser.add_argument("--offers-per-product", type=int, default=1,
+        parser.add_argument("--offers-per-product", type=int_option(1), default=1,
                             help="most bundles approved in this run that one product may be in (default 1)")
 
     def handle(self, *args, **options):

@@ -17,6 +17,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from bundling_ml.cli import int_option
 from bundling_ml.ingest import IngestError, parse_mapping
 from shop_bundles.services.imports import DEFAULT_STOCK, orders_import_completejourney, orders_import_csv
 
@@ -36,11 +37,11 @@ class Command(BaseCommand):
         parser.add_argument("--decimal", default=".", choices=[".", ","], help="decimal separator (default '.')")
         parser.add_argument("--date-format", default=None,
                             help="strptime format of the date column, e.g. '%%d/%%m/%%Y %%H:%%M' (default: inferred)")
-        parser.add_argument("--weeks", type=int, default=None, help="completejourney: import weeks 1..N only")
-        parser.add_argument("--households", type=int, default=None,
+        parser.add_argument("--weeks", type=int_option(1), default=None, help="completejourney: import weeks 1..N only")
+        parser.add_argument("--households", type=int_option(1), default=None,
                             help="completejourney: import a seeded sample of N households")
         parser.add_argument("--no-promotions", action="store_true", help="completejourney: skip promotions")
-        parser.add_argument("--stock", type=int, default=DEFAULT_STOCK,
+        parser.add_argument("--stock", type=int_option(0), default=DEFAULT_STOCK,
                             help=f"stock of created products (default {DEFAULT_STOCK})")
         parser.add_argument("--dry-run", action="store_true", help="CSV: read and report only; write nothing")
         parser.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -12,11 +12,27 @@ scores and attach rates) learnt from order lines before ``--from``: set
 ``SHOP_BUNDLES_HISTORY_UNTIL`` to the ``--from`` day before training, scoring
 and ranking. Otherwise the command says IN-SAMPLE in its report.
 """
+import argparse
+import math
 from datetime import date
 
 from django.core.management.base import BaseCommand, CommandError
 
+from bundling_ml.cli import int_option
 from shop_bundles.services.simulation import shoppers_simulate, simulation_reset
+
+
+
+
+def _minutes(value: str) -> float:
+    """argparse type for a positive, finite number of minutes."""
+    try:
+        minutes = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of minutes, not {value!r}") from None
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of minutes above 0, not {value!r}")
+    return minutes
 
 
 class Command(BaseCommand):
@@ -25,11 +41,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--from", dest="date_from", default="2017-10-30", help="first day (YYYY-MM-DD)")
         parser.add_argument("--to", dest="date_to", default="2017-12-31", help="last day, inclusive (YYYY-MM-DD)")
-        parser.add_argument("--limit", type=int, default=None, help="at most this many shoppers (households)")
-        parser.add_argument("--seed", type=int, default=0, help="seed of the take-model draws")
-        parser.add_argument("--workers", type=int, default=1,
+        parser.add_argument("--limit", type=int_option(1), default=None,
+                            help="at most this many shoppers (households), at least 1")
+        parser.add_argument("--seed", type=int_option(0), default=0, help="seed of the take-model draws (0 or more)")
+        parser.add_argument("--workers", type=int_option(1), default=1,
                             help="processes replaying households in parallel (default 1)")
-        parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
+        parser.add_argument("--stop-after", type=_minutes, default=None, metavar="MINUTES",
                             help="start no new household after this many minutes; a re-run continues")
         parser.add_argument("--reset", action="store_true",
                             help="first delete the simulated orders and offer events of earlier replays "

@@ -5,20 +5,28 @@ task runs), prints the backtest table and timings, then scores suggestions
 with the new version (in this process in demo mode, queued on the ``ml`` queue
 when a broker is configured) unless ``--no-score`` is given.
 """
+import argparse
 import logging
+import re
 import time
 from datetime import date
 
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from bundling_ml.cli import int_option
+
 
 def _date(value: str) -> date:
-    """argparse type for YYYY-MM-DD."""
+    """argparse type for YYYY-MM-DD: argparse reports a bad value as "argument --split-date: ..." (no traceback)."""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
+        raise argparse.ArgumentTypeError(f"must be a date YYYY-MM-DD, not {value!r}")
     try:
-        return date.fromisoformat(value)
-    except ValueError as exc:
-        raise CommandError(f"--split-date must be YYYY-MM-DD, not {value!r}") from exc
+        return date.fromisoformat(value.strip())
+    except ValueError as exc:  # e.g. 2017-02-30: "day is out of range for month"
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date ({exc})") from None
+
+
 
 
 class Command(BaseCommand):
@@ -31,7 +39,7 @@ class Command(BaseCommand):
                             help="temporal split date YYYY-MM-DD (Complete Journey protocol: 2017-10-30); "
                                  "default: the last ~20 %% of weeks are the test period")
         parser.add_argument("--no-score", action="store_true", help="do not score suggestions afterwards")
-        parser.add_argument("--max-queries", type=int, default=None, help="cap on backtest queries")
+        parser.add_argument("--max-queries", type=int_option(1), default=None, help="cap on backtest queries")
         parser.add_argument("--slot", default=None, help="slot key; a second run for the same slot exits early")
 
     def handle(self, *args, **options):
