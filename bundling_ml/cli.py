@@ -153,7 +153,7 @@ def no_lines_message(report) -> str:
         parts.append(f"{report.skipped:,} of {report.read:,} lines were skipped ({reasons})")
     text = "no order line was imported: " + (", ".join(parts) or f"none of the {report.read:,} lines was kept")
     if report.rejections:
-        own = [r for r in report.rejections if not r.reason.endswith(" has a rejected line")] or report.rejections
+        own = [r for r in report.rejections if " has a rejected line" not in r.reason] or report.rejections
         field, n = Counter(r.field for r in own).most_common(1)[0]
         first = next(r for r in own if r.field == field)
         text += f"; most often {field} ({n:,} lines), e.g. line {first.line}: {first.reason}"

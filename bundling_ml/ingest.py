@@ -51,7 +51,7 @@ CSV rules
   is never closed refuses the whole file, naming its line (it would swallow
   the lines after it).
   A basket with any rejected line is rejected whole (its other lines are
-  reported with reason ``order <id> has a rejected line``): no half baskets.
+  reported with reason ``order <id> has a rejected line (line <n>)``): no half baskets.
   A basket whose lines name two different customers, or two different
   stores, is rejected the same way.
 * Exact duplicate lines (every field equal) are reported as duplicates of the
@@ -903,9 +903,16 @@ def read_orders_csv(
                 rejections.append(Rejection(int(src_line.iat[i]), names[key],
                                             f"order {b} names more than one {word} ({', '.join(values)})"))
     follow = ~bad_rows & raw["basket"].isin(bad_baskets).to_numpy()
+    rejected_at = defaultdict(list)  # order -> file lines of its own rejected lines, for the message
+    if follow.any():
+        for i in np.flatnonzero(np.asarray(bad_rows) & raw["basket"].isin(bad_baskets).to_numpy()):
+            rejected_at[raw["basket"].iat[i]].append(int(src_line.iat[i]))
     for i in np.flatnonzero(follow):
         b = raw["basket"].iat[i]
-        rejections.append(Rejection(int(src_line.iat[i]), names["basket"], f"order {b} has a rejected line"))
+        at = sorted(rejected_at.get(b, ()))
+        where = (f" (line{'s' if len(at) > 1 else ''} {', '.join(map(str, at[:3]))}{' ...' if len(at) > 3 else ''})"
+                 if at else "")
+        rejections.append(Rejection(int(src_line.iat[i]), names["basket"], f"order {b} has a rejected line{where}"))
     bad_rows |= follow
     rejections.sort(key=lambda r: r.line)
     report.rejections = rejections

@@ -345,8 +345,8 @@ def test_no_lines_message_names_the_most_common_rejection_and_the_skipped_reason
     from bundling_ml.ingest import ImportReport, Rejection
 
     report = ImportReport(read=5, rejections=[Rejection(2, "sku", "SKU missing"),
-                                              Rejection(3, "order_id", "order 7 has a rejected line"),
-                                              Rejection(4, "order_id", "order 7 has a rejected line"),
+                                              Rejection(3, "order_id", "order 7 has a rejected line (line 2)"),
+                                              Rejection(4, "order_id", "order 7 has a rejected line (line 2)"),
                                               Rejection(5, "sku", "SKU 'x y' has spaces")])
     assert cli.no_lines_message(report) == ("no order line was imported: 4 of 5 lines were rejected; most often sku "
                                             "(2 lines), e.g. line 2: SKU missing")

@@ -112,7 +112,7 @@ def test_bad_rows_rejections_with_line_numbers(cases_dir):
         (5, "sku", "SKU missing"),
         (6, "ordered_at", "date 'not a date' does not match '%Y-%m-%d %H:%M'"),
         (7, "(row)", "6 fields where 5 expected"),
-        (13, "order_id", "order 7008 has a rejected line"),
+        (13, "order_id", "order 7008 has a rejected line (line 14)"),
         (14, "qty", "quantity 'x' is not a number"),
     ]
     assert result.report.duplicate_lines == [{"line": 10, "duplicate_of": 2}]

@@ -95,7 +95,7 @@ EXPECTED_BAD_ROWS = [
     {"line": 5, "field": "sku", "reason": "SKU missing"},
     {"line": 6, "field": "ordered_at", "reason": "date 'not a date' does not match '%Y-%m-%d %H:%M'"},
     {"line": 7, "field": "(row)", "reason": "6 fields where 5 expected"},
-    {"line": 13, "field": "order_id", "reason": "order 7008 has a rejected line"},
+    {"line": 13, "field": "order_id", "reason": "order 7008 has a rejected line (line 14)"},
     {"line": 14, "field": "qty", "reason": "quantity 'x' is not a number"},
 ]
 
@@ -125,7 +125,7 @@ def test_bad_rows_reimport_adds_nothing_and_reports_the_same(cases_dir):
     for text in (first, second):
         assert "line 4: qty: quantity 'two' is not a number" in text
         assert "line 7: (row): 6 fields where 5 expected" in text
-        assert "line 13: order_id: order 7008 has a rejected line" in text
+        assert "line 13: order_id: order 7008 has a rejected line (line 14)" in text
         assert "line 10 repeats line 2" in text
 
 
