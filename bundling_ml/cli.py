@@ -196,6 +196,29 @@ def int_option(low: int, high: int | None = None, hint: str = ""):
     return parse
 
 
+def iso_date(value: str) -> "dt.date":
+    """argparse ``type=`` for a calendar date written YYYY-MM-DD.
+
+    Refused by argparse with the option named, no traceback: "argument
+    --split-date: must be a date YYYY-MM-DD, not 'tomorrow'", or "'2017-02-30'
+    is not a date (day is out of range for month)". Also used by the shop's
+    management commands.
+
+    Returns:
+        ``datetime.date``.
+    """
+    import datetime as dt
+    import re
+
+    text = str(value).strip()
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        raise argparse.ArgumentTypeError(f"must be a date YYYY-MM-DD, not {value!r}")
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as exc:  # e.g. 2017-02-30: "day is out of range for month"
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date ({exc})") from None
+
+
 def _add_data_options(p):
     p.add_argument("--preset", choices=PRESETS)
     p.add_argument("--orders", help="order-lines CSV")

@@ -1,4 +1,4 @@
-"""Bad option values of ``train_bundles``, ``simulate_shoppers`` and ``demo_approve`` are refused by argparse:
+"""Bad option values of ``train_bundles``, ``simulate_shoppers``, ``import_orders``, ``demo`` and ``demo_approve`` are refused by argparse:
 one line naming the option and the reason, exit status 2, no traceback, before anything is read or written."""
 from datetime import date
 
@@ -19,6 +19,13 @@ REFUSED = [
     ("simulate_shoppers", ["--stop-after", "0"], "argument --stop-after: must be a number of minutes above 0, not '0'"),
     ("simulate_shoppers", ["--stop-after", "nan"],
      "argument --stop-after: must be a number of minutes above 0, not 'nan'"),
+    ("simulate_shoppers", ["--from", "2017-13-01"],
+     "argument --from: '2017-13-01' is not a date (month must be in 1..12)"),
+    ("simulate_shoppers", ["--to", "31/12/2017"], "argument --to: must be a date YYYY-MM-DD, not '31/12/2017'"),
+    ("import_orders", ["--preset", "completejourney", "--weeks", "0"], "argument --weeks: must be at least 1, not 0"),
+    ("import_orders", ["--csv", "x.csv", "--stock", "-5"], "argument --stock: must be at least 0, not -5"),
+    ("demo", ["--approve", "0"], "argument --approve: must be at least 1, not 0"),
+    ("demo", ["--households", "-3"], "argument --households: must be at least 1, not -3"),
     ("demo_approve", ["--top", "-1"], "argument --top: must be at least 1, not -1"),
     ("demo_approve", ["--top", "0"], "argument --top: must be at least 1, not 0"),
     ("demo_approve", ["--offers-per-product", "0"], "argument --offers-per-product: must be at least 1, not 0"),

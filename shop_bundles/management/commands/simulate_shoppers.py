@@ -18,7 +18,7 @@ from datetime import date
 
 from django.core.management.base import BaseCommand, CommandError
 
-from bundling_ml.cli import int_option
+from bundling_ml.cli import int_option, iso_date
 from shop_bundles.services.simulation import shoppers_simulate, simulation_reset
 
 
@@ -39,8 +39,8 @@ class Command(BaseCommand):
     help = "Replay held-out baskets (grouped by household) through the storefront, with the holdout experiment."
 
     def add_arguments(self, parser):
-        parser.add_argument("--from", dest="date_from", default="2017-10-30", help="first day (YYYY-MM-DD)")
-        parser.add_argument("--to", dest="date_to", default="2017-12-31", help="last day, inclusive (YYYY-MM-DD)")
+        parser.add_argument("--from", dest="date_from", type=iso_date, default=date(2017, 10, 30), help="first day (YYYY-MM-DD)")
+        parser.add_argument("--to", dest="date_to", type=iso_date, default=date(2017, 12, 31), help="last day, inclusive (YYYY-MM-DD)")
         parser.add_argument("--limit", type=int_option(1), default=None,
                             help="at most this many shoppers (households), at least 1")
         parser.add_argument("--seed", type=int_option(0), default=0, help="seed of the take-model draws (0 or more)")
@@ -54,10 +54,9 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bar")
 
     def handle(self, *args, **options):
-        try:
-            start, end = date.fromisoformat(options["date_from"]), date.fromisoformat(options["date_to"])
-        except ValueError as exc:
-            raise CommandError(f"dates must be YYYY-MM-DD: {exc}") from exc
+        start, end = options["date_from"], options["date_to"]
+        if isinstance(start, str) or isinstance(end, str):  # call_command(date_from="2017-10-30") skips argparse
+            start, end = iso_date(str(start)), iso_date(str(end))
         if end < start:
             raise CommandError("--to is before --from")
         if options["reset"]:

@@ -5,26 +5,15 @@ task runs), prints the backtest table and timings, then scores suggestions
 with the new version (in this process in demo mode, queued on the ``ml`` queue
 when a broker is configured) unless ``--no-score`` is given.
 """
-import argparse
 import logging
-import re
 import time
-from datetime import date
 
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from bundling_ml.cli import int_option
+from bundling_ml.cli import int_option, iso_date
 
 
-def _date(value: str) -> date:
-    """argparse type for YYYY-MM-DD: argparse reports a bad value as "argument --split-date: ..." (no traceback)."""
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
-        raise argparse.ArgumentTypeError(f"must be a date YYYY-MM-DD, not {value!r}")
-    try:
-        return date.fromisoformat(value.strip())
-    except ValueError as exc:  # e.g. 2017-02-30: "day is out of range for month"
-        raise argparse.ArgumentTypeError(f"{value!r} is not a date ({exc})") from None
 
 
 
@@ -35,7 +24,7 @@ class Command(BaseCommand):
     help = "Train and backtest a bundle model on the order history; activate it if it is good enough."
 
     def add_arguments(self, parser):
-        parser.add_argument("--split-date", type=_date, default=None,
+        parser.add_argument("--split-date", type=iso_date, default=None,
                             help="temporal split date YYYY-MM-DD (Complete Journey protocol: 2017-10-30); "
                                  "default: the last ~20 %% of weeks are the test period")
         parser.add_argument("--no-score", action="store_true", help="do not score suggestions afterwards")
