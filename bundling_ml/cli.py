@@ -447,6 +447,9 @@ def main(argv=None) -> int:
         for option in ("products", "columns"):
             if getattr(args, option):
                 ap.error(f"--{option} is for --orders exports; --preset {args.preset} has its own products and columns")
+        for option, default in (("encoding", "utf-8"), ("delimiter", ","), ("decimal", ".")):
+            if getattr(args, option) != default:  # it would be ignored: the preset's tables are not a CSV file
+                ap.error(f"--{option} is for --orders exports; --preset {args.preset} reads its own tables")
     out = getattr(args, "out", "-")
     if out != "-":  # before training, not after it
         target = Path(out).resolve()

@@ -293,6 +293,9 @@ def test_input_paths_are_checked_before_anything_is_loaded(cases_dir, tmp_path, 
     (["--orders", "x.csv"], "--orders and --preset are two data sources; give one of them, not both"),
     (["--products", "p.csv"], "--products is for --orders exports; --preset completejourney has its own products and columns"),
     (["--columns", MESSY_COLUMNS], "--columns is for --orders exports; --preset completejourney has its own products and columns"),
+    (["--encoding", "cp1252"], "--encoding is for --orders exports; --preset completejourney reads its own tables"),
+    (["--delimiter", ";"], "--delimiter is for --orders exports; --preset completejourney reads its own tables"),
+    (["--decimal", ","], "--decimal is for --orders exports; --preset completejourney reads its own tables"),
 ])
 @pytest.mark.parametrize("command", ["recommend", "backtest"])
 def test_preset_with_orders_products_or_columns_is_refused(command, extra, message, tmp_path, capsys, monkeypatch):
