@@ -8,7 +8,7 @@ DJANGO_ENV            ``development`` (default) or ``production``. Production
                       HTTPS settings that ``manage.py check --deploy`` expects.
 DJANGO_SECRET_KEY     secret key; a fixed insecure key is used in development.
 DJANGO_DEBUG          ``1`` to turn DEBUG on. Off by default; ``make demo`` sets it.
-DJANGO_ALLOWED_HOSTS  comma-separated host names (default ``127.0.0.1,localhost``
+DJANGO_ALLOWED_HOSTS  comma-separated host names (default ``127.0.0.1,localhost,testserver``
                       in development).
 DJANGO_TIME_ZONE      IANA zone for campaign windows and imports (default UTC).
 DJANGO_CSRF_TRUSTED_ORIGINS  comma-separated origins (``https://shop.example.com``) behind a proxy.
@@ -132,6 +132,9 @@ DATABASES = {
         conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "0")),
     )
 }
+if PRODUCTION and not os.environ.get("DATABASE_URL", "").strip():
+    raise ImproperlyConfigured("DATABASE_URL must be set when DJANGO_ENV=production (without it the settings fall back "
+                               "to the demo's SQLite file), e.g. postgres://shop:secret@db:5432/shop_bundles.")
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     # A longer busy timeout lets the demo's eager tasks and the dev server share the file. IMMEDIATE: a
@@ -171,6 +174,11 @@ LOGOUT_REDIRECT_URL = "/"
 
 # --- Celery -------------------------------------------------------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
+if PRODUCTION and not CELERY_BROKER_URL.strip():
+    # Without a broker, tasks run eagerly in the calling process: "Retrain now" would train TensorFlow inside a
+    # web request (and time out there).
+    raise ImproperlyConfigured("CELERY_BROKER_URL must be set when DJANGO_ENV=production (without it tasks run in "
+                               "the web process, the demo's mode), e.g. redis://redis:6379/0.")
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "") or None
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 CELERY_TASK_EAGER_PROPAGATES = True

@@ -27,6 +27,18 @@ def test_docker_compose_defines_the_whole_stack():
     assert env["DATABASE_URL"].startswith("postgres://") and env["CELERY_BROKER_URL"].startswith("redis://")
     assert env["DJANGO_ENV"] == "production"
     assert services["web"]["ports"] == ["8000:8000"]
+    assert {"SHOP_BUNDLES_EVENT_TOKEN", "DJANGO_TIME_ZONE"} <= set(env)
+    # Two workers on one host need their own node names (Celery warns of a duplicate celery@host otherwise).
+    assert "-n default@%h" in services["worker"]["command"] and "-n ml@%h" in services["worker-ml"]["command"]
+
+
+def test_the_image_leaves_out_the_venv_and_the_demo_files_and_does_not_run_as_root():
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".venv", ".git", "var"} <= ignored  # var/ holds the SQLite file, models and demo passwords
+    dockerfile = (ROOT / "Dockerfile").read_text().splitlines()
+    users = [line.split()[1] for line in dockerfile if line.startswith("USER ")]
+    assert users and users[-1] != "root"
 
 
 def test_bundling_ml_never_imports_django():
@@ -85,11 +97,32 @@ def test_unknown_environment_and_debug_in_production_are_refused():
 def test_deploy_check_is_clean_with_production_settings():
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
     env.update(DJANGO_ENV="production", DJANGO_SECRET_KEY="x" * 20 + "-production-secret-" + "Yz9!kQ" * 8,
-               DJANGO_ALLOWED_HOSTS="shop.example.com")
+               DJANGO_ALLOWED_HOSTS="shop.example.com", DATABASE_URL=os.environ["DATABASE_URL"],
+               CELERY_BROKER_URL="redis://127.0.0.1:6379/15")
     result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("unset, message", [
+    ("CELERY_BROKER_URL", "CELERY_BROKER_URL must be set when DJANGO_ENV=production (without it tasks run in the "
+                          "web process, the demo's mode), e.g. redis://redis:6379/0."),
+    ("DATABASE_URL", "DATABASE_URL must be set when DJANGO_ENV=production (without it the settings fall back to the "
+                     "demo's SQLite file), e.g. postgres://shop:secret@db:5432/shop_bundles."),
+])
+def test_production_refuses_the_demo_fallbacks_for_the_broker_and_the_database(unset, message):
+    """QA: production settings without a broker passed ``check --deploy``; "Retrain now" then trained TensorFlow
+    eagerly inside a gunicorn request, which timed out (500, run failed). Without DATABASE_URL it was SQLite."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    env.update(DJANGO_ENV="production", DJANGO_SECRET_KEY="x" * 20 + "-production-secret-" + "Yz9!kQ" * 8,
+               DJANGO_ALLOWED_HOSTS="shop.example.com", DATABASE_URL=os.environ["DATABASE_URL"],
+               CELERY_BROKER_URL="redis://127.0.0.1:6379/15")
+    env.pop(unset)
+    result = subprocess.run([sys.executable, "manage.py", "check", "--deploy"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert (result.returncode, result.stderr) == (2, f"manage.py: the settings are not usable: {message}\n")
 
 
 @pytest.mark.faults
