@@ -1370,7 +1370,13 @@ class ExperimentDashboardAdmin(ReadOnlyMixin, admin.ModelAdmin):
                                        "buffer (is the drain_impression_buffer task running?); they are not "
                                        "in these figures yet.", level=messages.WARNING)
 
+    #: campaign tables on the page (and in the CSV): the newest campaigns with impressions
+    MAX_CAMPAIGN_TABLES = 50
+
     def _results(self, simulated: bool) -> list[dict]:
+        """The overall result, then one per campaign with impressions (newest first, at most
+        :attr:`MAX_CAMPAIGN_TABLES`; ``self._campaigns_total`` counts them all). Live campaign tables count
+        impressions and orders inside the campaign's window (``starts_at`` to ``ends_at``)."""
         from .services.experiment import experiment_results
 
         overall = experiment_results(simulated=simulated)
@@ -1378,10 +1384,20 @@ class ExperimentDashboardAdmin(ReadOnlyMixin, admin.ModelAdmin):
         out = [overall]
         ids = (OfferEvent.objects.filter(kind=OfferEvent.IMPRESSION, simulated=simulated)
                .order_by().values_list("campaign_id", flat=True).distinct())
-        names = dict(BundleCampaign.objects.filter(pk__in=list(ids)).values_list("pk", "name"))
-        for cid in sorted(names)[:50]:
-            res = experiment_results(simulated=simulated, campaign_id=cid)
-            res["label"] = names[cid]
+        campaigns = list(BundleCampaign.objects.filter(pk__in=list(ids)).order_by("-pk")
+                         .only("pk", "name", "starts_at", "ends_at"))
+        self._campaigns_total = len(campaigns)
+        for campaign in campaigns[:self.MAX_CAMPAIGN_TABLES]:  # the newest
+            if simulated:  # the replay places its orders at the held-out baskets' own (past) dates
+                res = experiment_results(simulated=True, campaign_id=campaign.pk)
+                res["label"] = campaign.name
+            else:  # only what happened while the campaign ran (an ended one stops counting at its end)
+                res = experiment_results(simulated=False, campaign_id=campaign.pk, since=campaign.starts_at,
+                                         until=campaign.ends_at)
+                start = timezone.localtime(campaign.starts_at)
+                end = (f"{timezone.localtime(campaign.ends_at):%Y-%m-%d %H:%M}" if campaign.ends_at
+                       else "open-ended")
+                res["label"] = f"{campaign.name} ({start:%Y-%m-%d %H:%M} to {end})"
             out.append(res)
         return out
 
@@ -1414,11 +1430,14 @@ class ExperimentDashboardAdmin(ReadOnlyMixin, admin.ModelAdmin):
         charts = {}
         empty_text = ("No simulated data yet: run simulate_shoppers." if simulated
                       else "No storefront orders from shoppers who saw an offer yet.")
-        for metric, title in (("attach_rate", "daily attach rate"), ("aov", "daily AOV")):
+        # The tables' attach rate is per visitor; the daily chart can only be per order (a visitor's days differ),
+        # so it says so and is in percent.
+        for metric, title, scale in (("attach_rate", "daily share of orders holding an offered bundle (%)", 100.0),
+                                     ("aov", "daily AOV", 1.0)):
             dates = sorted({d["date"] for d in overall["daily"]})
             series = {}
             for group in ("treatment", "holdout"):
-                by_date = {d["date"]: d[metric] for d in overall["daily"] if d["group"] == group}
+                by_date = {d["date"]: d[metric] * scale for d in overall["daily"] if d["group"] == group}
                 series[group] = [by_date[d] for d in dates if d in by_date]
             charts[title] = svg_line_chart(series, width=560, height=200,
                                            x_labels=(dates[0], dates[-1]) if dates else None, label=title,
@@ -1428,6 +1447,8 @@ class ExperimentDashboardAdmin(ReadOnlyMixin, admin.ModelAdmin):
             "title": "Holdout experiment" + (" — SIMULATED replay" if simulated else ""),
             "opts": self.model._meta, "simulated": simulated, "data": data, "tables": tables,
             "charts": charts, "overall": overall, "method": overall["method"],
-            "holdout_share": overall["holdout_share"], **(extra_context or {}),
+            "holdout_share": overall["holdout_share"],
+            "campaigns_total": self._campaigns_total, "campaigns_shown": len(results) - 1,
+            **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/shop_bundles/experiment_dashboard.html", context)

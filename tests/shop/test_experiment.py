@@ -235,7 +235,8 @@ def test_dashboard_page_and_csv_export(client, settings, shop):
     assert url in index
     page = client.get(url + "?data=live")
     html = page.content.decode()
-    assert page.status_code == 200 and "<svg" in html and "daily attach rate" in html and "AB" in html
+    assert page.status_code == 200 and "<svg" in html and "daily share of orders holding an offered bundle (%)" in html
+    assert "AB (" in html
     assert "SIMULATED" not in html
     csv_response = client.get(url + "?data=live&format=csv")
     assert csv_response["Content-Type"] == "text/csv"
@@ -249,6 +250,34 @@ def test_dashboard_page_and_csv_export(client, settings, shop):
     simulated = client.get(url + "?data=simulated").content.decode()
     assert "No simulated data yet: run simulate_shoppers." in simulated
     assert "No training curve recorded." not in simulated
+
+
+def test_a_campaign_table_counts_only_what_happened_while_the_campaign_ran(client, settings, shop):
+    """QA: a shopper saw the offer, staff ended the campaign, then the shopper bought both products at shelf
+    prices: the ended campaign's table showed 50 % attach, credited by an order placed after its end."""
+    from shop_bundles.services.campaigns import campaign_end
+
+    settings.SHOP_BUNDLES_HOLDOUT_SHARE = 0.5
+    a, b, campaign = shop
+    boss = User.objects.create_superuser("boss", "b@example.com", "pw-For-tests-1")
+    _visitor(campaign, (a, b), "treatment", "t1", [])  # saw the offer, bought nothing yet
+    _visitor(campaign, (a, b), "holdout", "h1", [])
+    campaign_end(campaign=campaign, user=boss)
+    order = Order.objects.create(external_id="t1-late", placed_at=timezone.now() + timedelta(seconds=1),
+                                 source=Order.SOURCE_STOREFRONT, session_key="t1", experiment_group="treatment",
+                                 total=D("25.00"), subtotal=D("25.00"))
+    for product in (a, b):
+        OrderLine.objects.create(order=order, product=product, quantity=1, unit_price=product.price)
+    client.force_login(boss)
+    page = client.get(reverse("admin:shop_bundles_experimentdashboard_changelist") + "?data=live")
+    overall, table = page.context["tables"][0], page.context["tables"][1]
+    campaign.refresh_from_db()
+    window = (f"{timezone.localtime(campaign.starts_at):%Y-%m-%d %H:%M} to "
+              f"{timezone.localtime(campaign.ends_at):%Y-%m-%d %H:%M}")
+    assert table["label"] == f"AB ({window})"
+    assert table["rows"][0][:2] == ("attach rate", "0.00% (too few visitors for an interval)")
+    # The whole-shop table is not windowed: the visitor did buy both products after seeing the offer.
+    assert overall["rows"][0][:2] == ("attach rate", "100.00% (too few visitors for an interval)")
 
 
 def test_dashboard_drains_the_impression_buffer_before_computing(client, settings, shop):
