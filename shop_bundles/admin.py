@@ -1084,6 +1084,26 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        """The active version (the one scoring and ranking serve) cannot be deleted: activate another first.
+        Deleting it used to leave the hourly scoring and store ranking "succeeded" with nothing to serve."""
+        if obj is not None and obj.is_active:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def get_deleted_objects(self, objs, request):
+        """The list's "Delete selected" with the active version among them is refused on its confirmation
+        page, which names it as protected ("v... is the active model version: activate another version
+        first") instead of a bare 403."""
+        deletable, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        active = [obj for obj in objs if obj.is_active]
+        if active:
+            if super().has_delete_permission(request):  # missing only because of the active one
+                perms_needed = perms_needed - {str(self.model._meta.verbose_name)}
+            protected = [*protected, *(f"{obj.label} is the active model version: activate another version "
+                                       "first" for obj in active)]
+        return deletable, model_count, perms_needed, protected
+
     @admin.display(description="model NDCG@10")
     def model_ndcg(self, obj):
         value = _metric(obj.metrics, "model")

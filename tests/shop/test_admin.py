@@ -400,6 +400,29 @@ def test_model_version_admin_backtest_table_and_activate_action(admin_client, tm
     assert (old.is_active, new.is_active) == (False, True)
 
 
+def test_the_active_model_version_cannot_be_deleted_in_the_admin(admin_client, tmp_path):
+    active = ModelVersion.objects.create(label="v-serving", artifact_path=checksummed_artifact(tmp_path / "a"),
+                                         metrics=METRICS, is_active=True)
+    old = ModelVersion.objects.create(label="v-old", artifact_path=checksummed_artifact(tmp_path / "b"),
+                                      metrics=METRICS)
+    delete = reverse("admin:shop_bundles_modelversion_delete", args=[active.pk])
+    assert admin_client.get(delete).status_code == 403
+    assert admin_client.post(delete, {"post": "yes"}).status_code == 403
+    html = admin_client.get(reverse("admin:shop_bundles_modelversion_change", args=[active.pk])).content.decode()
+    assert delete not in html  # no Delete button on the serving version
+    changelist = reverse("admin:shop_bundles_modelversion_changelist")
+    for post in ({}, {"post": "yes"}):  # the confirmation page, and confirming anyway
+        response = admin_client.post(changelist, {"action": "delete_selected",
+                                                  "_selected_action": [active.pk, old.pk], **post})
+        assert response.status_code == 200
+        assert response.context["protected"] == [
+            "v-serving is the active model version: activate another version first"]
+        assert not response.context["perms_lacking"]
+        assert ModelVersion.objects.count() == 2
+    admin_client.post(changelist, {"action": "delete_selected", "_selected_action": [old.pk], "post": "yes"})
+    assert list(ModelVersion.objects.values_list("label", flat=True)) == ["v-serving"]
+
+
 @pytest.mark.faults
 def test_admin_refuses_to_activate_a_corrupt_or_missing_artifact(admin_client, tmp_path):
     active = ModelVersion.objects.create(label="v-ok", artifact_path=checksummed_artifact(tmp_path / "ok"),
