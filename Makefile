@@ -45,10 +45,10 @@ faults: venv
 	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} $(PY) -m pytest -q -m faults
 
 worker: venv
-	$(VENV)/bin/celery -A config worker -Q default -l info
+	$(VENV)/bin/celery -A config worker -Q default -n default@%h -l info
 
 worker-ml: venv
-	$(VENV)/bin/celery -A config worker -Q ml -c 1 --max-tasks-per-child 1 -l info
+	$(VENV)/bin/celery -A config worker -Q ml -n ml@%h -c 1 --max-tasks-per-child 1 -l info
 
 beat: venv
 	$(VENV)/bin/celery -A config beat -l info

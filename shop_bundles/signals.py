@@ -5,16 +5,19 @@ from django.dispatch import receiver
 
 @receiver(post_migrate)
 def install_default_schedule(sender, **kwargs):
-    """Create the default periodic tasks (nightly retrain, hourly scoring, expiry) if absent.
+    """Create the default periodic tasks (nightly retrain, hourly scoring, expiry) if absent, and the
+    ``Bundle team`` group with its permissions (``permissions.ensure_bundle_team_group``).
 
     Runs after every ``migrate``; existing rows are left alone, so staff edits
     in the admin (django-celery-beat's Periodic tasks) survive upgrades.
     """
     if getattr(sender, "name", None) != "shop_bundles":
         return
+    from .permissions import ensure_bundle_team_group
     from .schedule import ensure_default_schedule
 
     ensure_default_schedule(using=kwargs.get("using", "default"))
+    ensure_bundle_team_group(using=kwargs.get("using", "default"))
 
 
 @receiver(post_save, sender="shop_bundles.Product", dispatch_uid="shop_bundles_product_campaign_sync")

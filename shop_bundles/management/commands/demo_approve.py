@@ -1,6 +1,6 @@
 """``manage.py demo_approve``: approve the top N pending suggestions as a demo staff member.
 
-Creates the staff user (with the approve and manage permissions and a printed
+Creates the staff user (in the ``Bundle team`` group, ``shop_bundles.permissions``, and with a printed
 random password) when missing, then approves the best-scored pending
 whole-shop suggestions (store-specific ones are left for staff) whose products are all active and in stock, each with its
 suggested discount, through the same service the admin uses. ``--by margin``
@@ -22,7 +22,6 @@ import secrets
 from collections import Counter
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.management.base import BaseCommand
 from django.db.models import Exists, FloatField, OuterRef, Q
@@ -30,6 +29,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
 
 from bundling_ml.cli import int_option
+from shop_bundles.permissions import ensure_bundle_team_group
 
 
 
@@ -101,18 +101,14 @@ class Command(BaseCommand):
                               "is negative at their discount")
 
     def _staff_user(self, username: str):
-        """Get or create the staff user with the approve/manage permissions; print a new user's password."""
+        """Get or create the staff user in the Bundle team group; print a new user's password."""
         User = get_user_model()
         user = User.objects.filter(**{User.USERNAME_FIELD: username}).first()
         if user is None:
             password = secrets.token_urlsafe(12)
             user = User.objects.create_user(**{User.USERNAME_FIELD: username}, password=password, is_staff=True)
             self.stdout.write(self.style.SUCCESS(f"created staff user {username!r} with password {password}"))
-        codenames = ["approve_bundlesuggestion", "view_bundlesuggestion", "manage_bundlecampaign",
-                     "view_bundlecampaign", "change_bundlecampaign", "view_trainingrun", "add_trainingrun",
-                     "view_modelversion", "view_staffaction"]
-        perms = Permission.objects.filter(content_type__app_label="shop_bundles", codename__in=codenames)
-        user.user_permissions.add(*perms)
+        user.groups.add(ensure_bundle_team_group())
         if not user.is_staff:
             user.is_staff = True
             user.save(update_fields=["is_staff"])
