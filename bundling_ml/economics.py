@@ -89,7 +89,8 @@ class TakeResponse:
         a: intercept (log-odds at d = 0) of the fit on discount take-up.
         b: slope, log-odds per unit of depth (d = 1.0 means 100 % off).
         n_obs: discounted product-weeks used (0 for the prior).
-        source: ``"fit"``, ``"shrunk"`` (fit pulled towards the prior) or ``"prior"``.
+        source: ``"fit"``, ``"shrunk"`` (fit pulled towards the prior), ``"capped"`` (shrunk and
+            still above ``MAX_SLOPE``, so ``b = MAX_SLOPE``) or ``"prior"``.
     """
 
     a: float
@@ -206,7 +207,8 @@ def fit_department_responses(product_weeks: pd.DataFrame, *, min_obs: int = MIN_
             out[name] = TakeResponse(a=a if math.isfinite(a) else 0.0, b=prior_slope, n_obs=n, source="prior")
             continue
         shrunk = (n * b + prior_weight * prior_slope) / (n + prior_weight)
-        out[name] = TakeResponse(a=a, b=float(min(max(shrunk, 0.0), MAX_SLOPE)), n_obs=n, source="shrunk")
+        source = "capped" if shrunk > MAX_SLOPE else "shrunk"  # the panel says "capped at 15", not "shrunk"
+        out[name] = TakeResponse(a=a, b=float(min(max(shrunk, 0.0), MAX_SLOPE)), n_obs=n, source=source)
     return out
 
 

@@ -244,7 +244,9 @@ def economics_html(economics: dict | None) -> str:
         economics.get("cost_source", ""), _currency(economics["floor_price"]),
         f"{100 * economics.get('min_margin_rate', 0):g}",
         " — the margin floor limits the discount" if economics.get("floor_binding") else "",
-        economics.get("department", ""), f"{response.get('b', 0):.2f}", response.get("source", ""),
+        economics.get("department", ""), f"{response.get('b', 0):.2f}",
+        (f"shrunk, then capped at {response.get('b', 0):g}, the steepest slope allowed"
+         if response.get("source") == "capped" else response.get("source", "")),
         response.get("n_obs", 0), f"{economics.get('base_take_rate', 0):.2%}",
         f"{economics.get('natural_attach_rate', 0):.2%}")
     rows = format_html_join("", "<tr{}><td>{}%</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", (

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from bundling_ml.economics import (
+    MAX_SLOPE,
     PRIOR_SLOPE,
     TakeResponse,
     fit_department_responses,
@@ -70,6 +71,21 @@ def test_thin_department_falls_back_to_the_prior():
                           "units": [10.0] * 5, "disc_units": [5.0] * 5, "depth": [0.1] * 5})
     responses = fit_department_responses(weeks, min_obs=30)
     assert responses["X"].source == "prior" and responses["X"].b == PRIOR_SLOPE
+
+
+def test_a_slope_steeper_than_the_cap_is_reported_as_capped_not_shrunk():
+    """Take-up jumps from ~2 % to ~98 % between 1 % and 31 % off: the fitted slope (about 26 log-odds per unit
+    depth) stays above MAX_SLOPE after shrinking, so b = 15 and the source says "capped"."""
+    rng = np.random.default_rng(1)
+    depth = np.repeat(np.linspace(0.01, 0.31, 16), 40)
+    units = np.full(depth.size, 40.0)
+    disc = rng.binomial(40, sigmoid(-4.0 + 26.0 * depth)).astype(float)
+    weeks = pd.DataFrame({"department": "Y", "product_id": [f"p{i}" for i in range(depth.size)], "week": 1,
+                          "units": units, "disc_units": disc, "depth": depth})
+    capped = fit_department_responses(weeks, min_obs=30)["Y"]
+    assert (capped.source, capped.b, capped.n_obs) == ("capped", MAX_SLOPE, depth.size)
+    gentle = weeks.assign(disc_units=rng.binomial(40, sigmoid(-1.0 + 3.0 * depth)).astype(float))
+    assert fit_department_responses(gentle, min_obs=30)["Y"].source == "shrunk"
 
 
 def test_fit_on_complete_journey_slice(cj_slice):
