@@ -68,7 +68,9 @@ def test_known_stores_come_from_the_order_history(scored):
 def test_choosing_a_store_reorders_the_product_page_and_the_order_records_it(client, products, scored):  # noqa: F811
     page = client.get(reverse("shop_bundles:store_choose"))
     assert page.status_code == 200
-    assert [v for v, _ in page.context["form"].fields["store"].choices] == ["", "367", "12"]
+    assert page.context["form"].fields["store"].choices == [
+        ("", "No store (order offers for the whole shop)"), ("367", "Store 367"), ("12", "Store 12")]
+    assert "orders)" not in page.content.decode()  # a shopper is not shown how many orders each store has
     pasta_url = reverse("shop_bundles:product_detail", kwargs={"sku": "A"})
 
     chosen = client.post(reverse("shop_bundles:store_choose"), {"store": "367", "next": pasta_url})
