@@ -1004,10 +1004,19 @@ class TrainingRunAdmin(ReadOnlyMixin, admin.ModelAdmin):
     def backtest(self, obj):
         return backtest_table(obj.metrics)
 
-    @admin.display(description="training curve (loss / val_loss per epoch)")
+    @admin.display(description="training curves (loss / val_loss per epoch)")
     def training_curve(self, obj):
+        """The anonymous ranker's curve and, beside it, the known-shopper ranker's (``shopper_loss`` /
+        ``shopper_val_loss``; their losses are on other lists, so each has its own scale)."""
         history = obj.history or {}
-        return svg_line_chart({k: history.get(k) or [] for k in ("loss", "val_loss")})
+        anon = svg_line_chart({k: history.get(k) or [] for k in ("loss", "val_loss")},
+                              label="anonymous ranker training curve")
+        shopper = {k.removeprefix("shopper_"): history.get(k) or [] for k in ("shopper_loss", "shopper_val_loss")}
+        if not any(shopper.values()):
+            return anon
+        return format_html('<div style="display:inline-block;margin-right:1em"><p>anonymous ranker</p>{}</div>'
+                           '<div style="display:inline-block"><p>known-shopper ranker</p>{}</div>', anon,
+                           svg_line_chart(shopper, label="known-shopper ranker training curve"))
 
     @admin.display(description="error")
     def error_text(self, obj):

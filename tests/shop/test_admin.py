@@ -335,7 +335,8 @@ def test_campaign_forms_keep_the_margin_floor_approval_keeps(client):
 def test_training_run_pages_show_progress_curve_and_retrain_button(admin_client, monkeypatch):
     version = ModelVersion.objects.create(label="v-curve", artifact_path="/tmp/x", metrics=METRICS, is_active=True)
     done = TrainingRun.objects.create(status="succeeded", progress=1.0, stage="done", metrics=METRICS,
-                               history={"loss": [0.9, 0.6, 0.5], "val_loss": [0.95, 0.7, 0.65]},
+                               history={"loss": [0.9, 0.6, 0.5], "val_loss": [0.95, 0.7, 0.65],
+                                        "shopper_loss": [2.1, 1.8, 1.7], "shopper_val_loss": [2.2, 1.9, 1.85]},
                                model_version=version, started_at=timezone.now(), finished_at=timezone.now())
     running = TrainingRun.objects.create(status="running", progress=0.42, stage="training epoch 2")
     html = admin_client.get(reverse("admin:shop_bundles_trainingrun_changelist")).content.decode()
@@ -345,6 +346,8 @@ def test_training_run_pages_show_progress_curve_and_retrain_button(admin_client,
     detail = admin_client.get(reverse("admin:shop_bundles_trainingrun_change",
                                       args=[done.pk])).content.decode()
     assert "<svg" in detail and "<polyline" in detail and "val_loss (last 0.65)" in detail
+    # the known-shopper ranker's curve beside the anonymous one
+    assert "known-shopper ranker" in detail and "val_loss (last 1.85)" in detail and detail.count("<svg") >= 2
     assert "0.1520" in detail and "cooccurrence_count" in detail
 
     monkeypatch.setattr("shop_bundles.tasks.retrain_model.delay", lambda **kw: None)
