@@ -917,18 +917,27 @@ class BundleCampaignAdmin(admin.ModelAdmin):
     @admin.action(description="End selected campaigns now (for good; they cannot be resumed)",
                   permissions=["manage"])
     def end_selected(self, request, queryset):
-        """End each selected campaign now (``services.campaigns.campaign_end``)."""
+        """End each selected campaign now (``services.campaigns.campaign_end``), after a confirmation page
+        (it cannot be undone) that also takes the reason."""
+        from django.template.response import TemplateResponse
+
         from .services.campaigns import campaign_end
 
+        if request.POST.get("post") != "yes":
+            return TemplateResponse(request, "admin/shop_bundles/bundlecampaign/end_confirmation.html", {
+                **self.admin_site.each_context(request), "title": "End campaigns now",
+                "opts": self.model._meta, "campaigns": list(queryset)})
+        reason = str(request.POST.get("reason", "")).strip() or "ended in the admin"
         done, refused = [], []
         for campaign in queryset:
             try:
-                campaign_end(campaign=campaign, user=request.user, reason="ended in the admin")
+                campaign_end(campaign=campaign, user=request.user, reason=reason)
             except (ValidationError, PermissionDenied) as exc:
                 refused.append(f"{campaign}: {_error_text(exc)}")
             else:
                 done.append(str(campaign))
         _report(self, request, "Ended", done, refused)
+
 
 @admin.register(StaffAction)
 class StaffActionAdmin(ReadOnlyMixin, admin.ModelAdmin):

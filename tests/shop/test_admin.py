@@ -177,13 +177,19 @@ def test_campaign_admin_end_now_action(queue, staff_client):
     campaign = suggestion_approve(suggestion=queue[0], user=staff_client.user)
     changelist = reverse("admin:shop_bundles_bundlecampaign_changelist")
     assert 'value="end_selected"' in staff_client.get(changelist).content.decode()
-    response = staff_client.post(changelist, {"action": "end_selected", "_selected_action": [campaign.pk]},
-                                 follow=True)
+    # First a confirmation page (ending cannot be undone); nothing changes yet.
+    confirm = staff_client.post(changelist, {"action": "end_selected", "_selected_action": [campaign.pk]})
+    html = confirm.content.decode()
+    assert confirm.status_code == 200 and "End these campaigns now?" in html and "Apples + Bread (Active)" in html
+    campaign.refresh_from_db()
+    assert campaign.status == "active"
+    response = staff_client.post(changelist, {"action": "end_selected", "_selected_action": [campaign.pk],
+                                              "post": "yes", "reason": "supplier deal over"}, follow=True)
     assert [str(m) for m in response.context["messages"]] == ["Ended 1: Apples + Bread"]
     campaign.refresh_from_db()
-    assert (campaign.status, campaign.status_reason) == ("ended", "ended in the admin")
-    response = staff_client.post(changelist, {"action": "end_selected", "_selected_action": [campaign.pk]},
-                                 follow=True)
+    assert (campaign.status, campaign.status_reason) == ("ended", "supplier deal over")
+    response = staff_client.post(changelist, {"action": "end_selected", "_selected_action": [campaign.pk],
+                                              "post": "yes"}, follow=True)
     local = timezone.localtime(campaign.ends_at)
     assert [str(m) for m in response.context["messages"]] == [
         f"Refused 1: Apples + Bread: Campaign Apples + Bread has already ended (at {local:%Y-%m-%d %H:%M})."]
