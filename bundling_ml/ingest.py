@@ -727,7 +727,7 @@ def read_orders_csv(
     max_id_length: int = 64,
     require_amounts: bool = True,
     time_spread_tolerance: dt.timedelta = BASKET_TIME_SPREAD_TOLERANCE,
-    invoice_prefix_rules: bool | None = None,
+    earlier_invoice_lengths: frozenset[int] | None = None,
 ) -> IngestResult:
     """Read a retailer CSV export into the standard lines frame and a report.
 
@@ -756,7 +756,7 @@ def read_orders_csv(
             duplicates, non-product codes, adjustments) apply as in the import.
         time_spread_tolerance: orders whose lines span more than this are
             reported in ``notes["time_spread"]`` (:func:`basket_time_spread`).
-        invoice_prefix_rules: passed to :func:`clean_lines` (None: decided from the file).
+        earlier_invoice_lengths: passed to :func:`clean_lines` (None: decided from the file alone).
 
     Returns:
         :class:`IngestResult`: ``lines`` with basket_id, product_id (str),
@@ -934,7 +934,7 @@ def read_orders_csv(
 
     lines, cancellations = clean_lines(lines, report, non_product_codes=non_product_codes,
                                        cancellation_prefix=cancellation_prefix, adjustment_prefix=adjustment_prefix,
-                                       invoice_prefix_rules=invoice_prefix_rules)
+                                       earlier_invoice_lengths=earlier_invoice_lengths)
     report.imported = len(lines)
     report.notes["time_spread"] = basket_time_spread(lines, tolerance=time_spread_tolerance)
     products = _products_from_lines(lines)
@@ -982,7 +982,8 @@ def apply_cleaning_rules(
 
 
 def invoice_prefix_convention(basket: pd.Series, cancellation_prefix: str | None = "C",
-                              adjustment_prefix: str | None = "A", *, known: bool | None = None) -> tuple[bool, str]:
+                              adjustment_prefix: str | None = "A", *,
+                              earlier_lengths: frozenset[int] | None = None) -> tuple[bool, str]:
     """Whether basket ids follow the UCI invoice convention, where a prefix marks cancellations / adjustments.
 
     In such exports invoice numbers are digits and a cancellation is the
@@ -991,23 +992,21 @@ def invoice_prefix_convention(basket: pd.Series, cancellation_prefix: str | None
     for every order) must keep their orders, so the rule is on only when
 
     * at least half of the ids are plain digits, or
-    * some ids are plain digits, at least half are plain digits or a prefix
-      plus digits, and every prefixed id has as many digits as some plain id
-      (a returns-heavy daily export: ``C540003``, ``C540006``, ``540008``).
+    * at least half are plain digits or a prefix plus digits, and every
+      prefixed id has as many digits as a plain id of this file or, with
+      ``earlier_lengths``, of the shop's earlier imports (a returns-only daily
+      export: ``C540003``, ``C540006`` after files of ``5400xx`` invoices).
 
     Args:
         basket: basket ids as text (one per line; repeats allowed).
         cancellation_prefix / adjustment_prefix: the prefixes (None: not used).
-        known: what the caller knows of the shop, e.g. from the orders already
-            imported: True turns the rule on where ``basket`` alone would not
-            (a file of only cancellations), False turns it off; None decides
-            from ``basket`` alone.
+        earlier_lengths: digit counts of the plain numeric order ids of the
+            shop's earlier imports when those follow the convention (the
+            Django import passes them), else None.
 
     Returns:
         ``(on, note)``; ``note`` is the import report's ``invoice_prefix_rules`` text.
     """
-    if known is False:
-        return False, "off (the shop's earlier imports use other order ids)"
     if not len(basket):
         return False, "off (no line was left to look at)"
     ids = basket.astype(str).str.strip()
@@ -1015,14 +1014,15 @@ def invoice_prefix_convention(basket: pd.Series, cancellation_prefix: str | None
     if plain.mean() >= 0.5:
         return True, "on"
     prefixes = [re.escape(p) for p in (cancellation_prefix, adjustment_prefix) if p]
-    if plain.any() and prefixes:
+    if prefixes:
         parts = ids.str.extract("^(?:" + "|".join(prefixes) + r")(\d+)$")[0]
         prefixed = parts.notna()
-        lengths = set(ids[plain].str.len())
-        if (plain | prefixed).mean() >= 0.5 and prefixed.any() and set(parts[prefixed].str.len()) <= lengths:
-            return True, "on (mostly prefixed invoices of the same numbers as the plain ones)"
-    if known:
-        return True, "on (the shop's earlier imports use numeric invoice ids)"
+        lengths = set(parts[prefixed].str.len())
+        if (plain | prefixed).mean() >= 0.5 and prefixed.any():
+            if plain.any() and lengths <= set(ids[plain].str.len()):
+                return True, "on (mostly prefixed invoices of the same numbers as the plain ones)"
+            if earlier_lengths and lengths <= set(earlier_lengths):
+                return True, "on (prefixed invoices of the same numbers as the shop's earlier imports)"
     return False, "off (order ids are not numeric)"
 
 
@@ -1033,7 +1033,7 @@ def clean_lines(
     non_product_codes=DEFAULT_NON_PRODUCT_CODES,
     cancellation_prefix: str | None = "C",
     adjustment_prefix: str | None = "A",
-    invoice_prefix_rules: bool | None = None,
+    earlier_invoice_lengths: frozenset[int] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Apply the retail-export cleaning rules to a lines frame (see the module docstring).
 
@@ -1048,9 +1048,9 @@ def clean_lines(
         cancellation_prefix / adjustment_prefix: basket id prefixes; None disables.
             They apply to ids of the prefix + digits, and only when the basket
             ids follow the UCI convention (:func:`invoice_prefix_convention`).
-        invoice_prefix_rules: True / False when the caller knows whether the
-            shop's order ids follow that convention (the Django import asks
-            the orders already imported); None decides from these lines.
+        earlier_invoice_lengths: digit counts of the shop's earlier plain
+            invoice ids (the Django import reads them from the orders already
+            imported), so a returns-only file is recognised; None: these lines only.
 
     Returns:
         ``(lines, cancellations)``. ``lines``: a new frame, same columns, only
@@ -1069,7 +1069,7 @@ def clean_lines(
     df = lines.reset_index(drop=True).copy()
     basket = df["basket_id"].astype(str).str.strip()
     numeric_ids, note = invoice_prefix_convention(basket, cancellation_prefix, adjustment_prefix,
-                                                  known=invoice_prefix_rules)
+                                                  earlier_lengths=earlier_invoice_lengths)
     report.notes["invoice_prefix_rules"] = note
     no = pd.Series(False, index=df.index)
     is_cancel = basket.str.fullmatch(re.escape(cancellation_prefix) + r"\d+") \

@@ -143,21 +143,26 @@ REPORT_MAX_LISTED = 10_000  # rejected / duplicate lines listed in ImportRun.rep
 # Public API
 # --------------------------------------------------------------------------
 
-#: imported order ids looked at to tell the shop's invoice convention (:func:`_earlier_imports_use_invoice_prefixes`)
+#: imported order ids looked at to tell the shop's invoice convention (:func:`_earlier_invoice_lengths`)
 CONVENTION_SAMPLE = 1_000
 
 
-def _earlier_imports_use_invoice_prefixes() -> bool | None:
-    """True when the newest imported orders follow the UCI invoice convention, else None (the file decides).
+def _earlier_invoice_lengths() -> frozenset[int] | None:
+    """Digit counts of the newest imported orders' plain numeric ids, when they follow the UCI invoice
+    convention (``bundling_ml.ingest.invoice_prefix_convention``), else None.
 
-    A later export made mostly of cancellations (``C540003``, ``C540006`` and
-    one ``540008``, say) must still take its units back from the orders of
-    earlier files; judged on its own ids it could look like a shop whose order
-    ids start with a letter (``bundling_ml.ingest.invoice_prefix_convention``).
+    A later export of only cancellations (``C540003``, ``C540006``) must still
+    take its units back from the orders of earlier files; judged on its own ids
+    it looks like a shop whose order ids start with a letter. Its prefixed ids
+    count as invoices only when their numbers have these lengths, so a shop
+    that tried the Complete Journey demo (11-digit basket ids) and then imports
+    its own ``C1001``-style orders keeps them as orders.
     """
-    ids = list(Order.objects.filter(source=Order.SOURCE_IMPORT).order_by("-pk")
-               .values_list("external_id", flat=True)[:CONVENTION_SAMPLE])
-    return True if ids and invoice_prefix_convention(pd.Series(ids, dtype=object))[0] else None
+    ids = pd.Series(list(Order.objects.filter(source=Order.SOURCE_IMPORT).order_by("-pk")
+                         .values_list("external_id", flat=True)[:CONVENTION_SAMPLE]), dtype=object)
+    if ids.empty or not invoice_prefix_convention(ids)[0]:
+        return None
+    return frozenset(int(n) for n in ids[ids.str.fullmatch(r"\d+")].str.len().unique())
 
 
 def orders_import_csv(
@@ -202,7 +207,7 @@ def orders_import_csv(
         date_format=date_format,
         non_product_codes=app_settings.get("NON_PRODUCT_CODES") if non_product_codes is None else non_product_codes,
         max_bytes=app_settings.get("IMPORT_MAX_BYTES") if max_bytes is None else max_bytes,
-        invoice_prefix_rules=_earlier_imports_use_invoice_prefixes(),
+        earlier_invoice_lengths=_earlier_invoice_lengths(),
     )
     result.report.source = str(Path(path).name)
     if dry_run:

@@ -94,7 +94,8 @@ def test_a_later_export_made_mostly_of_cancellations_still_takes_back_from_earli
     returns = write(tmp_path, "returns.csv", HEAD + "C2001,X,-3,2024-03-05 09:00,1.00,C1\n"
                                                     "C2003,X,-4,2024-03-05 09:10,1.00,C2\n")
     report = orders_import_csv(path=returns, mapping=MAP)
-    assert report.notes["invoice_prefix_rules"] == "on (the shop's earlier imports use numeric invoice ids)"
+    assert report.notes["invoice_prefix_rules"] == (
+        "on (prefixed invoices of the same numbers as the shop's earlier imports)")
     assert report.skipped_reasons == {"cancellation": 2}
     # C1: 1002's 2 units and 1 of 1001's (latest first, as in one file); C2: all 4 of 1003 (order removed).
     assert lines_now() == {("1001", "X"): 4, ("1001", "Y"): 1, ("1004", "X"): 3}
@@ -117,6 +118,11 @@ def test_invoice_prefix_convention_of_a_file_on_its_own():
     assert on("C1001", "C1002", "C1003") == (False, "off (order ids are not numeric)")
     assert on("C10001", "C10002", "7") == (False, "off (order ids are not numeric)")
     assert on("ORD-1", "ORD-2") == (False, "off (order ids are not numeric)")
+    # With the shop's earlier invoice lengths: a returns-only file of those numbers is recognised; a shop whose
+    # own "C1001" ids follow a Complete Journey demo import (11-digit baskets) keeps its orders.
+    assert invoice_prefix_convention(pd.Series(["C540003", "C540006"]), earlier_lengths=frozenset({6})) == (
+        True, "on (prefixed invoices of the same numbers as the shop's earlier imports)")
+    assert invoice_prefix_convention(pd.Series(["C1001", "C1002"]), earlier_lengths=frozenset({11}))[0] is False
     assert invoice_prefix_convention(pd.Series([], dtype=object)) == (False, "off (no line was left to look at)")
 
 
