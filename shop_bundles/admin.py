@@ -913,7 +913,6 @@ class BundleCampaignAdmin(admin.ModelAdmin):
                 done.append(str(campaign))
         _report(self, request, "Resumed", done, refused)
 
-
     @admin.action(description="End selected campaigns now (for good; they cannot be resumed)",
                   permissions=["manage"])
     def end_selected(self, request, queryset):
@@ -1413,9 +1412,9 @@ class ExperimentDashboardAdmin(ReadOnlyMixin, admin.ModelAdmin):
     #: campaign tables on the page (and in the CSV): the newest campaigns with impressions
     MAX_CAMPAIGN_TABLES = 50
 
-    def _results(self, simulated: bool) -> list[dict]:
-        """The overall result, then one per campaign with impressions (newest first, at most
-        :attr:`MAX_CAMPAIGN_TABLES`; ``self._campaigns_total`` counts them all). Live campaign tables count
+    def _results(self, simulated: bool) -> tuple[list[dict], int]:
+        """``(results, campaigns)``: the overall result, then one per campaign with impressions (newest first, at
+        most :attr:`MAX_CAMPAIGN_TABLES`), and how many campaigns have impressions. Live campaign tables count
         impressions and orders inside the campaign's window (``starts_at`` to ``ends_at``)."""
         from .services.experiment import experiment_results
 
@@ -1426,7 +1425,6 @@ class ExperimentDashboardAdmin(ReadOnlyMixin, admin.ModelAdmin):
                .order_by().values_list("campaign_id", flat=True).distinct())
         campaigns = list(BundleCampaign.objects.filter(pk__in=list(ids)).order_by("-pk")
                          .only("pk", "name", "starts_at", "ends_at"))
-        self._campaigns_total = len(campaigns)
         for campaign in campaigns[:self.MAX_CAMPAIGN_TABLES]:  # the newest
             if simulated:  # the replay places its orders at the held-out baskets' own (past) dates
                 res = experiment_results(simulated=True, campaign_id=campaign.pk)
@@ -1439,7 +1437,7 @@ class ExperimentDashboardAdmin(ReadOnlyMixin, admin.ModelAdmin):
                        else "open-ended")
                 res["label"] = f"{campaign.name} ({start:%Y-%m-%d %H:%M} to {end})"
             out.append(res)
-        return out
+        return out, len(campaigns)
 
     def changelist_view(self, request, extra_context=None):
         from django.http import HttpResponse
@@ -1455,7 +1453,7 @@ class ExperimentDashboardAdmin(ReadOnlyMixin, admin.ModelAdmin):
             live = OfferEvent.objects.filter(kind=OfferEvent.IMPRESSION, simulated=False).exists()
             data = "live" if live else "simulated"
         simulated = data == "simulated"
-        results = self._results(simulated)
+        results, campaigns_total = self._results(simulated)
         if request.GET.get("format") == "csv":
             response = HttpResponse(experiment_results_csv(results), content_type="text/csv")
             response["Content-Disposition"] = f'attachment; filename="experiment-{data}.csv"'
@@ -1488,7 +1486,7 @@ class ExperimentDashboardAdmin(ReadOnlyMixin, admin.ModelAdmin):
             "opts": self.model._meta, "simulated": simulated, "data": data, "tables": tables,
             "charts": charts, "overall": overall, "method": overall["method"],
             "holdout_share": overall["holdout_share"],
-            "campaigns_total": self._campaigns_total, "campaigns_shown": len(results) - 1,
+            "campaigns_total": campaigns_total, "campaigns_shown": len(results) - 1,
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/shop_bundles/experiment_dashboard.html", context)
