@@ -1,5 +1,5 @@
 """Signal handlers: install the default beat schedule after ``migrate``; a ``stock_changed`` event when a product changes."""
-from django.db.models.signals import post_migrate, post_save
+from django.db.models.signals import post_delete, post_migrate, post_save
 from django.dispatch import receiver
 
 
@@ -49,3 +49,31 @@ def product_saved_record_stock_changed(sender, instance, created=False, raw=Fals
         return  # in no campaign: nothing to pause or resume (one EXISTS query, no event)
 
     stock_changed_record(product_ids=[instance.pk], fields=changed, source="product_save", using=using)
+
+
+@receiver(post_delete, sender="shop_bundles.ModelVersion", dispatch_uid="shop_bundles_model_version_artifact")
+def model_version_deleted_remove_artifact(sender, instance, using="default", **kwargs):
+    """Once a deleted ModelVersion's transaction commits, remove its artifact directory.
+
+    Only a directory inside ``SHOP_BUNDLES_ARTIFACT_DIR`` (where training
+    writes them) is removed, never a path elsewhere, and never the artifact
+    directory itself, nor one another version still points to. Nothing is removed when the deletion rolls
+    back.
+    """
+    import shutil
+    from pathlib import Path
+
+    from django.db import transaction
+
+    from . import app_settings
+
+    root = Path(app_settings.artifact_dir()).resolve()
+    target = Path(instance.artifact_path or "").resolve() if instance.artifact_path else None
+    if target is None or target == root or root not in target.parents:
+        return
+
+    def remove() -> None:
+        if not sender.objects.using(using).filter(artifact_path=instance.artifact_path).exists():  # not shared
+            shutil.rmtree(target, ignore_errors=True)
+
+    transaction.on_commit(remove, using=using)

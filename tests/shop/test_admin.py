@@ -432,6 +432,24 @@ def test_the_active_model_version_cannot_be_deleted_in_the_admin(admin_client, t
     assert list(ModelVersion.objects.values_list("label", flat=True)) == ["v-serving"]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_deleting_a_model_version_removes_its_artifact_directory_only_inside_the_artifact_dir(
+        admin_client, tmp_path, settings):
+    settings.SHOP_BUNDLES_ARTIFACT_DIR = str(tmp_path / "models")
+    inside = checksummed_artifact(tmp_path / "models" / "v-old")
+    outside = checksummed_artifact(tmp_path / "elsewhere")
+    old = ModelVersion.objects.create(label="v-old", artifact_path=inside, metrics=METRICS)
+    foreign = ModelVersion.objects.create(label="v-foreign", artifact_path=outside, metrics=METRICS)
+    for version in (old, foreign):
+        response = admin_client.post(reverse("admin:shop_bundles_modelversion_delete", args=[version.pk]),
+                                     {"post": "yes"})
+        assert response.status_code == 302
+    assert not ModelVersion.objects.exists()
+    assert not (tmp_path / "models" / "v-old").exists()  # removed with its version
+    assert (tmp_path / "elsewhere" / "model.keras").exists()  # not ours to remove
+    assert (tmp_path / "models").is_dir()
+
+
 @pytest.mark.faults
 def test_admin_refuses_to_activate_a_corrupt_or_missing_artifact(admin_client, tmp_path):
     active = ModelVersion.objects.create(label="v-ok", artifact_path=checksummed_artifact(tmp_path / "ok"),
