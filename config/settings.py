@@ -19,9 +19,9 @@ CELERY_RESULT_BACKEND optional result backend (unset: results are not stored).
 SHOP_BUNDLES_VAR_DIR  where the SQLite file, static files and models go (default ``var/``).
 SHOP_BUNDLES_LOG_LEVEL  log level of the plugin's loggers (default INFO).
 DATABASE_URL          e.g. ``postgres://postgres@127.0.0.1:5432/shop_bundles``.
-                      Unset: a local SQLite file ``var/db.sqlite3`` (demo only).
+                      Unset: a local SQLite file ``var/db.sqlite3`` (demo only; refused in production).
 CELERY_BROKER_URL     e.g. ``redis://127.0.0.1:6379/0``. Unset: tasks run eagerly
-                      in the calling process (demo mode).
+                      in the calling process (demo mode; refused in production).
 SHOP_BUNDLES_ARTIFACT_DIR  where trained models are written (default ``var/models``).
 SHOP_BUNDLES_IMPRESSION_BUFFER_URL  Redis URL of the impression buffer; unset: the Celery broker URL
                       when it is redis://, else none. Empty: impressions are written to the
