@@ -410,7 +410,8 @@ def main(argv=None) -> int:
                                    "tables: system, HR@10, NDCG@10, queries, seconds. Data options as in "
                                    "`python -m bundling_ml --help`.")
     _add_data_options(b)
-    b.add_argument("--split-date", default=None, help="first test day, YYYY-MM-DD (default: last ~20%% of weeks)")
+    b.add_argument("--split-date", type=iso_date, default=None,
+                   help="first test day, YYYY-MM-DD (default: last ~20%% of weeks)")
     b.add_argument("--sample-baskets", type=int_option(0, hint=" (0 = all test baskets)"), default=3000,
                    help="fixed random sample of test baskets (seed --seed); 0 = all")
     b.add_argument("--out-dir", default=None, help="artifact directory (default: a temporary directory)")
@@ -420,7 +421,7 @@ def main(argv=None) -> int:
                                    "(query_id, rank, product_id, score); never the anchor; ids are text. Data options "
                                    "and the scoring rules: `python -m bundling_ml --help`.")
     _add_data_options(r)
-    r.add_argument("--train-until", required=True, help="YYYY-MM-DD: train on lines before this day")
+    r.add_argument("--train-until", type=iso_date, required=True, help="YYYY-MM-DD: train on lines before this day")
     r.add_argument("--queries", required=True, help="CSV: query_id, product_id[, customer_id][, time][, store_id]")
     r.add_argument("--k", type=int, default=10)
     r.add_argument("--out", default="-", help="CSV path or - for stdout")
@@ -437,8 +438,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
 
-    if args.command != "score" and not _is_iso_date(getattr(args, "train_until", None) or getattr(args, "split_date", None)):
-        ap.error("dates must be given as YYYY-MM-DD")
     if args.command == "recommend" and not 1 <= args.k <= MAX_K:
         ap.error(f"--k must be between 1 and {MAX_K}, not {args.k}")
     if args.command != "score" and args.preset:  # the import refuses the same pairs (--csv / --map with --preset)
@@ -549,14 +548,6 @@ def read_queries(path, date_format: str | None = None) -> "pd.DataFrame":
     return queries
 
 
-def _is_iso_date(value) -> bool:
-    """True for None or a ``YYYY-MM-DD`` string (the CLI never guesses day/month order)."""
-    if value is None:
-        return True
-    try:
-        return time.strptime(str(value), "%Y-%m-%d") is not None
-    except ValueError:
-        return False
 
 
 def _input_file(path, option: str) -> Path:
