@@ -623,7 +623,7 @@ class BundleCampaignItemFormSet(forms.BaseInlineFormSet):
     """
 
     def clean(self):
-        from .services.campaigns import campaign_discount_problem
+        from .services.campaigns import campaign_discount_problem, product_unsellable
 
         super().clean()
         if any(self.errors):
@@ -648,11 +648,7 @@ class BundleCampaignItemFormSet(forms.BaseInlineFormSet):
             raise ValidationError("A bundle needs at least 2 units (two products, or 2 units of one product).")
         campaign = self.instance  # the campaign form's cleaned values are already on it
         if campaign.status == BundleCampaign.ACTIVE:  # as approval refuses them (the storefront would hide it)
-            unsellable = [f"{item.product} is inactive" if not item.product.active
-                          else f"{item.product} is out of stock" if item.product.stock <= 0
-                          else f"{item.product} has no price ({item.product.price})"
-                          for item in items
-                          if not item.product.active or item.product.stock <= 0 or item.product.price <= 0]
+            unsellable = [p for p in (product_unsellable(item.product) for item in items) if p]
             if unsellable:
                 raise ValidationError("An active campaign cannot hold a product shoppers cannot buy: "
                                       + "; ".join(unsellable) + ". Fix the product first, or save the campaign "

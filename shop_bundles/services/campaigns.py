@@ -193,14 +193,11 @@ def suggestion_approve(*, suggestion: BundleSuggestion, user, discount_type: str
         raise ValidationError("A bundle needs at least two products.")
     problems = []
     for product in products:
-        if not product.active:
-            problems.append(f"{product} is inactive")
-        elif product.stock <= 0:
-            problems.append(f"{product} is out of stock")
-        elif product.price <= 0:
-            problems.append(f"{product} has no price ({product.price}) and is not for sale")
-        elif product.cost is not None and product.price < product.cost:
-            problems.append(f"{product} is priced {product.price}, below its cost {product.cost}")
+        problem = product_unsellable(product)
+        if problem is None and product.cost is not None and product.price < product.cost:
+            problem = f"{product} is priced {product.price}, below its cost {product.cost}"
+        if problem:
+            problems.append(problem)
     if problems:
         raise ValidationError("Cannot approve: " + "; ".join(problems) + ".")
 
@@ -523,20 +520,31 @@ def campaign_discount_problem(campaign: BundleCampaign, items) -> str | None:
     return None
 
 
+def product_unsellable(product) -> str | None:
+    """Why shoppers cannot buy ``product`` ("Bread (B) is out of stock"), or None.
+
+    Inactive, then out of stock (``stock <= 0``), then unpriced (``price <= 0``):
+    the checks approval, the automatic pause, resume and the campaign form share.
+    """
+    if not product.active:
+        return f"{product} is inactive"
+    if product.stock <= 0:
+        return f"{product} is out of stock"
+    if product.price <= 0:
+        return f"{product} has no price ({product.price})"
+    return None
+
+
 def _campaign_problem(campaign: BundleCampaign, items) -> str | None:
     """Why ``campaign`` must not be offered (an ``"auto: ..."`` reason), or None when all items are fine.
 
-    Checks each item (inactive, then out of stock, then unpriced), then
+    Checks each item (:func:`product_unsellable`: inactive, then out of stock, then unpriced), then
     :func:`campaign_discount_problem` (discount vs the bundle price, margin floor).
     """
     for item in items:
-        product = item.product
-        if not product.active:
-            return f"{AUTO_PREFIX}{product} is inactive"
-        if product.stock <= 0:
-            return f"{AUTO_PREFIX}{product} is out of stock"
-        if product.price <= 0:
-            return f"{AUTO_PREFIX}{product} has no price"
+        problem = product_unsellable(item.product)
+        if problem:
+            return f"{AUTO_PREFIX}{problem}"
     problem = campaign_discount_problem(campaign, items)
     return f"{AUTO_PREFIX}{problem}"[:255] if problem else None
 
