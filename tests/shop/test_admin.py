@@ -246,11 +246,17 @@ def _campaign_add_data(discount_type, value, items):
     return data
 
 
-def test_campaign_add_form_checks_the_discount_against_the_products_being_added(client):
-    """Case M3 on the add form: {C 3.00, D 2.00} with 6.00 off is refused; the products are not saved yet."""
+def _campaign_editor(client):
+    """Log ``client`` in as carol, who may add, edit, pause and resume campaigns; returns her."""
     user = make_staff("carol", "add_bundlecampaign", "change_bundlecampaign", "view_bundlecampaign",
                       "manage_bundlecampaign")
     client.force_login(user)
+    return user
+
+
+def test_campaign_add_form_checks_the_discount_against_the_products_being_added(client):
+    """Case M3 on the add form: {C 3.00, D 2.00} with 6.00 off is refused; the products are not saved yet."""
+    user = _campaign_editor(client)
     basil, garlic = make_product("C", "3.00", name="Basil"), make_product("D", "2.00", name="Garlic")
     url = reverse("admin:shop_bundles_bundlecampaign_add")
     response = client.post(url, _campaign_add_data("amount", "6.00", [(basil, 1), (garlic, 1)]))
@@ -277,9 +283,7 @@ def test_campaign_add_form_checks_the_discount_against_the_products_being_added(
 
 
 def test_campaign_form_refuses_a_negative_or_scientific_discount_with_one_clear_message(client):
-    user = make_staff("carol", "add_bundlecampaign", "change_bundlecampaign", "view_bundlecampaign",
-                      "manage_bundlecampaign")
-    client.force_login(user)
+    user = _campaign_editor(client)
     basil, garlic = make_product("C", "3.00", name="Basil"), make_product("D", "2.00", name="Garlic")
     url = reverse("admin:shop_bundles_bundlecampaign_add")
     html = client.post(url, _campaign_add_data("percent", "-5", [(basil, 1), (garlic, 1)])).content.decode()
@@ -294,9 +298,7 @@ def test_campaign_form_refuses_a_negative_or_scientific_discount_with_one_clear_
 
 
 def test_campaign_form_refuses_unsellable_products_on_an_active_campaign_and_more_than_99_units(client):
-    user = make_staff("carol", "add_bundlecampaign", "change_bundlecampaign", "view_bundlecampaign",
-                      "manage_bundlecampaign")
-    client.force_login(user)
+    user = _campaign_editor(client)
     basil, garlic = make_product("C", "3.00", name="Basil"), make_product("D", "2.00", name="Garlic")
     garlic.stock = 0
     garlic.save()
@@ -322,9 +324,7 @@ def test_campaign_form_refuses_unsellable_products_on_an_active_campaign_and_mor
 def test_campaign_forms_keep_the_margin_floor_approval_keeps(client):
     """{A 20.00 cost 15.00, B 5.00 cost 3.00}: 40 % off (15.00) is below cost 18.00 + 5 % = 18.90, so the
     edit is refused as approval would refuse it; 20 % (20.00) is saved."""
-    user = make_staff("carol", "add_bundlecampaign", "change_bundlecampaign", "view_bundlecampaign",
-                      "manage_bundlecampaign")
-    client.force_login(user)
+    user = _campaign_editor(client)
     apples, bread = make_product("A", "20.00", name="Apples"), make_product("B", "5.00", name="Bread")
     apples.cost, bread.cost = Decimal("15.00"), Decimal("3.00")
     apples.save()
